@@ -175,3 +175,77 @@ def chat_run(tmp_path_factory):
     }
     train(config_lib.build_config(overrides=nest(settings)), verbose=0)
     return str(root / "runs" / "chat")
+
+
+# --- encoder runs (objectives mlm and classify), shared by the encoder and
+# export tests ---
+
+ANIMALS = ["the cat sat on the mat .", "the dog ran to the park .", "a bird flew over the sea ."]
+PEOPLE = ["my friend reads a good book .", "her brother plays the old piano .",
+          "our teacher writes on the board ."]
+LONG = " ".join(ANIMALS * 2)  # longer than a block: truncated
+
+ENCODER = {
+    **TINY,
+    "tokenizer.kind": "wordpiece",
+    "tokenizer.vocab_size": 120,
+    "train.batch_size": 16,
+    "train.learning_rate": 5e-3,
+    "train.min_learning_rate": 5e-4,
+    "train.eval_interval": 50,
+    "train.log_interval": 25,
+}
+
+
+@pytest.fixture(scope="session")
+def encoder_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("encoder")
+
+
+def encoder_settings(root, **overrides):
+    return {**ENCODER, "runs_dir": str(root / "runs"), **overrides}
+
+
+@pytest.fixture(scope="session")
+def mlm_run(encoder_root):
+    """An MLM run overfit to six sentences, trained once per session through
+    the CLI; returns its folder. Tests must not change it."""
+    from tfchat import fit
+
+    data = write_jsonl(encoder_root / "sentences.jsonl",
+                       [{"text": s} for s in (ANIMALS + PEOPLE) * 20])
+    args = as_cli_args(encoder_settings(encoder_root, name="mlm", objective="mlm", **{
+        "data.path": data, "train.max_steps": 150, "mlm.mask_rate": 0.3}))
+    assert fit.main(args) == 0
+    return os.path.join(encoder_root, "runs", "mlm")
+
+
+@pytest.fixture(scope="session")
+def labelled(encoder_root):
+    records = [{"text": LONG, "label": "animal"}]
+    records += [{"text": s, "label": "animal"} for s in ANIMALS] * 5
+    records += [{"text": s, "label": "person"} for s in PEOPLE] * 5
+    records.sort(key=lambda r: r["text"] == LONG, reverse=True)  # the long one first
+    return write_jsonl(encoder_root / "labelled.jsonl", records)
+
+
+def classify_config(root, mlm_run, labelled, **overrides):
+    flat = {"name": "clf", "objective": "classify", "init_from": mlm_run, "data.path": labelled,
+            "train.max_steps": 60, "train.eval_interval": 20, "train.learning_rate": 3e-3}
+    return config_lib.build_config(overrides=nest(encoder_settings(root, **{**flat, **overrides})))
+
+
+@pytest.fixture(scope="session")
+def clf_run(encoder_root, mlm_run, labelled):
+    """A classify run from the MLM run, trained once per session: (config,
+    history, its log). Tests must not change it."""
+    import contextlib
+    import io
+
+    from tfchat import fit
+
+    config = classify_config(encoder_root, mlm_run, labelled)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        history = fit.train(config, verbose=1)
+    return config, history, log.getvalue()

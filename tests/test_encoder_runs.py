@@ -1,15 +1,14 @@
 """End to end: masked-LM pretraining, fill-mask, classification fine-tuning
 from the MLM checkpoint, evaluation, and their command lines."""
 
-import contextlib
-import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from conftest import TINY, as_cli_args, nest, write_jsonl
+from conftest import TINY, as_cli_args, classify_config, encoder_settings, nest
 from tfchat import config as config_lib
 from tfchat import evaluate as evaluate_cli
 from tfchat import fill_mask as fill_mask_cli
@@ -19,67 +18,6 @@ from tfchat.evaluation.classification import evaluate_classifier
 from tfchat.fill_mask import FillMask
 from tfchat.run import build_model, load_backbone_weights, load_run
 from tfchat.train.trainer import Trainer
-
-ANIMALS = ["the cat sat on the mat .", "the dog ran to the park .", "a bird flew over the sea ."]
-PEOPLE = ["my friend reads a good book .", "her brother plays the old piano .",
-          "our teacher writes on the board ."]
-LONG = " ".join(ANIMALS * 2)  # longer than a block: truncated
-
-ENCODER = {
-    **TINY,
-    "tokenizer.kind": "wordpiece",
-    "tokenizer.vocab_size": 120,
-    "train.batch_size": 16,
-    "train.learning_rate": 5e-3,
-    "train.min_learning_rate": 5e-4,
-    "train.eval_interval": 50,
-    "train.log_interval": 25,
-}
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("encoder")
-
-
-def settings(root, **overrides):
-    return {**ENCODER, "runs_dir": str(root / "runs"), **overrides}
-
-
-@pytest.fixture(scope="module")
-def mlm_run(root):
-    """An MLM run overfit to six sentences, trained through the CLI."""
-    data = write_jsonl(root / "sentences.jsonl", [{"text": s} for s in (ANIMALS + PEOPLE) * 20])
-    args = as_cli_args(settings(root, name="mlm", objective="mlm", **{
-        "data.path": data, "train.max_steps": 150, "mlm.mask_rate": 0.3}))
-    assert fit.main(args) == 0
-    return os.path.join(root, "runs", "mlm")
-
-
-@pytest.fixture(scope="module")
-def labelled(root):
-    records = [{"text": LONG, "label": "animal"}]
-    records += [{"text": s, "label": "animal"} for s in ANIMALS] * 5
-    records += [{"text": s, "label": "person"} for s in PEOPLE] * 5
-    records.sort(key=lambda r: r["text"] == LONG, reverse=True)  # the long one first
-    return write_jsonl(root / "labelled.jsonl", records)
-
-
-def classify_config(root, mlm_run, labelled, **overrides):
-    flat = {"name": "clf", "objective": "classify", "init_from": mlm_run, "data.path": labelled,
-            "train.max_steps": 60, "train.eval_interval": 20, "train.learning_rate": 3e-3}
-    return config_lib.build_config(overrides=nest(settings(root, **{**flat, **overrides})))
-
-
-@pytest.fixture(scope="module")
-def clf_run(root, mlm_run, labelled):
-    """A classify run from the MLM run: (config, history, its log)."""
-    config = classify_config(root, mlm_run, labelled)
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        history = fit.train(config, verbose=1)
-    return config, history, log.getvalue()
-
 
 def test_fill_mask_recovers_the_masked_word(mlm_run, capsys):
     run = load_run(mlm_run)
@@ -109,8 +47,8 @@ def test_fill_mask_errors(mlm_run, clf_run, capsys):
     assert "needs an mlm run" in capsys.readouterr().err
 
 
-def test_init_from_copies_every_encoder_weight(root, mlm_run, labelled):
-    config = classify_config(root, mlm_run, labelled)
+def test_init_from_copies_every_encoder_weight(encoder_root, mlm_run, labelled):
+    config = classify_config(encoder_root, mlm_run, labelled)
     model = build_model(config, load_run(mlm_run).tokenizer.vocabulary_size, num_classes=2)
     before = [w.numpy() for w in model.backbone.weights]
     load_backbone_weights(model, mlm_run)
@@ -151,18 +89,21 @@ def test_classify_log_reports_weights_truncation_and_metrics(clf_run, mlm_run, l
     assert "best checkpoint" in log and "macro-F1 1.0000" in log and "confusion matrix" in log
 
 
-def test_resume_a_classify_run(root, mlm_run, labelled, clf_run):
-    config = classify_config(root, mlm_run, labelled, name="clf", **{"train.max_steps": 70})
+def test_resume_a_classify_run(encoder_root, mlm_run, labelled, clf_run):
+    # A copy: the session's classify run must stay at its step for other tests.
+    shutil.copytree(clf_run[0].run_dir, os.path.join(clf_run[0].runs_dir, "clf_resumed"))
+    config = classify_config(encoder_root, mlm_run, labelled, name="clf_resumed",
+                             **{"train.max_steps": 70})
     history = fit.train(config, resume=True, verbose=0)
     assert [h["step"] for h in history] == [70]
     assert load_run(config.run_dir).step == 70
 
 
-def test_init_from_must_match(root, mlm_run, labelled, tmp_path):
-    config = classify_config(root, mlm_run, labelled, name="bad", **{"tokenizer.vocab_size": 500})
+def test_init_from_must_match(encoder_root, mlm_run, labelled, tmp_path):
+    config = classify_config(encoder_root, mlm_run, labelled, name="bad", **{"tokenizer.vocab_size": 500})
     with pytest.raises(TfchatError, match=r"different tokenizer or model: tokenizer.vocab_size 120 there, 500 here"):
         fit.train(config, verbose=0)
-    config = classify_config(root, mlm_run, labelled, name="bad", **{"model.hidden_dim": 64})
+    config = classify_config(encoder_root, mlm_run, labelled, name="bad", **{"model.hidden_dim": 64})
     with pytest.raises(TfchatError, match="model.hidden_dim 32 there, 64 here"):
         fit.train(config, verbose=0)
     # A causal run is not an encoder.
@@ -171,11 +112,12 @@ def test_init_from_must_match(root, mlm_run, labelled, tmp_path):
     # (objective causal explicitly: the default, auto, is resolved only by fit.)
     causal_config = config_lib.build_config(overrides=nest({**TINY, "objective": "causal"}))
     config_lib.save(causal_config, str(causal / "config.json"))
-    config = classify_config(root, str(causal), labelled, name="bad")
+    config = classify_config(encoder_root, str(causal), labelled, name="bad")
     with pytest.raises(TfchatError, match="is a causal run; objective classify starts from a mlm or classify run"):
         fit.train(config, verbose=0)
-    assert fit.main(as_cli_args(settings(root, name="bad", objective="classify", init_from=str(causal),
-                                         **{"data.path": labelled}))) == 1
+    assert fit.main(as_cli_args(encoder_settings(
+        encoder_root, name="bad", objective="classify", init_from=str(causal),
+        **{"data.path": labelled}))) == 1
     assert evaluate_cli.main(["--run", str(causal)]) == 1
 
 
