@@ -9,16 +9,37 @@ The SavedModel lands in TF Serving's base-path layout,
 `serve`) take and return strings; the tokenizer, the sampling loop and the
 detokenizer run inside the graph with core TensorFlow and tensorflow-text ops
 only (no `py_function`, no XLA), so no tfchat, Keras or Python is needed to
-serve. For a causal (GPT) run:
+serve. The first signature of each objective is also `serving_default`.
 
-  * `serving_default` (also `generate`): `prompt` [B] string, and optionally
-    `max_new_tokens`, `temperature`, `top_k`, `top_p`, `seed` (one value, or
-    one per prompt) -> `text`, `num_tokens`, `num_prompt_tokens`.
+Causal (GPT) runs; chat runs add `chat` (roles, contents -> the reply):
+
+  * `generate`: `prompt` [B] string, and optionally `max_new_tokens`,
+    `temperature`, `top_k`, `top_p`, `seed` (one value, or one per prompt)
+    -> `text`, `num_tokens`, `num_prompt_tokens`.
   * `score`: `text` [B] string -> `log_likelihood` (mean per token),
     `perplexity`, `num_tokens`.
 
+Masked-LM (mlm) runs:
+
+  * `fill_mask`: `text` [B] string with `[MASK]` markers, optional `top_k`
+    (default 5; one value, or one per text) -> `tokens` [B, M, K] string and
+    `probabilities` [B, M, K] float (the top-k pieces for every [MASK],
+    best first, padded with "" and 0.0), `num_masks` [B], `filled` [B] (the
+    text with each [MASK] replaced by its best piece). A text without a
+    [MASK] gets no candidates and comes back unchanged.
+
+Classify runs:
+
+  * `classify`: `text` [B] string -> `label` [B] string, `probabilities`
+    [B, K] float, `labels` [B, K] string (the label names, in the order of
+    `probabilities`).
+
+An encoder reads `[CLS] text [SEP]`; a text longer than the context is cut
+at the end, as in training (a [MASK] past the cut is not read).
+
 `<version>/assets.extra/tfchat.json` records what was exported: tfchat
-version, config, tokenizer, training step, validation metrics, signatures.
+version, config, tokenizer, training step, validation metrics, signatures,
+and the label names (classify) or the mask token (mlm).
 A version is written to a temporary folder and renamed into place, so TF
 Serving never sees half a model; an existing version is replaced only with
 `--force`.
@@ -107,11 +128,38 @@ def add_chat_signature(archive, run):
     )
 
 
+def add_fill_mask_signature(archive, run):
+    """`fill_mask` (mlm runs): texts with [MASK]s and an optional `top_k` ->
+    the candidate pieces and probabilities for each [MASK], and the text
+    filled with the best ones."""
+    from tfchat import serving
+
+    archive.add_endpoint(
+        "fill_mask",
+        serving.make_fill_mask_function(run.model, run.tokenizer),
+        input_signature=serving.fill_mask_input_signature(),
+    )
+
+
+def add_classify_signature(archive, run):
+    """`classify` (classify runs): texts -> the label, the probabilities of
+    every label, and the label names."""
+    from tfchat import serving
+
+    archive.add_endpoint(
+        "classify",
+        serving.make_classify_function(run.model, run.tokenizer, run.labels),
+        input_signature=serving.classify_input_signature(),
+    )
+
+
 # Objective -> the functions that add its signatures, in order; the first
 # becomes `serving_default`.
 SIGNATURE_BUILDERS = {
     "causal": (add_generate_signature, add_score_signature),
     "chat": (add_generate_signature, add_chat_signature, add_score_signature),
+    "mlm": (add_fill_mask_signature,),
+    "classify": (add_classify_signature,),
 }
 
 
@@ -187,7 +235,21 @@ def _metadata(run, signatures):
     import keras
     import tensorflow as tf
 
+    from tfchat.serving import MASK_TOKEN
+
     tokenizer = run.tokenizer
+    special_tokens = {
+        name: tokenizer.token_id(name)
+        for name in ("<pad>", "<unk>", "<bos>", "<eos>", "<|system|>",
+                     "<|user|>", "<|assistant|>", "<|end|>")
+    }
+    extra = {}
+    if tokenizer.kind == "wordpiece":
+        special_tokens["[MASK]"] = tokenizer.mask_id
+    if run.config.objective == "mlm":
+        extra["mask_token"] = MASK_TOKEN
+    if run.labels is not None:
+        extra["labels"] = list(run.labels)
     return {
         "tfchat_version": tfchat.__version__,
         "tensorflow_version": tf.__version__,
@@ -200,14 +262,11 @@ def _metadata(run, signatures):
         "tokenizer": {
             "kind": tokenizer.kind,
             "vocabulary_size": tokenizer.vocabulary_size,
-            "special_tokens": {
-                name: tokenizer.token_id(name)
-                for name in ("<pad>", "<unk>", "<bos>", "<eos>", "<|system|>",
-                             "<|user|>", "<|assistant|>", "<|end|>")
-            },
+            "special_tokens": special_tokens,
             "files": "tokenizer/",
         },
         "context_length": run.config.model.block_size,
+        **extra,
         "signatures": signatures,
         "config": run.config.to_dict(),
     }

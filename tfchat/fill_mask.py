@@ -16,8 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfchat.errors import TfchatError
+from tfchat.serving import MASK_TOKEN
 
-MASK = "[MASK]"
+MASK = MASK_TOKEN
 
 
 class FillMask:

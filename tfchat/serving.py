@@ -13,6 +13,9 @@ stock TF Serving, with XLA off and no Python:
   * `score_ids`: mean log-likelihood of texts.
   * `make_generate_function` / `make_score_function`: the string-in,
     string-out functions `tfchat.export` registers as signatures.
+  * `make_fill_mask_function` / `make_classify_function`: the same for the
+    BERT encoder runs (objectives mlm and classify): the text is encoded
+    in the graph as in training and `tfchat.fill_mask`, one forward pass.
 
 Why not keras-hub's samplers (as `tfchat.generate` uses): they draw from a
 stateful `keras.random.SeedGenerator` and take one setting for the whole
@@ -343,3 +346,163 @@ def make_score_function(backbone, tokenizer):
         }
 
     return score
+
+
+# --- encoder runs: fill-mask (mlm) and classify ---
+
+# The marker a fill-mask text holds where a word is to be predicted, as in
+# `python -m tfchat.fill_mask`. Text is split on it before tokenizing, so it
+# is matched exactly (case included), whatever the tokenizer lowercases.
+MASK_TOKEN = "[MASK]"
+FILL_MASK_DEFAULTS = {"top_k": 5}
+
+
+def fill_mask_input_signature():
+    return [
+        tf.TensorSpec([None], tf.string, name="text"),
+        tf.TensorSpec([None], tf.int32, name="top_k"),
+    ]
+
+
+def classify_input_signature():
+    return [tf.TensorSpec([None], tf.string, name="text")]
+
+
+def encode_masked_texts(tokenizer, texts, sequence_length):
+    """[B] strings holding `MASK_TOKEN`s -> the encoder's inputs, as
+    `tfchat.fill_mask.FillMask.encode` builds them: the text between markers
+    is tokenized, each marker becomes one [MASK] id, and the row is
+    `[CLS] ... [SEP]`, cut to `sequence_length` like a training document
+    (the end is dropped, so markers past the context are not read).
+
+    Returns (token_ids [B, T] int32, padding_mask [B, T] bool, pieces
+    RaggedTensor [B, None] string: the text around the markers).
+    """
+    from tfchat.data.pipeline import add_cls_and_sep
+
+    pieces = tf.strings.split(texts, sep=MASK_TOKEN)  # [B, markers + 1]
+    piece_ids = tf.cast(tokenizer.tokenize(pieces.flat_values), tf.int32)  # [N, None]
+    # A [MASK] after every piece, then the one after each row's last piece
+    # dropped: markers and pieces interleave without a Python loop.
+    masks = tf.fill([tf.shape(pieces.flat_values)[0], 1], tf.constant(tokenizer.mask_id, tf.int32))
+    piece_ids = tf.concat([piece_ids, tf.RaggedTensor.from_tensor(masks)], axis=1)
+    ids = tf.RaggedTensor.from_row_splits(piece_ids, pieces.row_splits).merge_dims(1, 2)
+    ids = ids[:, :-1]
+    token_ids, padding_mask = add_cls_and_sep(ids, sequence_length, tokenizer)
+    return token_ids, padding_mask, pieces
+
+
+def make_fill_mask_function(model, tokenizer, defaults=None):
+    """The fill_mask signature of a `MaskedLM` run: strings in, strings out.
+
+    Returns `fill_mask(text, top_k)` -> {
+        "tokens": [B, M, K] string, the top-k candidate pieces for each
+            [MASK] read, best first ("" where there is none),
+        "probabilities": [B, M, K] float32, theirs (0.0 where none),
+        "num_masks": [B] int32, the [MASK]s read in each text,
+        "filled": [B] string, the text with each [MASK] read replaced by
+            its best candidate}.
+    Every [MASK] read is predicted (M is the most any text of the batch
+    has); texts with fewer, or none, are padded, and a text without one
+    comes back unchanged in `filled`. A text longer than the context is cut
+    as in training (`encode_masked_texts`): a [MASK] past the cut is not
+    read, not counted, and stays in `filled`. `top_k` is one value or one
+    per text, clamped to [1, the number of ordinary pieces]; K is the
+    largest. Special tokens are never candidates. Probabilities are the
+    model's softmax over ordinary pieces, as `tfchat.fill_mask` prints them.
+    """
+    values = {**FILL_MASK_DEFAULTS, **(defaults or {})}
+    default_top_k = tf.constant([values["top_k"]], tf.int32)
+    sequence_length = model.backbone.max_sequence_length
+    vocabulary_size = tokenizer.vocabulary_size
+    num_special = tokenizer.num_special_tokens
+    if vocabulary_size <= num_special:
+        raise ValueError(f"The vocabulary has no ordinary pieces: {vocabulary_size} pieces.")
+    mask_id = tokenizer.mask_id
+
+    def fill_mask(text, top_k=default_top_k):
+        batch = tf.shape(text)[0]
+        k = tf.clip_by_value(_per_row(top_k, batch, "top_k"), 1, vocabulary_size - num_special)
+        width = tf.reduce_max(tf.concat([k, [1]], axis=0))  # [1]: an empty batch's max
+        token_ids, padding_mask, pieces = encode_masked_texts(tokenizer, text, sequence_length)
+        # Row-major, as from_value_rowids needs; slots follow the text's order.
+        found = tf.where(tf.equal(token_ids, mask_id))  # [n, 2] (row, position)
+        positions = tf.RaggedTensor.from_value_rowids(
+            tf.cast(found[:, 1], tf.int32), found[:, 0], nrows=tf.cast(batch, tf.int64)
+        )
+        num_masks = tf.cast(positions.row_lengths(), tf.int32)
+        logits = model(
+            {
+                "token_ids": token_ids,
+                "padding_mask": padding_mask,
+                # Padding slots read [CLS]; their candidates are blanked below.
+                "mask_positions": positions.to_tensor(default_value=0),
+            },
+            training=False,
+        )  # [B, M, V]
+        special = tf.range(vocabulary_size) < num_special
+        logits = tf.where(special, tf.constant(-float("inf"), logits.dtype), logits)
+        probabilities, candidates = tf.math.top_k(tf.nn.softmax(logits, axis=-1), k=width)
+        slots = tf.shape(probabilities)[1]
+        kept = tf.logical_and(
+            (tf.range(slots)[None, :] < num_masks[:, None])[:, :, None],
+            (tf.range(width)[None, :] < k[:, None])[:, None, :],
+        )  # [B, M, K]
+        vocabulary = tf.constant(tokenizer.vocabulary, tf.string)
+        tokens = tf.where(kept, tf.gather(vocabulary, candidates), "")
+        probabilities = tf.where(kept, probabilities, 0.0)
+
+        # `filled`: piece, then the best candidate for a marker that was
+        # read, the marker itself for one cut off, nothing after the last.
+        best = tf.concat([tokens[:, :, 0], tf.fill([batch, 1], "")], axis=1)  # [B, M + 1]
+        markers = pieces.row_lengths() - 1
+        index = tf.ragged.range(pieces.row_lengths())  # [B, markers + 1]
+        rows = tf.cast(index.value_rowids(), tf.int32)
+        column = tf.cast(index.flat_values, tf.int32)
+        read = column < tf.gather(num_masks, rows)
+        replacement = tf.where(
+            read,
+            tf.gather_nd(best, tf.stack([rows, tf.minimum(column, slots)], axis=1)),
+            tf.where(tf.cast(column, tf.int64) < tf.gather(markers, rows), MASK_TOKEN, ""),
+        )
+        joined = tf.strings.join([pieces.flat_values, replacement])
+        filled = tf.strings.reduce_join(pieces.with_flat_values(joined), axis=1)
+        return {
+            "tokens": tokens,
+            "probabilities": probabilities,
+            "num_masks": num_masks,
+            "filled": filled,
+        }
+
+    return fill_mask
+
+
+def make_classify_function(model, tokenizer, labels):
+    """The classify signature of a `TextClassifier` run.
+
+    Returns `classify(text)` -> {
+        "label": [B] string, the most probable label,
+        "probabilities": [B, K] float32, softmax over the labels,
+        "labels": [B, K] string, the label names in probability order}.
+    Each text is read as in training: `[CLS] text [SEP]`, the end of a text
+    longer than the context dropped. `labels` repeats per row because TF
+    Serving's row (`instances`) form needs every output batch-major.
+    """
+    from tfchat.data.pipeline import add_cls_and_sep
+
+    sequence_length = model.backbone.max_sequence_length
+    names = tf.constant(list(labels), tf.string)
+
+    def classify(text):
+        token_ids, padding_mask = add_cls_and_sep(
+            tokenizer.tokenize(text), sequence_length, tokenizer
+        )
+        logits = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return {
+            "label": tf.gather(names, tf.argmax(probabilities, axis=-1, output_type=tf.int32)),
+            "probabilities": probabilities,
+            "labels": tf.tile(names[None, :], [tf.shape(text)[0], 1]),
+        }
+
+    return classify
