@@ -165,7 +165,10 @@ FRESH_PROCESS = textwrap.dedent(
 
 
 def _decode(values):
-    return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+    """Bytes to str, in lists nested to any depth (encoder exports return
+    [B, K] and [B, M, K] strings)."""
+    return [v.decode("utf-8") if isinstance(v, bytes) else _decode(v) if isinstance(v, list) else v
+            for v in values]
 
 
 def test_fresh_process_without_keras_serves_every_signature(exported):

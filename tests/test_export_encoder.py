@@ -373,3 +373,47 @@ def test_signature_defs_and_metadata(mlm, clf, capsys):
     assert "  serving_default(text: string)" in out
 
 
+
+def test_serve_client_asks_encoder_exports(mlm, clf, capsys):
+    from test_export import SessionServable, _serve_grpc, _serve_rest
+
+    from tfchat import serve_client
+
+    for exported, name in ((mlm, "enc"), (clf, "clf")):
+        exported["servable"] = SessionServable(exported["path"])
+        exported["server"] = _serve_rest(exported["servable"], name)
+        exported["grpc"], port = _serve_grpc(exported["servable"])
+        exported["target"] = f"127.0.0.1:{port}"
+    try:
+        url = f"http://127.0.0.1:{mlm['server'].server_address[1]}"
+        expected = mlm["fill"].predict(MASKED, 2)
+        for form in ("instances", "inputs", "grpc"):
+            if form == "grpc":
+                rows = serve_client.predict_grpc(mlm["target"], "enc", MASKED, {"top_k": 2}, "fill_mask")
+            else:
+                rows = serve_client.predict_rest(url, "enc", MASKED, {"top_k": 2}, "fill_mask", form)
+            assert [row["num_masks"] for row in rows] == [len(masks) for masks in expected]
+            assert [row["tokens"][0] for row in rows] == [
+                [piece for piece, _ in masks[0]] for masks in expected], form
+        code = serve_client.main(["--url", url, "--model", "enc", "--signature", "fill_mask",
+                                  "--top-k", "1", MASKED[0]])
+        row = json.loads(capsys.readouterr().out)
+        assert code == 0 and row["text"] == MASKED[0] and row["tokens"] == [[expected[0][0][0][0]]]
+
+        url = f"http://127.0.0.1:{clf['server'].server_address[1]}"
+        probabilities = _keras_probabilities(clf["run"], CLASSIFIED)
+        for form in ("instances", "inputs", "grpc"):
+            if form == "grpc":
+                rows = serve_client.predict_grpc(clf["target"], "clf", CLASSIFIED, signature="classify")
+            else:
+                rows = serve_client.predict_rest(url, "clf", CLASSIFIED, signature="classify", form=form)
+            np.testing.assert_allclose([r["probabilities"] for r in rows], probabilities,
+                                       rtol=1e-5, atol=1e-6)
+            assert [r["labels"] for r in rows] == [["animal", "person"]] * len(CLASSIFIED), form
+            assert [r["label"] for r in rows][:2] == ["animal", "person"]
+    finally:
+        for exported in (mlm, clf):
+            exported.pop("server").shutdown()
+            exported.pop("grpc").stop(None)
+            exported.pop("servable").session.close()
+            exported.pop("target")

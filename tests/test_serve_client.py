@@ -65,3 +65,26 @@ def test_unreachable_server_is_one_line(capsys):
     code = serve_client.main(["--url", f"http://127.0.0.1:{port}", "--model", "m", "--timeout", "5", "hi"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: Cannot reach TF Serving") and len(err.splitlines()) == 1
+
+
+def test_encoder_signatures_send_text():
+    body = serve_client.rest_body(["a [MASK] b"], {"top_k": 3}, signature="fill_mask")
+    assert body == {"instances": [{"text": "a [MASK] b", "top_k": 3}], "signature_name": "fill_mask"}
+    body = serve_client.rest_body(["x", "y"], signature="classify", form="inputs")
+    assert body == {"inputs": {"text": ["x", "y"]}, "signature_name": "classify"}
+    request = serve_client.grpc_request("enc", ["a [MASK] b"], {"top_k": 3}, signature="fill_mask")
+    assert set(request.inputs) == {"text", "top_k"}
+    assert request.inputs["top_k"].dtype == tf.int32.as_datatype_enum
+
+
+def test_parse_grpc_response_decodes_nested_strings():
+    from tensorflow_serving.apis import predict_pb2
+
+    response = predict_pb2.PredictResponse()
+    response.outputs["label"].CopyFrom(tf.make_tensor_proto([b"a", "é".encode()]))
+    response.outputs["labels"].CopyFrom(tf.make_tensor_proto([[b"a", b"b"], [b"a", b"b"]]))
+    response.outputs["probabilities"].CopyFrom(tf.make_tensor_proto(np.float32([[1, 0], [0, 1]])))
+    rows = serve_client.parse_grpc_response(response)
+    assert rows == [{"label": "a", "labels": ["a", "b"], "probabilities": [1.0, 0.0]},
+                    {"label": "é", "labels": ["a", "b"], "probabilities": [0.0, 1.0]}]
+    json.dumps(rows)

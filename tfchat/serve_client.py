@@ -6,6 +6,10 @@
     python -m tfchat.serve_client --grpc localhost:8500 --model default "ROMEO:"
     python -m tfchat.serve_client --url http://localhost:8501 --model default \\
         --signature score "the text to score"
+    python -m tfchat.serve_client --url http://localhost:8501 --model enc \\
+        --signature fill_mask --top-k 3 "to be or not to [MASK] ."
+    python -m tfchat.serve_client --url http://localhost:8501 --model clf \\
+        --signature classify "a text to label"
 
 REST requests go to `/v1/models/<model>[/versions/<n>]:predict` in either of
 TF Serving's two body forms: `instances` (one object per prompt) or `inputs`
@@ -24,9 +28,12 @@ import urllib.request
 
 from tfchat.errors import TfchatError
 
-# The signature input that holds the strings, per signature.
-TEXT_INPUTS = {"serving_default": "prompt", "generate": "prompt", "score": "text"}
-# Numeric generate inputs and their dtypes (as in `tfchat.serving`).
+# The signature input that holds the strings, per signature. The client
+# cannot tell which objective an export has, so `serving_default` means a
+# causal run's; encoder exports are asked by signature name.
+TEXT_INPUTS = {"serving_default": "prompt", "generate": "prompt", "score": "text",
+               "fill_mask": "text", "classify": "text"}
+# Numeric inputs (generate's, and fill_mask's top_k) and their dtypes (as in `tfchat.serving`).
 SETTING_DTYPES = {
     "max_new_tokens": "int32",
     "temperature": "float32",
@@ -139,11 +146,15 @@ def parse_grpc_response(response):
     """A `PredictResponse` -> a list of {output: value}, one per text."""
     import tensorflow as tf
 
+    def decode(value):
+        # Strings come as bytes, nested as deep as the output's rank.
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
     columns = {}
     for key, proto in response.outputs.items():
-        values = tf.make_ndarray(proto).tolist()
-        columns[key] = [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v
-                        for v in values]
+        columns[key] = decode(tf.make_ndarray(proto).tolist())
     count = len(next(iter(columns.values()))) if columns else 0
     return [{k: v[i] for k, v in columns.items()} for i in range(count)]
 
@@ -180,12 +191,14 @@ def build_parser():
     parser.add_argument("--model", required=True, help="The model name TF Serving serves (MODEL_NAME).")
     parser.add_argument("--version", type=int, default=None, help="A model version (default: the newest).")
     parser.add_argument("--signature", default="serving_default",
-                        help="serving_default (generate) or score.")
+                        help="serving_default (generate) or score; fill_mask or classify "
+                             "for exports of mlm or classify runs.")
     parser.add_argument("--form", choices=("instances", "inputs"), default="instances",
                         help="REST body form: row (instances) or column (inputs).")
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--temperature", type=float, default=None, help="0 = greedy.")
-    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="Sampling top-k; with fill_mask, the candidates per [MASK].")
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None, help="Same seed, same text.")
     parser.add_argument("--timeout", type=float, default=60.0)
@@ -199,6 +212,8 @@ def main(argv=None):
     if args.signature in ("serving_default", "generate"):
         settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                     "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    elif args.signature == "fill_mask":
+        settings = {"top_k": args.top_k}
     try:
         if args.url:
             rows = predict_rest(args.url, args.model, texts, settings, args.signature,
