@@ -128,6 +128,149 @@ print(generator.generate(["ROMEO:"], max_new_tokens=120, temperature=0.8, top_k=
     ]
 
 
+def masked_lm_bert():
+    return [
+        new_markdown_cell(
+            "# 2. Pretrain a BERT encoder with masked-LM, then fine-tune a classifier\n\n"
+            "A small BERT encoder learns tiny-shakespeare by predicting masked words, fills in "
+            "`[MASK]` in a cell, then learns to sort the chatterbot utterances by category, with "
+            "the same public pieces `python -m tfchat.fit --objective mlm|classify`, "
+            "`python -m tfchat.fill_mask` and `python -m tfchat.evaluate` use."
+        ),
+        new_code_cell(SETUP),
+        new_markdown_cell(
+            "**Config.** Objective `mlm` needs the WordPiece tokenizer (BERT's, with `[CLS]`, "
+            "`[SEP]` and `[MASK]`, its vocabulary learnt from the corpus); "
+            "`configs/shakespeare_mlm.yaml` is the command line's version of this run."
+        ),
+        new_code_cell('''from tfchat.config import Config
+
+mlm = Config(name="notebook_mlm", runs_dir=RUNS, objective="mlm")
+mlm.data.path = SHAKESPEARE
+mlm.tokenizer.kind, mlm.tokenizer.vocab_size = "wordpiece", 1000 if SMALL else 2000
+mlm.model.num_layers, mlm.model.num_heads, mlm.model.hidden_dim = (2, 4, 64) if SMALL else (2, 4, 128)
+mlm.model.block_size, mlm.model.dropout = 32 if SMALL else 64, 0.0
+mlm.train.batch_size = 32
+mlm.train.max_steps = 200 if SMALL else 2000
+mlm.train.learning_rate, mlm.train.min_learning_rate = 3e-3, 3e-4
+mlm.train.warmup_steps = 20 if SMALL else 100
+mlm.train.log_interval, mlm.train.eval_interval, mlm.train.eval_batches = 25, 200 if SMALL else 500, 20
+mlm.mlm'''),
+        new_markdown_cell(
+            "**Pretrain** with the same `train` the command line runs: it learns the WordPiece "
+            "vocabulary from the training split, then predicts the tokens it masks in every batch, "
+            "logging to TensorBoard in the run's `logs/` folder."
+        ),
+        new_code_cell('''import math
+from tfchat.fit import train
+from tfchat.run import load_run
+
+mlm_history = train(mlm, overwrite=True, verbose=0)
+mlm_run = load_run(mlm.run_dir)
+first, last = mlm_history[0], mlm_history[-1]
+uniform = math.log(mlm_run.tokenizer.vocabulary_size)  # the loss of guessing uniformly
+print(f"masked LM: loss {first['loss']:.3f} -> {last['loss']:.3f}; validation loss "
+      f"{last['val_loss']:.3f}, masked-token accuracy {last['val_accuracy']:.3f}; "
+      f"ln(vocabulary size) {uniform:.3f}")
+assert last["loss"] < first["loss"] and last["val_loss"] < uniform'''),
+        new_markdown_cell(
+            "**What it learnt from.** The WordPiece tokenizer splits rarer words into `##` pieces, "
+            "and each batch hides 15% of the ordinary tokens (80% of them become `[MASK]`, 10% a "
+            "random token, 10% stay) for the model to predict at `mask_positions`."
+        ),
+        new_code_cell('''from tfchat.data.corpus import Corpus
+from tfchat.data.pipeline import masked_lm_dataset
+
+tokenizer = mlm_run.tokenizer
+ids = tokenizer.tokenize(tf.constant(["To be, or not to be: that is the question."]))
+print([tokenizer.vocabulary[i] for i in ids.to_list()[0]])
+batches = masked_lm_dataset(Corpus(mlm.data).texts("val"), tokenizer, mlm.model.block_size, 2, seed=1)
+inputs, targets, weights = next(iter(batches))
+print("input: ", " ".join(tokenizer.vocabulary[i] for i in inputs["token_ids"][0].numpy()))
+print("asked: ", [(int(p), tokenizer.vocabulary[t]) for p, t, w in
+                  zip(inputs["mask_positions"][0].numpy(), targets[0].numpy(), weights[0].numpy()) if w])'''),
+        new_markdown_cell(
+            "**TensorBoard** plots every run under `RUNS` (loss, masked-token accuracy, perplexity, "
+            "learning rate); the small settings list the logged scalars instead of starting it."
+        ),
+        new_code_cell('''%load_ext tensorboard
+import glob
+
+tags = set()
+for record in tf.data.TFRecordDataset(glob.glob(os.path.join(mlm.run_dir, "logs", "events.out.tfevents.*"))):
+    tags.update(value.tag for value in tf.compat.v1.Event.FromString(record.numpy()).summary.value)
+print(sorted(tag for tag in tags if tag.startswith(("train/", "val/"))))
+if not SMALL:
+    %tensorboard --logdir {RUNS}'''),
+        new_markdown_cell(
+            "**Fill in `[MASK]`** with `FillMask`, what `python -m tfchat.fill_mask` runs: the "
+            "top-k vocabulary pieces for each mask, best first, with their probabilities (the small "
+            "run has learnt little more than which pieces are frequent)."
+        ),
+        new_code_cell('''from tfchat.fill_mask import FillMask
+
+fill = FillMask(mlm_run.model, tokenizer)
+texts = ["To be, or not to [MASK]: that is the question.", "O Romeo, Romeo! wherefore art [MASK] Romeo?"]
+k = 5
+for text, masks in zip(texts, fill.predict(texts, top_k=k)):
+    candidates = masks[0]
+    print(text, "\\n  [MASK]:", [(piece, round(p, 4)) for piece, p in candidates])
+    print("  ->", fill.fill(text, masks))
+    probabilities = [p for _, p in candidates]
+    print(f"  {len(candidates)} candidates, probabilities summing to {sum(probabilities):.4f}")
+    assert len(candidates) == k and probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1'''),
+        new_markdown_cell(
+            "**Fine-tune a classifier** from the MLM run (`init_from`): objective `classify` on "
+            "every English chatterbot utterance labelled with its file's category, reusing the "
+            "run's tokenizer and encoder weights under a new classification head."
+        ),
+        new_code_cell('''classifier = Config(name="notebook_classifier", runs_dir=RUNS, objective="classify",
+                    init_from=mlm.run_dir)
+classifier.data.path = "chatterbot:english"
+classifier.tokenizer, classifier.model = mlm.tokenizer, mlm.model  # init_from needs the same ones
+classifier.train.batch_size = 32
+classifier.train.max_steps = 150 if SMALL else 1000
+classifier.train.learning_rate, classifier.train.min_learning_rate = 3e-3, 3e-4
+classifier.train.warmup_steps, classifier.train.log_interval = 20, 25
+classifier.train.eval_interval = 50 if SMALL else 250
+classifier_history = train(classifier, overwrite=True, verbose=0)
+for h in classifier_history:
+    if "val_loss" in h:
+        print(f"step {h['step']}: validation loss {h['val_loss']:.3f}, accuracy {h['val_accuracy']:.3f}")'''),
+        new_markdown_cell(
+            "**Evaluate** the best checkpoint (lowest validation loss) on the validation split, as "
+            "`python -m tfchat.evaluate` does: accuracy, macro-F1, per-class scores and the "
+            "confusion matrix."
+        ),
+        new_code_cell('''from tfchat.evaluation.classification import evaluate_classifier, format_report
+
+best = load_run(classifier.run_dir, checkpoint="best")
+report = evaluate_classifier(best)
+print(f"best checkpoint: step {best.step}; {len(best.labels)} classes")
+print(format_report(report))
+assert 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1'''),
+        new_markdown_cell(
+            "**The confusion matrix** as a picture: one row per true category, one column per "
+            "predicted category, so a good classifier lights up the diagonal."
+        ),
+        new_code_cell('''import matplotlib.pyplot as plt
+import numpy as np
+
+matrix = np.array(report["confusion_matrix"])
+fig, ax = plt.subplots(figsize=(7, 6))
+image = ax.imshow(matrix, cmap="Blues")
+ax.set_xticks(range(len(best.labels)), best.labels, rotation=90)
+ax.set_yticks(range(len(best.labels)), best.labels)
+ax.set_xlabel("predicted"); ax.set_ylabel("true")
+ax.set_title(f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
+fig.colorbar(image)
+plt.show()
+print(f"confusion matrix {matrix.shape[0]} x {matrix.shape[1]}, {matrix.sum()} validation examples")
+assert matrix.shape == (len(best.labels),) * 2 and matrix.sum() == report["examples"]'''),
+    ]
+
+
 def export_and_serve():
     return [
         new_markdown_cell(
@@ -281,6 +424,7 @@ assert difference < 1e-3'''),
 
 NOTEBOOKS = {
     "01_pretrain_gpt.ipynb": pretrain_gpt,
+    "02_masked_lm_bert.ipynb": masked_lm_bert,
     "03_chat_finetune.ipynb": chat_finetune,
     "04_export_and_serve.ipynb": export_and_serve,
 }
