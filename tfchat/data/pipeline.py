@@ -49,7 +49,10 @@ def tokenize_texts(texts, tokenizer, add_eos=False):
 def pack_sequences(chunks, length):
     """Dataset of 1-D id chunks -> dataset of [length] blocks (the stream's
     remainder shorter than `length` is dropped)."""
-    return chunks.unbatch().batch(length, drop_remainder=True)
+    # `rebatch` copies slices of whole chunks; `unbatch().batch()` makes every
+    # id its own dataset element, and packed half as fast (0.78M vs 1.45M
+    # ids/s on a synthetic stream), CPU that training on the same 2 cores needs.
+    return chunks.rebatch(length, drop_remainder=True)
 
 
 def shift_for_causal_lm(block):
@@ -67,7 +70,12 @@ def _epoch_blocks(chunks, block_size, seed, epoch):
         [], seed=tf.stack([tf.cast(seed, tf.int64), epoch]), maxval=block_size + 1,
         dtype=tf.int64,
     )
-    return chunks.unbatch().skip(offset).batch(block_size + 1, drop_remainder=True)
+
+    def drop_leading(remaining, chunk):
+        dropped = tf.minimum(remaining, tf.size(chunk, out_type=tf.int64))
+        return remaining - dropped, chunk[dropped:]
+
+    return pack_sequences(chunks.scan(offset, drop_leading), block_size + 1)
 
 
 def causal_lm_dataset(
