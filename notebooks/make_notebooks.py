@@ -415,7 +415,7 @@ from tfchat.lora import merge_run
 
 merged_path = merge_run(lora.run_dir, lora.run_dir + "_merged", overwrite=True)
 adapted, merged = load_run(lora.run_dir), load_run(merged_path)
-ids = merged.tokenizer.tokenize(tf.constant(["<|user|>Hello<|end|><|assistant|>"])).to_tensor()
+ids = run.tokenizer.tokenize(tf.constant(["<|user|>Hello<|end|><|assistant|>"])).to_tensor()
 difference = np.abs(adapted.backbone(ids).numpy() - merged.backbone(ids).numpy()).max()
 print("largest logit difference after merging:", difference)
 assert difference < 1e-3'''),

@@ -168,6 +168,31 @@ def test_tokenize_in_tf_function_and_dataset_map(tokenizer):
     assert [x.numpy().decode() for x in ds] == texts
 
 
+def test_bpe_survives_clearing_the_eager_kernel_cache(bpe):
+    """`tf.random.set_seed` (which `keras.utils.set_random_seed`, and so every
+    `tfchat.fit.train`, calls) clears TensorFlow's eager kernel cache. The
+    SentencePiece model is a resource owned by the kernel that created it, so
+    a tokenizer built before the reseed used to fail afterwards with
+    "Resource localhost/_0_SentencepieceOp/... does not exist"."""
+    texts = ["the king and queen\n", "café 字"]
+    ids = bpe.tokenize(tf.constant(texts)).to_list()
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def encode(strings):
+        return bpe.tokenize(strings).to_tensor(-1)
+
+    encode(tf.constant(texts))  # traced (and its kernels built) before
+    again = SentencePieceTokenizer(bpe.proto)  # the same model, loaded twice
+    tf.random.set_seed(None)  # clears the kernel cache; leaves no global seed
+    assert bpe.tokenize(tf.constant(texts)).to_list() == ids
+    assert round_trip(bpe, texts)[0] == texts
+    assert bpe.vocabulary_size == int(bpe._sp.vocab_size())
+    assert [[t for t in row if t != -1] for row in encode(tf.constant(texts)).numpy().tolist()] == ids
+    assert again.tokenize(tf.constant(texts)).to_list() == ids
+    # A tokenizer loaded after the reseed gives the same ids too.
+    assert SentencePieceTokenizer(bpe.proto).tokenize(tf.constant(texts)).to_list() == ids
+
+
 def test_save_and_load(tokenizer, tmp_path):
     tokenizer.save(str(tmp_path / "tok"))
     loaded = load_tokenizer(str(tmp_path / "tok"))

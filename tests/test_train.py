@@ -196,6 +196,22 @@ def test_resume_continues_exactly(make_config):
     assert resumed[-1]["loss"] < first[-1]["loss"]
 
 
+def test_bpe_run_tokenizer_works_after_another_training(make_config):
+    """A BPE run loaded before a second training in the same process (here,
+    fine-tuning from it with init_from) keeps a working tokenizer."""
+    settings = {"tokenizer.kind": "bpe", "tokenizer.vocab_size": 300,
+                "train.max_steps": 3, "train.warmup_steps": 1, "train.eval_interval": 3,
+                "train.log_interval": 3}
+    first = make_config({**settings, "name": "first"})
+    train(first, verbose=0)
+    run = load_run(first.run_dir)
+    text = tf.constant(["the quick brown fox"])
+    ids = run.tokenizer.tokenize(text).to_list()
+    train(make_config({**settings, "name": "second", "init_from": first.run_dir}), verbose=0)
+    assert run.tokenizer.tokenize(text).to_list() == ids
+    assert run.tokenizer.detokenize(run.tokenizer.tokenize(text)).numpy().tolist() == [b"the quick brown fox"]
+
+
 def test_train_refuses_to_clobber_or_resume_nothing(make_config):
     config = make_config({"train.max_steps": 5, "train.eval_interval": 5})
     with pytest.raises(TfchatError, match="Nothing to resume"):

@@ -158,6 +158,9 @@ class SentencePieceTokenizer(Tokenizer):
 
         self.proto = proto
         self._sp = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
+        # See `_shared_sentencepiece_resource`: the model resource tf_text
+        # made dies with TensorFlow's eager kernel cache; use a shared one.
+        self._sp._model_resource = _shared_sentencepiece_resource(proto)
         self._size = int(self._sp.vocab_size())
 
     @classmethod
@@ -214,6 +217,46 @@ class SentencePieceTokenizer(Tokenizer):
             os.path.join(directory, _CONFIG_FILE),
             {"kind": self.kind, "model_file": self._MODEL_FILE},
         )
+
+
+_SHARED_RESOURCE_CLASS = []
+
+
+def _shared_sentencepiece_resource(proto):
+    """The SentencePiece model resource for `proto`, created under a
+    `shared_name` that is a digest of the proto.
+
+    `tensorflow_text.SentencepieceTokenizer` creates its model with a
+    `SentencepieceOp` that has no `shared_name`, so the resource is private
+    to that op's kernel (TODO b/318839908 in tensorflow-text) and is deleted
+    when the kernel is. In eager mode the kernel lives in the context's
+    kernel cache, which `tf.random.set_seed` (so `keras.utils.set_random_seed`,
+    so every `tfchat.fit.train`) clears: a tokenizer made before a training
+    in the same process then failed with "Resource localhost/_0_SentencepieceOp
+    /... does not exist". A shared resource belongs to the resource manager
+    instead (it lives as long as the process, once per distinct proto), and
+    every kernel that creates it again finds the same one. The op, with its
+    `shared_name`, is still what an exported SavedModel runs, so the model
+    stays in-graph."""
+    import hashlib
+
+    if not _SHARED_RESOURCE_CLASS:
+        from tensorflow_text.python.ops import sentencepiece_tokenizer as sp_ops
+
+        class SharedSentencepieceModelResource(sp_ops._SentencepieceModelResource):
+            def __init__(self, model, shared_name):
+                self._shared_name = shared_name
+                super().__init__(model, name=None)
+
+            def _create_resource(self):
+                with tf.name_scope("SentenceTokenizerInitializer"):
+                    return sp_ops.gen_sentencepiece_tokenizer.sentencepiece_op(
+                        model=self._model, shared_name=self._shared_name
+                    )
+
+        _SHARED_RESOURCE_CLASS.append(SharedSentencepieceModelResource)
+    shared_name = "tfchat_sentencepiece_" + hashlib.sha256(proto).hexdigest()
+    return _SHARED_RESOURCE_CLASS[0](proto, shared_name)
 
 
 # WordPiece names for ids 0-3, then the chat tokens at the same ids as in the
