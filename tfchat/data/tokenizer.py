@@ -28,6 +28,7 @@ tokenizer.detokenize(ids)                          # [b"hello"]
 ```
 """
 
+import functools
 import io
 import json
 import os
@@ -219,9 +220,6 @@ class SentencePieceTokenizer(Tokenizer):
         )
 
 
-_SHARED_RESOURCE_CLASS = []
-
-
 def _shared_sentencepiece_resource(proto):
     """The SentencePiece model resource for `proto`, created under a
     `shared_name` that is a digest of the proto.
@@ -240,23 +238,28 @@ def _shared_sentencepiece_resource(proto):
     stays in-graph."""
     import hashlib
 
-    if not _SHARED_RESOURCE_CLASS:
-        from tensorflow_text.python.ops import sentencepiece_tokenizer as sp_ops
-
-        class SharedSentencepieceModelResource(sp_ops._SentencepieceModelResource):
-            def __init__(self, model, shared_name):
-                self._shared_name = shared_name
-                super().__init__(model, name=None)
-
-            def _create_resource(self):
-                with tf.name_scope("SentenceTokenizerInitializer"):
-                    return sp_ops.gen_sentencepiece_tokenizer.sentencepiece_op(
-                        model=self._model, shared_name=self._shared_name
-                    )
-
-        _SHARED_RESOURCE_CLASS.append(SharedSentencepieceModelResource)
     shared_name = "tfchat_sentencepiece_" + hashlib.sha256(proto).hexdigest()
-    return _SHARED_RESOURCE_CLASS[0](proto, shared_name)
+    return _shared_resource_class()(proto, shared_name)
+
+
+@functools.cache
+def _shared_resource_class():
+    # Built on first use: it subclasses a private tensorflow-text class
+    # (pinned by setup.py's range; tests/test_tokenizer.py would catch a change).
+    from tensorflow_text.python.ops import sentencepiece_tokenizer as sp_ops
+
+    class SharedSentencepieceModelResource(sp_ops._SentencepieceModelResource):
+        def __init__(self, model, shared_name):
+            self._shared_name = shared_name
+            super().__init__(model, name=None)
+
+        def _create_resource(self):
+            with tf.name_scope("SentenceTokenizerInitializer"):
+                return sp_ops.gen_sentencepiece_tokenizer.sentencepiece_op(
+                    model=self._model, shared_name=self._shared_name
+                )
+
+    return SharedSentencepieceModelResource
 
 
 # WordPiece names for ids 0-3, then the chat tokens at the same ids as in the
