@@ -1,6 +1,7 @@
 """Reproduce the tiny-shakespeare CPU reference: validation loss <= 1.88 at step 2000.
 
     python benchmarks/shakespeare_char.py        # 2000 steps, val loss, tokens/s
+    python benchmarks/shakespeare_char.py --seeds 1337 1 2   # median of three
 
 Trains configs/shakespeare_char.yaml end to end and prints the validation
 loss at step 2000 and the training throughput (median over log intervals, the
@@ -31,23 +32,30 @@ def make_config(runs_dir, **train_overrides):
     return config_lib.build_config([CONFIG], overrides)
 
 
-def quality(args):
+def quality(seed, verbose):
     with tempfile.TemporaryDirectory() as runs_dir:
-        config = make_config(runs_dir, sample_tokens=0)
-        history = train(config, verbose=args.verbose)
+        config = make_config(runs_dir, sample_tokens=0, seed=seed)
+        history = train(config, verbose=verbose)
     rates = [h["tokens/s"] for h in history[1:]]
     final = history[-1]
-    print(f"step {final['step']}: val_loss {final['val_loss']:.4f}, "
+    print(f"seed {seed}, step {final['step']}: val_loss {final['val_loss']:.4f}, "
           f"train loss {final['loss']:.4f}, "
           f"tokens/s median {statistics.median(rates):.0f} "
-          f"(ms/step {1000 * config.train.batch_size * config.model.block_size / statistics.median(rates):.1f})")
+          f"(ms/step {1000 * config.train.batch_size * config.model.block_size / statistics.median(rates):.1f})",
+          flush=True)
+    return final["val_loss"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", type=int, default=1)
-    quality(parser.parse_args())
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1337],
+                        help="Train once per seed (train.seed: weights and data order).")
+    args = parser.parse_args()
+    losses = [quality(seed, args.verbose) for seed in args.seeds]
+    if len(losses) > 1:
+        print(f"median val_loss over {len(losses)} seeds: {statistics.median(losses):.4f}")
 
 
 if __name__ == "__main__":
