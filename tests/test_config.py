@@ -165,3 +165,15 @@ def test_help_lists_every_config_key():
     for key, *_ in config_lib.flat_keys():
         assert f"--{key}" in text
     assert "--resume" in text
+
+
+def test_precision_advice_only_for_bfloat16_with_xla_on_a_cpu():
+    from tfchat.fit import precision_advice
+
+    def advice(gpus=0, **train):
+        return precision_advice(config_lib.build_config(overrides={"train": train}).train, gpus)
+
+    assert "jit_compile false" in advice(precision="mixed_bfloat16", jit_compile=True)
+    assert advice(precision="mixed_bfloat16", jit_compile=False) is None
+    assert advice(precision="mixed_bfloat16", jit_compile=True, gpus=1) is None
+    assert advice(precision="float32", jit_compile=True) is None
