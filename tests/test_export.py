@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops for the Session loads)
 
 from conftest import REPETITIVE_TEXT, REPO_ROOT, TINY, nest, write_text
+from fresh_process import serve_in_fresh_process
 from tfchat import config as config_lib
 from tfchat import export, serving
 from tfchat.errors import TfchatError
@@ -105,65 +105,6 @@ def exported(request, trained, exports):
     }
 
 
-# A process that cannot import Keras, keras-hub or tfchat: `None` in
-# sys.modules makes their import fail. `import tensorflow` still works (it
-# loads Keras' optimizers only if it can), and so does the model, if it
-# needs nothing from them. Importing the tensorflow_text package would pull
-# in Keras (its Keras layers), so its op kernels are loaded directly, as TF
-# Serving links them.
-FRESH_PROCESS = textwrap.dedent(
-    """
-    import glob, json, os, sys
-    for name in ("keras", "keras_hub", "tf_keras", "tfchat", "tensorflow_text"):
-        sys.modules[name] = None
-    import importlib.machinery
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow.python.framework import op_def_registry
-
-    path, prompts, scored, max_new = json.loads(sys.argv[1])
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    graph = proto.meta_graphs[0].graph_def
-    ops = {n.op for n in graph.node}
-    for function in graph.library.function:
-        ops |= {n.op for n in function.node_def}
-    not_core = sorted(op for op in ops if op_def_registry.get(op) is None)
-    # Where tensorflow_text is installed, found without importing it.
-    text_spec = importlib.machinery.PathFinder.find_spec("tensorflow_text")
-    text_dir = os.path.dirname(text_spec.origin)
-    for library in sorted(glob.glob(os.path.join(text_dir, "python", "ops", "_*.so"))):
-        tf.load_op_library(library)
-    unregistered = sorted(op for op in ops if op_def_registry.get(op) is None)
-
-    model = tf.saved_model.load(path)
-    out = {"signatures": sorted(model.signatures), "ops": sorted(ops),
-           "not_core": not_core, "unregistered": unregistered}
-    n = len(prompts)
-    generate_inputs = {
-        "prompt": tf.constant(prompts), "max_new_tokens": tf.constant([max_new]),
-        "temperature": tf.constant([0.0]), "top_k": tf.constant([0]),
-        "top_p": tf.constant([1.0]), "seed": tf.constant([0], tf.int64)}
-    for key in out["signatures"]:
-        signature = model.signatures[key]
-        names = sorted(signature.structured_input_signature[1])
-        if "prompt" in names:
-            result = signature(**generate_inputs)
-        else:
-            result = signature(text=tf.constant(scored))
-        out[key] = {k: v.numpy().tolist() for k, v in result.items()}
-    # The restored function keeps the signature's defaults: prompts only.
-    out["defaults"] = {k: v.numpy().tolist() for k, v in model.generate(tf.constant(prompts)).items()}
-    out["modules"] = sorted(
-        name for name, module in sys.modules.items()
-        if module is not None and name.split(".")[0] in
-        ("keras", "keras_hub", "tf_keras", "tfchat", "tensorflow_text"))
-    print("RESULT " + json.dumps(out, default=lambda b: b.decode("utf-8", "replace")))
-    """
-)
-
-
 def _decode(values):
     """Bytes to str, in lists nested to any depth (encoder exports return
     [B, K] and [B, M, K] strings)."""
@@ -172,22 +113,18 @@ def _decode(values):
 
 
 def test_fresh_process_without_keras_serves_every_signature(exported):
-    arguments = json.dumps([exported["path"], PROMPTS, SCORED, MAX_NEW])
-    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, arguments],
-        capture_output=True, text=True, env=env, timeout=300, cwd=str(exported["path"]),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
-    out = json.loads(line[len("RESULT "):])
-    assert out["modules"] == []
+    generate = {"prompt": (PROMPTS, "string"), "max_new_tokens": ([MAX_NEW], "int32"),
+                "temperature": ([0.0], "float32"), "top_k": ([0], "int32"),
+                "top_p": ([1.0], "float32"), "seed": ([0], "int64")}
+    calls = [("signature", "serving_default", generate), ("signature", "generate", generate),
+             ("signature", "score", {"text": (SCORED, "string")}),
+             # The restored function keeps the signature's defaults: prompts only.
+             ("function", "generate", {"prompt": (PROMPTS, "string")})]
+    out = serve_in_fresh_process(exported["path"], calls)
     assert set(out["signatures"]) == SIGNATURES
+    out.update(zip(("serving_default", "generate", "score", "defaults"), out["calls"]))
 
-    # Only core TensorFlow and tensorflow-text ops: nothing XLA-only (TF
-    # Serving runs with XLA off) and no Python.
-    assert out["unregistered"] == []
-    assert not [op for op in out["ops"] if op.startswith("Xla") or "PyFunc" in op]
+    # Only core TensorFlow and tensorflow-text ops.
     if exported["kind"] == "bpe":
         assert out["not_core"] and all(op.startswith("Sentencepiece") for op in out["not_core"])
     else:

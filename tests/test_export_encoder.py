@@ -10,9 +10,6 @@ encoding).
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -20,14 +17,13 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the WordPiece ops for the Session loads)
 from tensorflow.core.protobuf import saved_model_pb2
 
+from fresh_process import serve_in_fresh_process
 from conftest import ANIMALS, LONG, PEOPLE
 from tfchat import export
 from tfchat.data.pipeline import add_cls_and_sep, classification_dataset
 from tfchat.fill_mask import FillMask
 from tfchat.run import load_run
 
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-ENV["TF_CPP_MIN_LOG_LEVEL"] = "3"
 # With one [MASK], two, and one at each end.
 MASKED = ["the cat sat on the [MASK] .", "the [MASK] sat on the [MASK] .",
           "[MASK] brother plays the old piano .", "a bird flew over the [MASK]"]
@@ -87,66 +83,9 @@ def _check_fill_mask(out, fill, texts, top_k):
     assert _decode(out["filled"]) == [fill.fill(t, m) for t, m in zip(texts, expected)]
 
 
-# A process that cannot import Keras, keras-hub or tfchat (see
-# tests/test_export.py): it lists the graph's ops, loads tensorflow-text's
-# kernels directly, as TF Serving links them, and calls each signature.
-FRESH_PROCESS = textwrap.dedent(
-    """
-    import glob, json, os, sys
-    for name in ("keras", "keras_hub", "tf_keras", "tfchat", "tensorflow_text"):
-        sys.modules[name] = None
-    import importlib.machinery
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow.python.framework import op_def_registry
-
-    path, calls = json.loads(sys.argv[1])
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    graph = proto.meta_graphs[0].graph_def
-    ops = {n.op for n in graph.node}
-    for function in graph.library.function:
-        ops |= {n.op for n in function.node_def}
-    not_core = sorted(op for op in ops if op_def_registry.get(op) is None)
-    text_spec = importlib.machinery.PathFinder.find_spec("tensorflow_text")
-    text_dir = os.path.dirname(text_spec.origin)
-    for library in sorted(glob.glob(os.path.join(text_dir, "python", "ops", "_*.so"))):
-        tf.load_op_library(library)
-    unregistered = sorted(op for op in ops if op_def_registry.get(op) is None)
-
-    model = tf.saved_model.load(path)
-    out = {"signatures": sorted(model.signatures), "ops": sorted(ops),
-           "not_core": not_core, "unregistered": unregistered, "calls": []}
-    for kind, key, inputs in calls:
-        tensors = {k: tf.constant(v, dtype) for k, (v, dtype) in inputs.items()}
-        if kind == "signature":
-            result = model.signatures[key](**tensors)
-        else:  # the restored tf.function, with the signature's defaults
-            result = getattr(model, key)(**tensors)
-        out["calls"].append({k: v.numpy().tolist() for k, v in result.items()})
-    out["modules"] = sorted(
-        name for name, module in sys.modules.items()
-        if module is not None and name.split(".")[0] in
-        ("keras", "keras_hub", "tf_keras", "tfchat", "tensorflow_text"))
-    print("RESULT " + json.dumps(out, default=lambda b: b.decode("utf-8", "replace")))
-    """
-)
-
-
 def _fresh_process(path, calls):
-    proc = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, json.dumps([path, calls])],
-        capture_output=True, text=True, env=ENV, timeout=300, cwd=path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
-    out = json.loads(line[len("RESULT "):])
-    assert out["modules"] == []
-    # Only core TensorFlow and tensorflow-text ops (the WordPiece tokenizer's):
-    # nothing XLA-only, no Python.
-    assert out["unregistered"] == []
-    assert not [op for op in out["ops"] if op.startswith("Xla") or "PyFunc" in op]
+    out = serve_in_fresh_process(path, calls)
+    # The only ops beyond core TensorFlow: the WordPiece tokenizer's.
     assert out["not_core"] and all(op.startswith("Fast") for op in out["not_core"]), out["not_core"]
     return out
 
