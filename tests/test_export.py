@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops for the Session loads)
 
 from conftest import REPETITIVE_TEXT, REPO_ROOT, TINY, nest, write_text
-from fresh_process import serve_in_fresh_process
+from serving_calls import serve_in_fresh_process, session_run
 from tfchat import config as config_lib
 from tfchat import export, serving
 from tfchat.errors import TfchatError
@@ -148,26 +148,14 @@ def test_fresh_process_without_keras_serves_every_signature(exported):
     assert all(0 <= n <= half for n in out["defaults"]["num_tokens"])
 
 
-def _session_run(path, signature_key, feeds):
-    """Runs a signature the way TF Serving's C++ loader does: the v1
-    SavedModel loader restores the variables into a Session, then the
-    SignatureDef's tensor names are fed and fetched."""
-    with tf.compat.v1.Session(graph=tf.Graph()) as session:
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
-        signature = meta_graph.signature_def[signature_key]
-        feed = {signature.inputs[k].name: v for k, v in feeds.items()}
-        fetch = {k: v.name for k, v in signature.outputs.items()}
-        return session.run(fetch, feed)
-
-
 def test_session_signature_path_matches_keras(exported):
     # Only the inputs given are fed; the rest take the SignatureDef defaults.
-    out = _session_run(
+    out = session_run(
         exported["path"], "serving_default",
         {"prompt": PROMPTS, "max_new_tokens": [MAX_NEW], "temperature": [0.0]},
     )
     assert _decode(out["text"].tolist()) == exported["greedy"]
-    scores = _session_run(exported["path"], "score", {"text": SCORED})
+    scores = session_run(exported["path"], "score", {"text": SCORED})
     np.testing.assert_allclose(scores["log_likelihood"], exported["scores"], rtol=1e-4, atol=1e-5)
     assert scores["num_tokens"].tolist()[1] == 0
 
@@ -187,9 +175,9 @@ def test_plain_tf_saved_model_save_is_caught_by_the_session_check(trained, expor
     tf.saved_model.save(module, path, signatures={"score": module.score})
     assert tf.saved_model.load(path).signatures["score"](text=tf.constant(["the"]))
     with pytest.raises(tf.errors.FailedPreconditionError, match="Could not find variable"):
-        _session_run(path, "score", {"text": ["the"]})
+        session_run(path, "score", {"text": ["the"]})
     # The ExportArchive export of the same run restores there.
-    assert _session_run(exports("char"), "score", {"text": ["the"]})["num_tokens"].tolist() == [
+    assert session_run(exports("char"), "score", {"text": ["the"]})["num_tokens"].tolist() == [
         len(run.tokenizer.tokenize(tf.constant(["the"]))[0])
     ]
 
@@ -529,7 +517,7 @@ def test_chat_signature_applies_the_template_in_the_graph(chat_run, tmp_path):
         )
         # Through the v1 Session path, as TF Serving runs it, leaving the
         # optional inputs but two to their defaults.
-        out = _session_run(path, "chat", {"roles": roles, "contents": contents,
+        out = session_run(path, "chat", {"roles": roles, "contents": contents,
                                           "max_new_tokens": [16], "temperature": [0.0]})
         assert _decode(out["text"].tolist()) == [expected]
         replies.append(expected)

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the WordPiece ops for the Session loads)
 from tensorflow.core.protobuf import saved_model_pb2
 
-from fresh_process import serve_in_fresh_process
+from serving_calls import serve_in_fresh_process, session_run
 from conftest import ANIMALS, LONG, PEOPLE
 from tfchat import export
 from tfchat.data.pipeline import add_cls_and_sep, classification_dataset
@@ -136,27 +136,15 @@ def test_fresh_process_classify_matches_keras(clf):
     assert classify["label"][:2] == ["animal", "person"]
 
 
-def _session_run(path, signature_key, feeds):
-    """Runs a signature the way TF Serving's C++ loader does: the v1
-    SavedModel loader restores the variables into a Session, then the
-    SignatureDef's tensor names are fed and fetched."""
-    with tf.compat.v1.Session(graph=tf.Graph()) as session:
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
-        signature = meta_graph.signature_def[signature_key]
-        feed = {signature.inputs[k].name: v for k, v in feeds.items()}
-        fetch = {k: v.name for k, v in signature.outputs.items()}
-        return session.run(fetch, feed)
-
-
 def test_session_signature_path_matches_keras(mlm, clf):
     # top_k left out: the SignatureDef default applies.
-    out = _session_run(mlm["path"], "serving_default", {"text": MASKED})
+    out = session_run(mlm["path"], "serving_default", {"text": MASKED})
     _check_fill_mask(out, mlm["fill"], MASKED, 5)
-    out = _session_run(mlm["path"], "fill_mask", {"text": MASKED, "top_k": [1]})
+    out = session_run(mlm["path"], "fill_mask", {"text": MASKED, "top_k": [1]})
     _check_fill_mask(out, mlm["fill"], MASKED, 1)
 
     run = clf["run"]
-    out = _session_run(clf["path"], "serving_default", {"text": CLASSIFIED})
+    out = session_run(clf["path"], "serving_default", {"text": CLASSIFIED})
     expected = _keras_probabilities(run, CLASSIFIED)
     np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-5, atol=1e-6)
     assert _decode(out["label"]) == [run.labels[i] for i in expected.argmax(axis=1)]

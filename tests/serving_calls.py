@@ -1,5 +1,7 @@
-"""Call an exported SavedModel the way stock TF Serving can: in a fresh
-Python process that cannot import Keras, keras-hub or tfchat (`None` in
+"""Call an exported SavedModel the two ways that show stock TF Serving can
+serve it: `session_run`, through the v1 loader that TF Serving's C++ code
+uses, and `serve_in_fresh_process`, in a fresh Python process that cannot
+import Keras, keras-hub or tfchat (`None` in
 sys.modules makes their import fail). `import tensorflow` still works (it
 loads Keras' optimizers only if it can), and so does the model, if it needs
 nothing from them. Importing the tensorflow_text package would pull in Keras
@@ -82,3 +84,17 @@ def serve_in_fresh_process(path, calls):
     assert out["unregistered"] == []
     assert not [op for op in out["ops"] if op.startswith("Xla") or "PyFunc" in op]
     return out
+
+
+def session_run(path, signature_key, feeds):
+    """Runs a signature the way TF Serving's C++ loader does: the v1
+    SavedModel loader restores the variables into a Session, then the
+    SignatureDef's tensor names are fed and fetched."""
+    import tensorflow as tf
+
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+        signature = meta_graph.signature_def[signature_key]
+        feed = {signature.inputs[k].name: v for k, v in feeds.items()}
+        fetch = {k: v.name for k, v in signature.outputs.items()}
+        return session.run(fetch, feed)
