@@ -106,9 +106,7 @@ history = model.fit(train_ds, steps_per_epoch=steps_per_epoch, epochs=t.max_step
 if not SMALL:
     get_ipython().run_line_magic("tensorboard", f"--logdir {log_dir}")'''),
         new_markdown_cell("**Loss curve.**"),
-        new_code_cell('''import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+        new_code_cell('''import matplotlib.pyplot as plt
 
 losses, val_losses = history.history["loss"], history.history["val_loss"]
 fig, ax = plt.subplots(figsize=(6, 3))

@@ -59,8 +59,13 @@ def test_notebook_runs_with_small_settings(path, tmp_path, monkeypatch):
         first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", output).groups())
         assert last < first
         assert "round trip: To be, or not to be" in output
+        assert _has_image(notebook), "the loss curve was not drawn inline"
     if "masked_lm_bert" in path:
         _check_masked_lm_bert(notebook, output, tmp_path / "runs")
+
+
+def _has_image(notebook):
+    return any("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
 
 
 def _confusion_matrix(output):
@@ -111,5 +116,4 @@ def _check_masked_lm_bert(notebook, output, runs):
     assert sum(map(sum, matrix)) == len(data.val)
     trace = sum(matrix[i][i] for i in range(len(matrix)))
     assert float(accuracy) == pytest.approx(trace / len(data.val), abs=1e-4)
-    # The confusion-matrix plot was drawn.
-    assert any("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
+    assert _has_image(notebook), "the confusion-matrix plot was not drawn inline"
