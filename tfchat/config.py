@@ -138,8 +138,8 @@ class TrainConfig:
     jit_compile: bool = _field(
         True,
         "Compile the train step with XLA (on 2 CPU cores, float32: 1.7x faster "
-        "for the small shakespeare shape, 1.05x for the large one; off for "
-        "mixed_bfloat16 on a CPU, see precision; benchmarks/RESULTS.md).",
+        "for the small shakespeare shape, 1.05x for the large one; better off "
+        "with mixed_bfloat16 on a CPU, see precision; benchmarks/RESULTS.md).",
     )
     strategy: str = _field(
         "auto",
