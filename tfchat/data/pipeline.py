@@ -46,6 +46,15 @@ def tokenize_texts(texts, tokenizer, add_eos=False):
     return texts.batch(_TOKENIZE_BATCH).map(tokenize, num_parallel_calls=AUTOTUNE)
 
 
+def _deterministic_prefetch(ds):
+    """Every pipeline's last step: parallel maps keep their order (a seed then
+    fixes the batches, and resumed runs see the same ones), and batches are
+    prepared while the model trains."""
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
 def pack_sequences(chunks, length):
     """Dataset of 1-D id chunks -> dataset of [length] blocks (the stream's
     remainder shorter than `length` is dropped)."""
@@ -117,9 +126,7 @@ def causal_lm_dataset(
             blocks = blocks.repeat()
     ds = blocks.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(shift_for_causal_lm, num_parallel_calls=AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    return _deterministic_prefetch(ds)
 
 
 def chat_dataset(
@@ -176,9 +183,7 @@ def chat_dataset(
         return inputs, targets, weights[..., 1:]
 
     ds = ds.map(shift, num_parallel_calls=AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    return _deterministic_prefetch(ds)
 
 
 # --- Encoder inputs: masked-LM pretraining and text classification ---
@@ -420,9 +425,7 @@ def masked_lm_dataset(
 
     ds = ds.map(add_special_tokens, num_parallel_calls=AUTOTUNE).enumerate()
     ds = ds.map(lambda i, batch: mask(i, *batch), num_parallel_calls=AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    return _deterministic_prefetch(ds)
 
 
 def classification_dataset(
@@ -457,6 +460,4 @@ def classification_dataset(
         return {"token_ids": token_ids, "padding_mask": padding_mask}, batch_labels
 
     ds = ds.map(encode, num_parallel_calls=AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    return _deterministic_prefetch(ds)
