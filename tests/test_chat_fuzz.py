@@ -82,24 +82,30 @@ def test_messages_jsonl_is_read_or_rejected_naming_its_line(lines):
         os.unlink(path)
 
 
+def read_bytes_as_file(suffix, data, read):
+    """Writes `data` to a temporary file and returns `read(path)`, or None
+    when the reader refused the file with an error that names it."""
+    fd, path = tempfile.mkstemp(suffix=suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    try:
+        return read(path)
+    except TfchatError as e:
+        assert str(e).startswith(path)
+        return None
+    finally:
+        os.unlink(path)
+
+
 @FUZZ
 @given(st.binary(max_size=300))
 def test_chatterbot_yaml_reader_survives_random_bytes(data):
     from tfchat.data.dialogues import read_chatterbot_yaml
 
-    fd, path = tempfile.mkstemp(suffix=".yml")
-    with os.fdopen(fd, "wb") as f:
-        f.write(b"conversations:\n- - " + data)
-    try:
-        try:
-            conversations = read_chatterbot_yaml(path)
-        except TfchatError as e:
-            assert str(e).startswith(path)
-            return
-        for messages in conversations:
-            assert all(m.role in ROLES for m in messages)
-    finally:
-        os.unlink(path)
+    conversations = read_bytes_as_file(".yml", b"conversations:\n- - " + data,
+                                       read_chatterbot_yaml)
+    for messages in conversations or []:
+        assert all(m.role in ROLES for m in messages)
 
 
 @FUZZ
@@ -107,17 +113,8 @@ def test_chatterbot_yaml_reader_survives_random_bytes(data):
 def test_labelled_csv_reader_survives_random_bytes(data):
     from tfchat.data.labelled import _read_csv
 
-    fd, path = tempfile.mkstemp(suffix=".csv")
-    with os.fdopen(fd, "wb") as f:
-        f.write(b"text,label\n" + data)
-    try:
-        try:
-            rows = list(_read_csv(path, "text", "label"))
-        except TfchatError as e:
-            assert str(e).startswith(path)
-            return
-        # What is read are (text, label) pairs of non-empty strings.
-        assert all(isinstance(t, str) and isinstance(l, str) and t.strip() and l.strip()
-                   for t, l in rows)
-    finally:
-        os.unlink(path)
+    rows = read_bytes_as_file(".csv", b"text,label\n" + data,
+                              lambda path: list(_read_csv(path, "text", "label")))
+    # What is read are (text, label) pairs of non-empty strings.
+    assert all(isinstance(t, str) and isinstance(l, str) and t.strip() and l.strip()
+               for t, l in rows or [])
