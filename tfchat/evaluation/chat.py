@@ -3,23 +3,37 @@
 On the validation conversations of the run's own data it reports
   * val_loss / val_perplexity / val_accuracy on the assistant's tokens only
     (the tokens the model was trained to write), and
-  * BLEU (sacrebleu's corpus BLEU, 0-100) and ROUGE-L (rouge-score's
-    F-measure, averaged, x100) of greedy replies against the reference
-    replies: every assistant turn is answered once, given the conversation
-    before it;
-  * the same two scores on the `unseen` replies only: those whose prompt
+  * BLEU (sacrebleu's corpus BLEU, 0-100), ROUGE-L (rouge-score's
+    F-measure, averaged, x100) and chrF (sacrebleu's corpus chrF, 0-100) of
+    greedy replies against the reference replies: every assistant turn is
+    answered once, given the conversation before it;
+  * the same scores on the `unseen` replies only: those whose prompt
     (the conversation before the reply) never occurs in the training split.
     Corpora like chatterbot repeat conversations, so the scores on all
     replies partly measure recall of training data.
+
+Replies are scored in any language (chatterbot-corpus has 28), each in
+words that fit its script; `bleu_tokenization` picks BLEU's from the
+language of a `chatterbot:<language>` data path, else from the references'
+script, and `bleu_tokenize` in the results names it:
+  * Latin-script languages: sacrebleu's `13a` (the WMT standard);
+  * other alphabetic scripts (Cyrillic, Devanagari, Arabic, Hebrew...):
+    `intl`, which also splits off non-ASCII punctuation such as the danda;
+  * Chinese: `zh`, one token a Han character;
+  * Japanese, Korean, Thai: `char`, one token a character (see
+    `bleu_tokenization` for why).
+ROUGE-L uses `ReplyTokenizer` whatever the language: lowercased words of
+Unicode letters, combining marks and digits, and one token a character of
+the scripts written without spaces (Han, kana, Hangul, Thai...). chrF needs
+no word segmentation. All three compare NFC-normalized text.
+
+TensorFlow is imported only by `evaluate_chat`, so scoring replies does not
+need it.
 """
 
+import functools
 import statistics
-
-from tfchat.data.chat_template import encode_conversations
-from tfchat.data.dialogues import DialogueCorpus
-from tfchat.data.pipeline import chat_dataset
-from tfchat.evaluation.language_model import evaluate_loss
-from tfchat.generate import Generator
+import unicodedata
 
 
 def reply_prompts(conversations):
@@ -32,17 +46,132 @@ def reply_prompts(conversations):
     return pairs
 
 
-def score_replies(replies, references):
-    """Corpus BLEU and mean ROUGE-L F1, both 0-100."""
+# Names of the Unicode characters of the scripts written without spaces
+# between words start with these: each character is a token of its own.
+_UNSPACED_SCRIPTS = {
+    "CJK UNIFIED IDEOGRAPH": "han", "CJK COMPATIBILITY IDEOGRAPH": "han",
+    "IDEOGRAPHIC": "han",  # 々 (iteration mark), 〇
+    "HIRAGANA": "kana", "KATAKANA": "kana", "HALFWIDTH KATAKANA": "kana",
+    "HANGUL": "hangul", "HALFWIDTH HANGUL": "hangul",
+    "THAI": "thai", "LAO": "thai", "KHMER": "thai", "MYANMAR": "thai",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _script(char):
+    """The script of a letter: one of _UNSPACED_SCRIPTS' values, "latin" or
+    "other"; None for anything but a letter."""
+    if not unicodedata.category(char).startswith("L") and char != "〇":
+        return None
+    name = unicodedata.name(char, "")
+    for prefix, script in _UNSPACED_SCRIPTS.items():
+        if name.startswith(prefix):
+            return script
+    return "latin" if name.startswith("LATIN") else "other"
+
+
+class ReplyTokenizer:
+    """ROUGE's tokens in any script (rouge-score's default tokenizer keeps
+    only [a-z0-9], so it scores Chinese or Russian 0): lowercased words of
+    Unicode letters, combining marks (Devanagari vowel signs, which \\w
+    does not match) and digits, split at anything else; in the scripts
+    written without spaces (Han, kana, Hangul, Thai, Lao, Khmer, Myanmar)
+    each character is a token, with the combining marks that follow it."""
+
+    def tokenize(self, text):
+        tokens, word, unspaced = [], [], False
+        for char in unicodedata.normalize("NFC", text).lower():
+            category = unicodedata.category(char)
+            if category.startswith("M") and unspaced:
+                tokens[-1] += char
+                continue
+            if _script(char) in ("han", "kana", "hangul", "thai"):
+                if word:
+                    tokens.append("".join(word))
+                    word = []
+                tokens.append(char)
+                unspaced = True
+                continue
+            unspaced = False
+            if category[0] in "LMN":
+                word.append(char)
+            elif word:
+                tokens.append("".join(word))
+                word = []
+        if word:
+            tokens.append("".join(word))
+        return tokens
+
+
+# sacrebleu's tokenizer for each chatterbot-corpus language.
+_BLEU_TOKENIZE = {
+    **dict.fromkeys(["chinese", "traditionalchinese"], "zh"),
+    **dict.fromkeys(["japanese", "korean", "thai"], "char"),
+    **dict.fromkeys(["english", "dutch", "french", "german", "hinglish", "indonesian",
+                     "italian", "portuguese", "spanish", "swedish", "turkish", "yoruba"], "13a"),
+    **dict.fromkeys(["bengali", "hebrew", "hindi", "marathi", "oriya", "persian", "russian",
+                     "tamil", "telugu", "ukrainian", "urdu"], "intl"),
+}
+
+
+def bleu_tokenization(references, language=None):
+    """The sacrebleu tokenizer for BLEU on these references: that of
+    `language` (a chatterbot-corpus language, or a data path
+    `chatterbot:<language>`) where it is one, else that of the script most
+    of the references' letters are written in:
+      * Latin: "13a", sacrebleu's default and the WMT standard;
+      * Han: "zh", each Han character a token (and 13a for the rest);
+      * Han with kana (Japanese), Hangul (Korean), Thai and the like:
+        "char", each character a token. sacrebleu's "ja-mecab"/"ko-mecab"
+        segment into morphemes but need MeCab and its dictionaries (tens of
+        MB), and the scores would then depend on what is installed; "zh"
+        would leave each run of kana a single word. Korean spaces its
+        words, but they carry their particles and endings (학교에, 학교는),
+        so word-level BLEU scores a right stem with another ending as wrong.
+      * any other script (Cyrillic, Devanagari, Arabic...): "intl", which
+        also splits off non-ASCII punctuation (the danda, «»).
+    """
+    if language:
+        name = language.split(":", 1)[1] if language.startswith("chatterbot:") else language
+        name = name.strip().lower()
+        if name in _BLEU_TOKENIZE:
+            return _BLEU_TOKENIZE[name]
+    counts = dict.fromkeys(["han", "kana", "hangul", "thai", "latin", "other"], 0)
+    for text in references:
+        for char in text:
+            script = _script(char)
+            if script:
+                counts[script] += 1
+    cjk = counts["han"] + counts["kana"]
+    groups = {"cjk": cjk, "hangul": counts["hangul"], "thai": counts["thai"],
+              "latin": counts["latin"], "other": counts["other"]}
+    script = max(groups, key=groups.get)
+    if not groups[script] or script == "latin":
+        return "13a"
+    if script == "cjk":
+        # Japanese writes its grammar in kana; Chinese has none.
+        return "char" if counts["kana"] >= 0.1 * cjk else "zh"
+    return {"hangul": "char", "thai": "char", "other": "intl"}[script]
+
+
+def score_replies(replies, references, language=None, tokenize=None):
+    """Corpus BLEU, mean ROUGE-L F1 and corpus chrF, all 0-100, on
+    NFC-normalized text. BLEU is tokenized by `tokenize` (a sacrebleu
+    tokenizer name), by default `bleu_tokenization(references, language)`;
+    ROUGE-L by ReplyTokenizer."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
-    bleu = sacrebleu.corpus_bleu(replies, [references]).score
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    replies = [unicodedata.normalize("NFC", text) for text in replies]
+    references = [unicodedata.normalize("NFC", text) for text in references]
+    tokenize = tokenize or bleu_tokenization(references, language)
+    bleu = sacrebleu.corpus_bleu(replies, [references], tokenize=tokenize).score
+    chrf = sacrebleu.corpus_chrf(replies, [references]).score
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=ReplyTokenizer())
     rouge = statistics.fmean(
         scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(references, replies)
     )
-    return {"bleu": bleu, "rouge_l": 100 * rouge}
+    return {"bleu": bleu, "rouge_l": 100 * rouge, "chrf": chrf}
 
 
 def greedy_replies(generator, prompts, max_new_tokens, batch_size):
@@ -61,8 +190,14 @@ def greedy_replies(generator, prompts, max_new_tokens, batch_size):
 
 def evaluate_chat(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, jit_compile=True,
                   **unused):
-    """Assistant-token perplexity, and BLEU/ROUGE-L of greedy replies, on
-    the first `limit` (0 = all) validation conversations."""
+    """Assistant-token perplexity, and BLEU/ROUGE-L/chrF of greedy replies,
+    on the first `limit` (0 = all) validation conversations."""
+    from tfchat.data.chat_template import encode_conversations
+    from tfchat.data.dialogues import DialogueCorpus
+    from tfchat.data.pipeline import chat_dataset
+    from tfchat.evaluation.language_model import evaluate_loss
+    from tfchat.generate import Generator
+
     corpus = DialogueCorpus(run.config.data)
     conversations = corpus.conversations("val")[: limit or None]
     block_size = run.config.model.block_size
@@ -76,14 +211,18 @@ def evaluate_chat(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, j
     prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
     generator = Generator(run.backbone, run.tokenizer, jit_compile=jit_compile)
     replies = greedy_replies(generator, prompts, max_new_tokens, batch_size)
-    results.update(score_replies(replies, references))
+    # One tokenization for all and unseen replies, so that they compare.
+    tokenize = bleu_tokenization(references, run.config.data.path)
+    results.update(score_replies(replies, references, tokenize=tokenize))
+    results["bleu_tokenize"] = tokenize
     results["conversations"] = len(conversations)
     results["replies"] = len(replies)
     seen = {tuple(p) for p, _ in reply_prompts(corpus.conversations("train"))}
     unseen = [i for i, p in enumerate(prompts) if tuple(p) not in seen]
     results["replies_unseen"] = len(unseen)
     if unseen:
-        scores = score_replies([replies[i] for i in unseen], [references[i] for i in unseen])
+        scores = score_replies([replies[i] for i in unseen], [references[i] for i in unseen],
+                               tokenize=tokenize)
         results.update({f"{k}_unseen": v for k, v in scores.items()})
     results["examples"] = [
         {"user": prompts[i][-1].content, "reference": references[i], "reply": replies[i]}
