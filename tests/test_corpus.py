@@ -4,6 +4,7 @@ import pytest
 
 from tfchat.config import DataConfig
 from tfchat.data import corpus as corpus_lib
+from tfchat.data import files as files_lib
 from tfchat.data.corpus import Corpus
 from tfchat.errors import TfchatError
 
@@ -156,7 +157,7 @@ def test_empty_file(tmp_path):
     ],
 )
 def test_non_utf8_file_reports_byte_offset(tmp_path, monkeypatch, data, chunk):
-    monkeypatch.setattr(corpus_lib, "_CHUNK", chunk)
+    monkeypatch.setattr(files_lib, "_CHUNK", chunk)
     path = tmp_path / "bad.txt"
     path.write_bytes(data)
     try:
@@ -169,7 +170,7 @@ def test_non_utf8_file_reports_byte_offset(tmp_path, monkeypatch, data, chunk):
 
 
 def test_multibyte_characters_across_read_chunks_are_fine(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus_lib, "_CHUNK", 3)
+    monkeypatch.setattr(files_lib, "_CHUNK", 3)
     text = "é字🙂 mixed widths\n" * 12
     path = write_text(tmp_path / "u.txt", text)
     corpus = Corpus(DataConfig(path=path))

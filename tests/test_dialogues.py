@@ -2,6 +2,9 @@
 conversation, `objective: auto`, and every kind of bad input."""
 
 import json
+import sys
+import types
+import warnings
 
 import pytest
 
@@ -9,8 +12,12 @@ from conftest import write_chat_jsonl, write_jsonl, write_text
 from tfchat import config as config_lib
 from tfchat import fit
 from tfchat.config import DataConfig
+from tfchat.data import corpus as corpus_lib
+from tfchat.data import files as files_lib
 from tfchat.data.chat_template import Message
+from tfchat.data.corpus import Corpus
 from tfchat.data.dialogues import DialogueCorpus, is_dialogue_data, read_chatterbot_yaml
+from tfchat.data.labelled import read_labelled
 from tfchat.errors import TfchatError
 
 CHATTERBOT_YAML = """\
@@ -134,3 +141,120 @@ def test_fit_reports_bad_dialogue_data_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert err == f"error: {path} line 1: the conversation has no assistant turn.\n"
+
+
+# --- one reader of chatterbot YAML for the causal, chat and labelled paths ---
+
+QUIRKS_YAML = """\
+categories:
+- quirks
+conversations:
+- - yes
+  - no
+- - 1.50
+  - 007
+- - true
+  - off
+- - Hello
+  -
+  - Hi
+- - ~
+  - Nothing was said.
+- - 'null'
+  - "a quoted null stays text"
+- - 2001-01-01
+  - 0x1F
+"""
+PLAIN_YAML = """\
+conversations:
+- - Good morning
+  - Morning!
+- - How are you?
+  - Fine, thanks.
+  - Glad to hear it.
+  - Bye.
+"""
+# What every path reads from the two files above (plain.yml first, by name):
+# turns are the text as written, and a conversation with an empty turn is
+# left out whole rather than shifting its later turns to the other speaker.
+FAKE_PACKAGE_TURNS = [
+    ("plain", ("Good morning", "Morning!")),
+    ("plain", ("How are you?", "Fine, thanks.", "Glad to hear it.", "Bye.")),
+    ("quirks", ("yes", "no")),
+    ("quirks", ("1.50", "007")),
+    ("quirks", ("true", "off")),
+    ("quirks", ("null", "a quoted null stays text")),
+    ("quirks", ("2001-01-01", "0x1F")),
+]
+
+
+def fake_chatterbot_package(monkeypatch, tmp_path, files):
+    """Makes `import chatterbot_corpus` find a package whose `fake` language
+    is `files` (name -> YAML text)."""
+    package = tmp_path / "chatterbot_corpus"
+    for name, text in files.items():
+        write_text(package / "data" / "fake" / name, text)
+    module = types.ModuleType("chatterbot_corpus")
+    module.__file__ = str(package / "__init__.py")
+    monkeypatch.setitem(sys.modules, "chatterbot_corpus", module)
+
+
+def transcript(turns):
+    return "".join(f"{'User' if i % 2 == 0 else 'Bot'}: {t}\n" for i, t in enumerate(turns))
+
+
+def read_every_way(path, val_fraction=0.1):
+    """The conversations of `path` as the causal corpus (transcripts), the
+    chat corpus (turn tuples) and the labelled data ((turn, class) pairs) see
+    them, each sorted."""
+    config = DataConfig(path=path, val_fraction=val_fraction)
+    corpus = Corpus(config)
+    causal = sorted(list(corpus.iter_texts("train")) + list(corpus.iter_texts("val")))
+    dialogues = DialogueCorpus(config)
+    chat = []
+    for messages in dialogues.conversations("train") + dialogues.conversations("val"):
+        assert [m.role for m in messages] == [
+            "user" if i % 2 == 0 else "assistant" for i in range(len(messages))
+        ]
+        chat.append(tuple(m.content for m in messages))
+    labelled = read_labelled(config)
+    return causal, sorted(chat), sorted(labelled.train + labelled.val)
+
+
+def assert_read_alike(path, conversations, val_fraction=0.1):
+    """Each path reads exactly `conversations` ((category, turns) pairs)."""
+    causal, chat, labelled = read_every_way(path, val_fraction)
+    assert causal == sorted(transcript(turns) for _, turns in conversations)
+    assert chat == sorted(turns for _, turns in conversations)
+    assert labelled == sorted({(t, c) for c, turns in conversations for t in turns})
+
+
+def test_chatterbot_turns_are_the_text_written_on_every_path(tmp_path, monkeypatch):
+    fake_chatterbot_package(monkeypatch, tmp_path, {"quirks.yml": QUIRKS_YAML, "plain.yml": PLAIN_YAML})
+    with pytest.warns(UserWarning, match=r"skipped 2 malformed") as caught:
+        assert_read_alike("chatterbot:fake", FAKE_PACKAGE_TURNS, val_fraction=0.5)
+    # Each path warned, naming the two conversations with an empty turn.
+    messages = [str(w.message) for w in caught if "chatterbot-corpus fake" in str(w.message)]
+    assert len(messages) == 3
+    assert "quirks.yml line 11: turn 2 (assistant) is empty" in messages[0]
+    assert "quirks.yml line 13: turn 1 (user) is empty" in messages[0]
+    with pytest.warns(UserWarning, match=r"skipped 2 malformed"):
+        assert [(c, tuple(t)) for c, t in corpus_lib.chatterbot_conversations("fake")] == FAKE_PACKAGE_TURNS
+    # The same files given as a path are the user's to fix: an error.
+    with pytest.raises(TfchatError, match=r"quirks.yml line 11: turn 2 \(assistant\) is empty"):
+        DialogueCorpus(DataConfig(path=str(tmp_path / "chatterbot_corpus" / "data" / "fake")))
+    plain = read_chatterbot_yaml(str(tmp_path / "chatterbot_corpus" / "data" / "fake" / "plain.yml"))
+    assert [tuple(m.content for m in c) for c in plain] == [t for _, t in FAKE_PACKAGE_TURNS[:2]]
+
+
+def test_chatterbot_english_reads_the_same_turns_on_every_path():
+    with warnings.catch_warnings():
+        # The package's own malformed entries (english/trivia.yml has one).
+        warnings.simplefilter("ignore", UserWarning)
+        conversations = [(c.category, c.turns) for c in files_lib.read_chatterbot_package("english")]
+        assert len(conversations) > 2000
+        assert_read_alike("chatterbot:english", conversations)
+    # Every turn is whole text: none is a lone character of a string that
+    # YAML read as a conversation.
+    assert all(len(turns) >= 2 for _, turns in conversations)
+    assert sum(len(t) == 1 and not t.isalnum() for _, turns in conversations for t in turns) == 0

@@ -9,7 +9,9 @@ A corpus is one of:
   * JSONL: one JSON object per line, its text in `text_field`; each object
     is a document.
   * `chatterbot:<language>`: the conversations of the chatterbot-corpus
-    package, rendered as plain "User:/Bot:" transcripts, one document each.
+    package (as `tfchat.data.files` reads them, the same turns the chat and
+    classification objectives see), rendered as plain "User:/Bot:"
+    transcripts, one document each.
 Documents are split evenly: document i is held out when the running count
 floor(i * val_fraction) steps up, so every part of the corpus is represented.
 
@@ -19,81 +21,21 @@ tokenizer training). Neither holds a file in memory. Problems with the input
 raise `TfchatError` naming the file and the line or byte offset.
 """
 
-import codecs
-import glob
 import json
-import math
-import os
 
 import tensorflow as tf
 
+from tfchat.data.files import (
+    ASCII_WHITESPACE as _ASCII_WHITESPACE,
+    chatterbot_conversations,
+    count_chars as _count_chars,
+    is_val as _is_val,
+    read_lines as _read_lines,
+    resolve_files as _resolve_files,
+)
 from tfchat.errors import TfchatError
 
 SPLITS = ("train", "val")
-_CHUNK = 1 << 20
-# What `tf.strings.strip` strips.
-_ASCII_WHITESPACE = " \t\n\v\f\r"
-
-
-def _resolve_files(path):
-    if path.startswith("chatterbot:"):
-        return []
-    if any(c in path for c in "*?["):
-        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
-        if not files:
-            raise TfchatError(f"No files match the data path {path!r}.")
-        return files
-    if os.path.isdir(path):
-        files = sorted(
-            os.path.join(root, name)
-            for root, dirs, names in os.walk(path)
-            for name in names
-            if not name.startswith(".")
-        )
-        if not files:
-            raise TfchatError(f"No files found under the data directory {path}.")
-        return files
-    if os.path.isfile(path):
-        return [path]
-    raise TfchatError(f"Data path not found: {path}")
-
-
-def _count_chars(path, errors="strict"):
-    """Counts a file's characters ("\r" excluded) and "\n"s, checking it
-    is UTF-8 as it streams (or, with errors="replace", counting each invalid
-    sequence as one U+FFFD)."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors)
-    count = newlines = offset = 0
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(_CHUNK)
-            # Bytes of a character split across chunks wait in the decoder.
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as e:
-                raise TfchatError(
-                    f"{path} is not UTF-8 text: invalid byte at offset "
-                    f"{offset - pending + e.start}."
-                ) from None
-            count += len(text) - text.count("\r")
-            newlines += text.count("\n")
-            if not chunk:
-                return count, newlines
-            offset += len(chunk)
-
-
-def _read_lines(path, errors="strict"):
-    """The file's lines as `tf.data.TextLineDataset` splits them (at "\n"
-    only), but keeping the "\n", and without carriage returns."""
-    with open(path, encoding="utf-8", errors=errors, newline="\n") as f:
-        for line in f:
-            yield line.replace("\r", "")
-
-
-def _is_val(index, fraction):
-    """Whether document `index` is held out (an even 1-in-1/fraction spread)."""
-    return math.floor((index + 1) * fraction) > math.floor(index * fraction)
 
 
 def _is_val_tf(index, fraction):
@@ -306,36 +248,6 @@ def _parse_jsonl_line(line, field, path, number):
             f"{path} line {number}: field {field!r} is not a string."
         )
     return record[field]
-
-
-def chatterbot_conversations(language="english"):
-    """Yields (category, [utterance, ...]) from the chatterbot-corpus package."""
-    import yaml
-
-    try:
-        import chatterbot_corpus
-    except ImportError:
-        raise TfchatError(
-            "The chatterbot-corpus package is not installed "
-            "(pip install chatterbot-corpus)."
-        ) from None
-    folder = os.path.join(os.path.dirname(chatterbot_corpus.__file__), "data", language)
-    if not os.path.isdir(folder):
-        raise TfchatError(f"chatterbot-corpus has no language {language!r}.")
-    for name in sorted(os.listdir(folder)):
-        if not name.endswith((".yml", ".yaml")):
-            continue
-        path = os.path.join(folder, name)
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise TfchatError(f"{path} does not parse: {e}") from None
-        category = os.path.splitext(name)[0]
-        for turns in data.get("conversations") or []:
-            turns = [str(t).strip() for t in turns if t is not None and str(t).strip()]
-            if len(turns) >= 2:
-                yield category, turns
 
 
 def chatterbot_transcripts(language="english"):

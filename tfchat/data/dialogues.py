@@ -6,7 +6,7 @@ A dialogue corpus (`data.path`) is one of:
   * chatterbot-corpus YAML (a file, a directory or a glob of them): each
     conversation is a list of turns that alternate user, assistant, user...
   * `chatterbot:<language>`: the conversations of the chatterbot-corpus
-    package itself (`tfchat.data.corpus.chatterbot_conversations`).
+    package itself (`tfchat.data.files.read_chatterbot_package`).
 
 Every conversation is checked before training starts: known roles only, no
 empty content, a system message only first, at least one assistant turn.
@@ -21,21 +21,20 @@ oldest turns), and a conversation is small.
 
 import json
 
-import yaml
-
 from tfchat.data.chat_template import ROLES, Message
-from tfchat.data.corpus import (
-    SPLITS,
-    _ASCII_WHITESPACE,
-    _count_chars,
-    _is_val,
-    _read_lines,
-    _resolve_files,
-    chatterbot_conversations,
+from tfchat.data.corpus import SPLITS
+from tfchat.data.files import (
+    ASCII_WHITESPACE as _ASCII_WHITESPACE,
+    YAML_SUFFIXES as _YAML_SUFFIXES,
+    count_chars as _count_chars,
+    is_val as _is_val,
+    read_chatterbot_package,
+    read_lines as _read_lines,
+    resolve_files as _resolve_files,
 )
+from tfchat.data.files import read_chatterbot_yaml as _read_chatterbot_file
 from tfchat.errors import TfchatError
 
-_YAML_SUFFIXES = (".yml", ".yaml")
 _JSONL_SUFFIXES = (".jsonl", ".json")
 
 
@@ -112,51 +111,18 @@ def read_messages_jsonl(path):
 
 def read_chatterbot_yaml(path):
     """Conversations of a chatterbot-corpus YAML file; turns alternate user
-    and assistant. The YAML is composed node by node, so errors give lines."""
-    _count_chars(path)
-    with open(path, encoding="utf-8") as f:
-        try:
-            root = yaml.compose(f, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            line = f" line {mark.line + 1}" if mark else ""
-            raise TfchatError(f"{path}{line}: not valid YAML ({e.problem}).") from None
-        except yaml.YAMLError as e:
-            raise TfchatError(f"{path}: not valid YAML ({e}).") from None
-    node = _mapping_value(root, "conversations")
-    if not isinstance(node, yaml.SequenceNode):
-        raise TfchatError(
-            f"{path}: expected a chatterbot-corpus file with a 'conversations' "
-            "list of turn lists."
-        )
-    conversations = []
-    for conversation in node.value:
-        where = f"{path} line {conversation.start_mark.line + 1}"
-        if not isinstance(conversation, yaml.SequenceNode):
-            raise TfchatError(f"{where}: a conversation must be a list of turns.")
-        messages = []
-        for index, turn in enumerate(conversation.value):
-            if not isinstance(turn, yaml.ScalarNode):
-                raise TfchatError(
-                    f"{path} line {turn.start_mark.line + 1}: a turn must be text."
-                )
-            role = "user" if index % 2 == 0 else "assistant"
-            if turn.tag == "tag:yaml.org,2002:null" or not turn.value.strip():
-                raise TfchatError(
-                    f"{path} line {turn.start_mark.line + 1}: turn {index + 1} ({role}) is empty."
-                )
-            messages.append(Message(role, turn.value.strip()))
-        check_conversation(messages, where)
-        conversations.append(messages)
-    return conversations
+    and assistant. Read by `tfchat.data.files.read_chatterbot_yaml`: turns
+    are the text as written, and errors give the file and line."""
+    return [_chatterbot_messages(c) for c in _read_chatterbot_file(path)]
 
 
-def _mapping_value(node, key):
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            if isinstance(k, yaml.ScalarNode) and k.value == key:
-                return v
-    return None
+def _chatterbot_messages(conversation):
+    messages = [
+        Message("user" if i % 2 == 0 else "assistant", turn)
+        for i, turn in enumerate(conversation.turns)
+    ]
+    check_conversation(messages, conversation.where)
+    return messages
 
 
 class DialogueCorpus:
@@ -172,8 +138,7 @@ class DialogueCorpus:
         if self.path.startswith("chatterbot:"):
             language = self.path.split(":", 1)[1]
             self._all = [
-                [Message("user" if i % 2 == 0 else "assistant", turn) for i, turn in enumerate(turns)]
-                for _, turns in chatterbot_conversations(language)
+                _chatterbot_messages(c) for c in read_chatterbot_package(language)
             ]
         else:
             self._all = []

@@ -6,8 +6,9 @@
   * CSV: a header row naming (at least) those two columns, then one example
     per row.
   * `chatterbot:<language>`: every utterance of the chatterbot-corpus
-    conversations, labelled with its file's category (ai, food, health,
-    history, ...); an utterance repeated in one category counts once.
+    conversations (the turns `tfchat.data.files` reads, as the causal and chat
+    objectives see them), labelled with its file's category (ai, food,
+    health, history, ...); an utterance repeated in one category counts once.
 A directory or glob takes every .jsonl/.json/.csv file under it. Examples are
 held out for validation evenly, as `tfchat.data.corpus` holds out documents.
 
@@ -27,7 +28,12 @@ import csv
 import dataclasses
 import json
 
-from tfchat.data.corpus import _count_chars, _is_val, _resolve_files, chatterbot_conversations
+from tfchat.data.files import (
+    chatterbot_conversations,
+    count_chars as _count_chars,
+    is_val as _is_val,
+    resolve_files as _resolve_files,
+)
 from tfchat.errors import TfchatError
 
 _JSONL_SUFFIXES = (".jsonl", ".json")

@@ -1,0 +1,223 @@
+"""Reading the user's data files: the helpers every data module shares.
+
+`tfchat.data.corpus` (causal text), `tfchat.data.dialogues` (chat) and
+`tfchat.data.labelled` (classification) all find their files, check UTF-8
+and hold out examples the same way, with the functions here. The one reader
+of chatterbot-corpus YAML lives here too, so that a `chatterbot:<language>`
+corpus gives the same turns to each of them:
+
+  * a turn is the text as written (`yes` stays "yes", `1.0` stays "1.0";
+    the YAML is composed, never constructed into booleans or numbers),
+    stripped of surrounding whitespace;
+  * an empty turn (`-`, `~`, `null`, `''`), a turn that is not text, a
+    conversation that is not a list, or one with fewer than two turns (no
+    reply) is an error naming the file and line. Dropping the turn instead
+    would shift every later turn to the other speaker.
+
+The chatterbot-corpus package itself ships a few conversations that break
+these rules (english/trivia.yml has an entry that YAML reads as one long
+string); the user cannot fix those, so `chatterbot_conversations` skips them
+with one warning naming each, and keeps every well-formed conversation.
+"""
+
+import codecs
+import dataclasses
+import glob
+import math
+import os
+import warnings
+
+import yaml
+
+from tfchat.errors import TfchatError
+
+# What `tf.strings.strip` strips.
+ASCII_WHITESPACE = " \t\n\v\f\r"
+YAML_SUFFIXES = (".yml", ".yaml")
+_CHUNK = 1 << 20
+_YAML_NULL = "tag:yaml.org,2002:null"
+
+
+def resolve_files(path):
+    """The files of a data path: a file, every file under a directory
+    (hidden ones skipped), or a glob; `chatterbot:<language>` has none."""
+    if path.startswith("chatterbot:"):
+        return []
+    if any(c in path for c in "*?["):
+        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+        if not files:
+            raise TfchatError(f"No files match the data path {path!r}.")
+        return files
+    if os.path.isdir(path):
+        files = sorted(
+            os.path.join(root, name)
+            for root, dirs, names in os.walk(path)
+            for name in names
+            if not name.startswith(".")
+        )
+        if not files:
+            raise TfchatError(f"No files found under the data directory {path}.")
+        return files
+    if os.path.isfile(path):
+        return [path]
+    raise TfchatError(f"Data path not found: {path}")
+
+
+def count_chars(path, errors="strict"):
+    """Counts a file's characters ("\r" excluded) and "\n"s, checking it
+    is UTF-8 as it streams (or, with errors="replace", counting each invalid
+    sequence as one U+FFFD)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    count = newlines = offset = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            # Bytes of a character split across chunks wait in the decoder.
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                raise TfchatError(
+                    f"{path} is not UTF-8 text: invalid byte at offset "
+                    f"{offset - pending + e.start}."
+                ) from None
+            count += len(text) - text.count("\r")
+            newlines += text.count("\n")
+            if not chunk:
+                return count, newlines
+            offset += len(chunk)
+
+
+def read_lines(path, errors="strict"):
+    """The file's lines as `tf.data.TextLineDataset` splits them (at "\n"
+    only), but keeping the "\n", and without carriage returns."""
+    with open(path, encoding="utf-8", errors=errors, newline="\n") as f:
+        for line in f:
+            yield line.replace("\r", "")
+
+
+def is_val(index, fraction):
+    """Whether document `index` is held out (an even 1-in-1/fraction spread)."""
+    return math.floor((index + 1) * fraction) > math.floor(index * fraction)
+
+
+# --- chatterbot-corpus YAML ---
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatterbotConversation:
+    """One conversation of a chatterbot-corpus file: its turns (user, bot,
+    user, ...) as written, and the file and line it starts on."""
+
+    path: str
+    line: int
+    turns: tuple
+
+    @property
+    def where(self):
+        return f"{self.path} line {self.line}"
+
+    @property
+    def category(self):
+        """The file's name without its suffix (ai, food, ...), as the
+        chatterbot package names its categories."""
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+
+def read_chatterbot_yaml(path, skipped=None):
+    """The conversations of a chatterbot-corpus YAML file (a list of
+    `ChatterbotConversation`). The YAML is composed node by node, so turns
+    keep the text written and errors give lines. A file that is not such
+    YAML always raises `TfchatError`; a bad conversation does too, unless
+    `skipped` is a list, which then gets its error message instead."""
+    count_chars(path)  # fails with the byte offset if not UTF-8
+    with open(path, encoding="utf-8") as f:
+        try:
+            root = yaml.compose(f, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            line = f" line {mark.line + 1}" if mark else ""
+            raise TfchatError(f"{path}{line}: not valid YAML ({e.problem}).") from None
+        except yaml.YAMLError as e:
+            raise TfchatError(f"{path}: not valid YAML ({e}).") from None
+    node = _mapping_value(root, "conversations")
+    if not isinstance(node, yaml.SequenceNode):
+        raise TfchatError(
+            f"{path}: expected a chatterbot-corpus file with a 'conversations' "
+            "list of turn lists."
+        )
+    conversations = []
+    for entry in node.value:
+        try:
+            conversations.append(_read_conversation(path, entry))
+        except TfchatError as e:
+            if skipped is None:
+                raise
+            skipped.append(str(e))
+    return conversations
+
+
+def _read_conversation(path, node):
+    where = f"{path} line {node.start_mark.line + 1}"
+    if not isinstance(node, yaml.SequenceNode):
+        raise TfchatError(f"{where}: a conversation must be a list of turns.")
+    turns = []
+    for index, turn in enumerate(node.value):
+        line = turn.start_mark.line + 1
+        if not isinstance(turn, yaml.ScalarNode):
+            raise TfchatError(f"{path} line {line}: a turn must be text.")
+        if turn.tag == _YAML_NULL or not turn.value.strip():
+            role = "user" if index % 2 == 0 else "assistant"
+            raise TfchatError(f"{path} line {line}: turn {index + 1} ({role}) is empty.")
+        turns.append(turn.value.strip())
+    if len(turns) < 2:
+        raise TfchatError(f"{where}: the conversation has no assistant turn.")
+    return ChatterbotConversation(path, node.start_mark.line + 1, tuple(turns))
+
+
+def _mapping_value(node, key):
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v
+    return None
+
+
+def chatterbot_folder(language):
+    """The folder of the chatterbot-corpus package's `language` files."""
+    try:
+        import chatterbot_corpus
+    except ImportError:
+        raise TfchatError(
+            "The chatterbot-corpus package is not installed "
+            "(pip install chatterbot-corpus)."
+        ) from None
+    folder = os.path.join(os.path.dirname(chatterbot_corpus.__file__), "data", language)
+    if not os.path.isdir(folder):
+        raise TfchatError(f"chatterbot-corpus has no language {language!r}.")
+    return folder
+
+
+def read_chatterbot_package(language="english"):
+    """Every well-formed conversation (`ChatterbotConversation`) of the
+    chatterbot-corpus package's `language`, file by file in name order; the
+    malformed ones the package ships are skipped with one warning."""
+    folder = chatterbot_folder(language)
+    conversations, skipped = [], []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(YAML_SUFFIXES):
+            conversations += read_chatterbot_yaml(os.path.join(folder, name), skipped)
+    if skipped:
+        warnings.warn(
+            f"chatterbot-corpus {language}: skipped {len(skipped)} malformed "
+            f"conversation(s) of the package ({'; '.join(m.rstrip('.') for m in skipped)}).",
+            stacklevel=2,
+        )
+    return conversations
+
+
+def chatterbot_conversations(language="english"):
+    """Yields (category, [turn, ...]) for each conversation of the
+    chatterbot-corpus package (see `read_chatterbot_package`)."""
+    for conversation in read_chatterbot_package(language):
+        yield conversation.category, list(conversation.turns)
