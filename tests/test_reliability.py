@@ -25,9 +25,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1",
        "PYTHONPATH": str(REPO_ROOT)}
 
-# Deterministic ops make the comparison bit-for-bit.
+# Deterministic ops make the comparison bit-for-bit. Dropout is on, as in the
+# default job: its random state must resume too.
 STEPS = {"train.max_steps": 120, "train.eval_interval": 20, "train.log_interval": 10,
-         "train.deterministic": True, "train.keep_checkpoints": 20}
+         "train.deterministic": True, "train.keep_checkpoints": 20, "model.dropout": 0.1}
 
 
 def _settings(tiny_settings, name):
@@ -69,74 +70,131 @@ def reference_curve(tiny_settings):
     return curve
 
 
-def test_sigkill_mid_run_then_resume_matches_uninterrupted(tiny_settings, reference_curve):
-    settings = _settings(tiny_settings, "killed")
-    run_dir = os.path.join(settings["runs_dir"], "killed")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tfchat.fit", *as_cli_args(settings)],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    # Kill it without warning once it is past its second checkpoint.
-    deadline = time.time() + 240
-    while _latest_step(run_dir) < 40 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = max(_curve(run_dir))
-    assert killed_at < STEPS["train.max_steps"]
-
-    resumed = _fit(settings, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"Resuming {run_dir}" in resumed.stdout
-    assert _curve(run_dir) == reference_curve  # bit-for-bit, every logged step
-
-
-# Runs tfchat.fit, but stalls inside the write of checkpoint 60, after its
-# files are written and before the checkpoint state names it, so that the
-# test can kill the process at that moment.
-STALL_IN_WRITE = textwrap.dedent(
+# Runs tfchat.fit, but stalls at the moment STALL names ("log 10": after the
+# train log of step 10; "evaluate 60": inside the evaluation at step 60,
+# after the validation pass and before its checkpoint; "write 80": inside
+# the write of checkpoint 80, after its files are written and before the
+# checkpoint state names it), printing STALLED, so that the test can kill
+# the process at that moment.
+STALLING_FIT = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     import tensorflow as tf
-    original = tf.train.CheckpointManager._record_state
-    def stalling_record_state(self):
-        latest = self._latest_checkpoint or ""
-        if latest.endswith("checkpoints/ckpt-60"):
-            print("\\nSTALLED " + latest, flush=True)
-            time.sleep(600)
-        return original(self)
-    tf.train.CheckpointManager._record_state = stalling_record_state
+    from tfchat.train import trainer as trainer_lib
+
+    kind, at = os.environ["STALL"].split()
+    at = int(at)
+
+    def stall():
+        print(f"\\nSTALLED {kind} {at}", flush=True)
+        time.sleep(600)
+
+    if kind == "log":
+        original_log = trainer_lib.Trainer._append_metrics_line
+        def stalling_log(self, values):
+            original_log(self, values)
+            if values["step"] == at and "loss" in values:
+                stall()
+        trainer_lib.Trainer._append_metrics_line = stalling_log
+    elif kind == "evaluate":
+        original_evaluate = trainer_lib.Trainer.evaluate
+        def stalling_evaluate(self):
+            results = original_evaluate(self)
+            if self.step == at:
+                stall()
+            return results
+        trainer_lib.Trainer.evaluate = stalling_evaluate
+    elif kind == "write":
+        original_record = tf.train.CheckpointManager._record_state
+        def stalling_record_state(self):
+            if (self._latest_checkpoint or "").endswith(f"checkpoints/ckpt-{at}"):
+                stall()
+            return original_record(self)
+        tf.train.CheckpointManager._record_state = stalling_record_state
     from tfchat.fit import main
     sys.exit(main(sys.argv[1:]))
     """
 )
 
 
-def test_sigkill_during_checkpoint_write_keeps_the_previous_one(tiny_settings, reference_curve):
-    settings = _settings(tiny_settings, "cut")
-    run_dir = os.path.join(settings["runs_dir"], "cut")
+def _fit_until_killed(settings, stall, *extra):
+    """Starts tfchat.fit, SIGKILLs it once it stalls at `stall`."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", STALL_IN_WRITE, *as_cli_args(settings)],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", STALLING_FIT, *as_cli_args(settings), *extra],
+        env={**ENV, "STALL": stall}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )
-    stalled = ""
-    for line in proc.stdout:
-        if "STALLED " in line:
-            stalled = line.split("STALLED ")[1].strip()
-            break
+    stalled = any(f"STALLED {stall}" in line for line in proc.stdout)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert stalled, proc.stderr.read()[-2000:]
-    # The interrupted checkpoint's files exist, but it never became latest.
-    assert os.path.exists(stalled + ".index")
-    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    assert latest is not None and latest.endswith("ckpt-40")
+
+
+def test_sigkill_at_any_moment_then_resume_matches_uninterrupted(tiny_settings, reference_curve):
+    """One run killed four times, each time at another kind of moment, and
+    resumed after each: its curve is the uninterrupted one, bit for bit."""
+    settings = _settings(tiny_settings, "killed")
+    run_dir = os.path.join(settings["runs_dir"], "killed")
+    # During the first steps, before any checkpoint.
+    _fit_until_killed(settings, "log 10")
+    assert _latest_step(run_dir) == 0
+    # Between two checkpoints.
+    _fit_until_killed(settings, "log 50", "--resume")
+    assert _latest_step(run_dir) == 40
+    # During an evaluation.
+    _fit_until_killed(settings, "evaluate 60", "--resume")
+    assert _latest_step(run_dir) == 40
+    # During a checkpoint write: its files exist, but it never became the latest.
+    _fit_until_killed(settings, "write 80", "--resume")
+    assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-80.index"))
+    assert _latest_step(run_dir) == 60
 
     resumed = _fit(settings, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"at step {int(latest.rsplit('-', 1)[1])}" in resumed.stdout
-    assert _curve(run_dir) == reference_curve
+    assert f"Resuming {run_dir} at step 60" in resumed.stdout
+    assert _curve(run_dir) == reference_curve  # bit-for-bit, every logged step
+
+
+def test_resume_restores_dropout_random_state(make_config, tmp_path):
+    """A trainer rebuilt from the config and restored from step 10 continues
+    to the weights an uninterrupted one reaches at step 20, with dropout on."""
+    weights = []
+    for resumed in (False, True):
+        run_dir = tmp_path / f"resumed_{resumed}"
+        trainer = _dropout_trainer(make_config, run_dir)
+        # The learning-rate schedule is the 20-step one; stop at step 10.
+        trainer.train_config.max_steps = 10
+        trainer.fit()
+        if resumed:  # as a new process would: everything rebuilt from the config
+            trainer = _dropout_trainer(make_config, run_dir)
+            assert trainer.restore() == 10
+        trainer.train_config.max_steps = 20
+        trainer.fit()
+        weights.append(trainer.task.get_weights())
+    for uninterrupted, resumed in zip(*weights):
+        np.testing.assert_array_equal(uninterrupted, resumed)
+
+
+def _dropout_trainer(make_config, run_dir):
+    import keras
+
+    config = make_config({"model.dropout": 0.3, "train.max_steps": 20,
+                          "train.log_interval": 5, "train.eval_interval": 10,
+                          "train.deterministic": True})
+    keras.utils.set_random_seed(config.train.seed)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, 30, size=(400, 17)).astype("int32")
+    weight = np.ones((400, 16), "float32")
+    train_ds = tf.data.Dataset.from_tensor_slices(
+        (tokens[:, :-1], tokens[:, 1:], weight)).batch(8)
+    val_ds = train_ds.take(1)
+    model = build_model(config, vocabulary_size=32)
+    optimizer = build_optimizer(config.train, model)
+    optimizer.build(model.trainable_variables)
+    model.compile(optimizer=optimizer)
+    strategy = tf.distribute.get_strategy()
+    return Trainer(config, strategy, model, tokenizer=None, train_ds=train_ds,
+                   val_ds=val_ds, run_dir=str(run_dir), verbose=0)
 
 
 def test_unreadable_latest_checkpoint_is_skipped(tiny_settings):

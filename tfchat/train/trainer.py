@@ -52,8 +52,14 @@ class Trainer:
             val_ds = val_ds.take(t.eval_batches)
         self.val_dataset = val_ds
 
+        # The model's weights do not include the state of its seed
+        # generators (dropout's), which `tf.train.Checkpoint(model=...)`
+        # therefore skips; without it a resumed run draws the dropout masks
+        # of step 0 again and leaves the uninterrupted run's curve.
+        self.random_state = RandomState(task)
         self.checkpoint = tf.train.Checkpoint(
-            model=task, optimizer=self.optimizer, data=self.train_iterator
+            model=task, optimizer=self.optimizer, data=self.train_iterator,
+            random=self.random_state,
         )
         # Non-chief workers write to a scratch folder (every worker must take
         # part in saving under MultiWorkerMirroredStrategy).
@@ -122,7 +128,7 @@ class Trainer:
         skipped, with a message, in favour of the one before it."""
         for path in reversed(self.manager.checkpoints):
             try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
+                self._checkpoint_for(path).restore(path).assert_existing_objects_matched()
             # A torn file surfaces in several ways (TF's reader raises
             # IndexError on a truncated data file).
             except (tf.errors.OpError, ValueError, AssertionError, IndexError, KeyError) as e:
@@ -139,6 +145,18 @@ class Trainer:
                 "start over with --overwrite."
             )
         return 0
+
+    def _checkpoint_for(self, path):
+        """The checkpoint object that reads `path`: a checkpoint written
+        before tfchat saved the random state has none to restore."""
+        if self.random_state.in_checkpoint(path):
+            return self.checkpoint
+        if self.verbose and self.is_chief:
+            print(f"Note: {path} predates saved random state; dropout will draw "
+                  "other masks than an uninterrupted run would.")
+        return tf.train.Checkpoint(
+            model=self.task, optimizer=self.optimizer, data=self.train_iterator
+        )
 
     def save(self):
         return self.manager.save(checkpoint_number=self.step)
@@ -319,6 +337,31 @@ class Trainer:
             f"stopped and {kept}. Try a lower train.learning_rate, "
             "train.on_nonfinite skip, or check the data."
         )
+
+
+class RandomState(tf.Module):
+    """Every piece of random state a training step consumes, to checkpoint.
+
+    Keras keeps each random layer's stream (every `Dropout`) in a seed
+    generator whose state variable is in `layer.variables` but not in
+    `layer.weights`, and not in what `tf.train.Checkpoint` saves of a model.
+    The rest of training's randomness is stateless or checkpointed
+    elsewhere: the input pipeline's shuffles live in the iterator's
+    checkpoint, masked-LM masking is a function of the seed and the batch
+    index, and sampled text is reseeded at every call (no training op draws
+    from Keras' unseeded global generator).
+    """
+
+    def __init__(self, model):
+        super().__init__(name="random_state")
+        weights = {id(w) for w in model.weights}
+        # In the order of the model's layers, the same for every build of
+        # one config.
+        self.seeds = [v for v in model.variables if id(v) not in weights]
+
+    @staticmethod
+    def in_checkpoint(path):
+        return any(name.startswith("random/") for name, _ in tf.train.list_variables(path))
 
 
 def _rows(tensor, index, replicas):
