@@ -13,18 +13,23 @@ setup(
         "tensorflow>=2.21,<2.22",
         "tensorflow-text>=2.21,<2.22",
         "tensorboard>=2.21,<2.22",
-        "keras>=3.15,<4",
+        # tfchat overrides a private Keras optimizer hook (see
+        # tfchat/train/optim.py), tested on this minor version only.
+        "keras>=3.15,<3.16",
         "keras-hub>=0.32,<0.33",
         "sentencepiece>=0.2,<0.3",
         "chatterbot-corpus>=1.2,<2",
         "pyyaml>=6",
         "numpy>=1.26",
-        "tensorflow-serving-api>=2.21,<2.22",
         "sacrebleu>=2.4,<3",
         "rouge-score>=0.1.2,<0.2",
     ],
     extras_require={
+        # Only `python -m tfchat.serve_client --grpc` needs it (it pins
+        # protobuf and grpcio); REST needs nothing more.
+        "serving": ["tensorflow-serving-api>=2.21,<2.22"],
         "test": [
+            "tensorflow-serving-api>=2.21,<2.22",
             "pytest>=8",
             "hypothesis>=6",
             # The test suite executes the notebooks.

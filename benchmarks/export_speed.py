@@ -12,7 +12,7 @@ its tf.function is traced once). Each case runs once to trace/warm up, then
 `--repeats` times, the two sides alternating; medians are printed. The last column times
 `Generator.generate()` as a caller uses it, which builds a new sampler and so
 retraces on every call. Without `--run`, the tiny-shakespeare
-reference shape (configs/shakespeare_char.yaml: 4 layers, width 128, context
+reference shape (tfchat/configs/shakespeare_char.yaml: 4 layers, width 128, context
 64) is trained for `--train-steps` steps in a temporary folder (speed does
 not depend on how well it is trained).
 """
@@ -36,7 +36,7 @@ from tfchat.generate import Generator, make_sampler  # noqa: E402
 from tfchat.run import load_run  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CONFIG = os.path.join(ROOT, "configs", "shakespeare_char.yaml")
+CONFIG = config_lib.find_config_file("shakespeare_char")
 CORPUS = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
 
 

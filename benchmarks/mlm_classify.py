@@ -4,7 +4,7 @@
     python benchmarks/mlm_classify.py chatterbot       # pretrained vs random init
     python benchmarks/mlm_classify.py all
 
-`shakespeare` pretrains configs/shakespeare_mlm.yaml and prints the masked-
+`shakespeare` pretrains tfchat/configs/shakespeare_mlm.yaml and prints the masked-
 token accuracy and perplexity on the validation split after `--mlm-steps`,
 next to the accuracy of always guessing the most frequent validation token.
 
@@ -39,7 +39,7 @@ from tfchat import config as config_lib  # noqa: E402
 from tfchat.fit import train  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-SHAKESPEARE_CONFIG = os.path.join(ROOT, "configs", "shakespeare_mlm.yaml")
+SHAKESPEARE_CONFIG = config_lib.find_config_file("shakespeare_mlm")
 CORPUS = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
 
 # The category task's encoder: small enough for 2 CPU cores.

@@ -3,7 +3,7 @@
     python benchmarks/shakespeare_char.py        # 2000 steps, val loss, tokens/s
     python benchmarks/shakespeare_char.py --seeds 1337 1 2   # median of three
 
-Trains configs/shakespeare_char.yaml end to end and prints the validation
+Trains tfchat/configs/shakespeare_char.yaml end to end and prints the validation
 loss at step 2000 and the training throughput (median over log intervals, the
 first, which includes tracing and compilation, left out). The run goes to a
 temporary folder and is deleted. Speed of both shapes, with MFU:
@@ -23,7 +23,7 @@ from tfchat import config as config_lib  # noqa: E402
 from tfchat.fit import train  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CONFIG = os.path.join(ROOT, "configs", "shakespeare_char.yaml")
+CONFIG = config_lib.find_config_file("shakespeare_char")
 CORPUS = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
 
 

@@ -139,7 +139,7 @@ def masked_lm_bert():
         new_markdown_cell(
             "**Config.** Objective `mlm` needs the WordPiece tokenizer (BERT's, with `[CLS]`, "
             "`[SEP]` and `[MASK]`, its vocabulary learnt from the corpus); "
-            "`configs/shakespeare_mlm.yaml` is the command line's version of this run."
+            "`--config shakespeare_mlm` is the command line's version of this run."
         ),
         new_code_cell('''from tfchat.config import Config
 

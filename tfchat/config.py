@@ -1,7 +1,8 @@
 """One typed configuration for a run, loaded from YAML/JSON and the command line.
 
 A config is four dataclasses (`data`, `tokenizer`, `model`, `train`) plus a
-run name. Files under `configs/` give some fields; `--section.field value` on
+run name. Config files (a path, or the name of one bundled in `tfchat/configs/`)
+give some fields; `--section.field value` on
 the command line overrides any of them. Unknown keys are errors that name the
 key and list the valid ones, so a typo never trains with a silent default.
 """
@@ -301,10 +302,46 @@ def from_dict(values, cls=Config, prefix=""):
     return cls(**kwargs)
 
 
+# Configs shipped inside the package (setup.py's package_data), so that
+# `--config shakespeare_char` works after a plain `pip install`.
+BUNDLED_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def bundled_configs():
+    """The names of the bundled configs, e.g. ["shakespeare_char", ...]."""
+    if not os.path.isdir(BUNDLED_CONFIG_DIR):
+        return []
+    return sorted(
+        os.path.splitext(name)[0] for name in os.listdir(BUNDLED_CONFIG_DIR)
+        if name.endswith(_CONFIG_SUFFIXES)
+    )
+
+
+def find_config_file(name_or_path):
+    """A config file's path: `name_or_path` itself if it is a file, else the
+    bundled config of that name (with or without its suffix)."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    name = os.path.basename(name_or_path)
+    stem = os.path.splitext(name)[0] if name.endswith(_CONFIG_SUFFIXES) else name
+    # A bare name, or an old `configs/<name>.yaml` path from before the
+    # configs moved into the package.
+    if os.path.dirname(name_or_path) in ("", "configs") and stem in bundled_configs():
+        for suffix in _CONFIG_SUFFIXES:
+            path = os.path.join(BUNDLED_CONFIG_DIR, stem + suffix)
+            if os.path.isfile(path):
+                return path
+    raise TfchatError(
+        f"Config file not found: {name_or_path} (not a file, nor a bundled config: "
+        f"{', '.join(bundled_configs())})"
+    )
+
+
 def load_file(path):
-    """Reads a YAML or JSON config file into a nested dict."""
-    if not os.path.isfile(path):
-        raise TfchatError(f"Config file not found: {path}")
+    """Reads a YAML or JSON config file (a path or a bundled config's name)
+    into a nested dict."""
+    path = find_config_file(path)
     with open(path, encoding="utf-8") as f:
         try:
             if path.endswith(".json"):
@@ -343,7 +380,9 @@ def add_config_arguments(parser):
         action="append",
         default=[],
         metavar="FILE",
-        help="YAML or JSON config file (repeatable; later files win).",
+        help="YAML or JSON config file, or the name of a bundled config ("
+        + ", ".join(bundled_configs())
+        + "); repeatable, later files win.",
     )
     group = parser.add_argument_group(
         "config fields (each overrides the config files)"

@@ -6,7 +6,7 @@ assistant's tokens only; a few minutes on 2 CPU cores) and prints how to chat
 with it. Everything else comes from config files and `--section.field value`
 overrides:
 
-    python -m tfchat.fit --config configs/shakespeare_char.yaml
+    python -m tfchat.fit --config shakespeare_char
     python -m tfchat.fit --data.path my_corpus/ --tokenizer.kind bpe \\
         --model.num_layers 6 --train.max_steps 5000 --name my_run
     python -m tfchat.fit --name my_run --resume      # continue a stopped run

@@ -17,7 +17,8 @@ TF Serving's two body forms: `instances` (one object per prompt) or `inputs`
 `tensorflow-serving-api`. Settings left out fall back to the defaults
 written into the exported signature.
 
-REST needs only the standard library; gRPC imports `tensorflow_serving`.
+REST needs only the standard library; gRPC needs the `serving` extra
+(`pip install "tfchat[serving]"`: tensorflow-serving-api and grpcio).
 """
 
 import argparse
@@ -120,10 +121,24 @@ def predict_rest(url, model, texts, settings=None, signature="serving_default",
     return parse_rest_response(response)
 
 
+def _require_grpc():
+    """Raises a TfchatError saying how to install the gRPC client, if absent."""
+    try:
+        import grpc  # noqa: F401
+        import tensorflow_serving.apis  # noqa: F401
+    except ImportError as e:
+        raise TfchatError(
+            f"--grpc needs tensorflow-serving-api ({e}); install it with "
+            "pip install \"tfchat[serving]\", or use --url for REST."
+        ) from None
+
+
 def grpc_request(model, texts, settings=None, signature="serving_default", version=None):
     """A `tensorflow_serving.apis.predict_pb2.PredictRequest` for `texts`
     (settings as one-element tensors the model broadcasts)."""
     import tensorflow as tf
+
+    _require_grpc()
     from tensorflow_serving.apis import predict_pb2
 
     request = predict_pb2.PredictRequest()
@@ -162,6 +177,7 @@ def parse_grpc_response(response):
 def predict_grpc(target, model, texts, settings=None, signature="serving_default",
                  version=None, timeout=60.0):
     """Sends a gRPC Predict to `target` (host:port); one dict per text."""
+    _require_grpc()
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 

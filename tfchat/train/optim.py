@@ -26,12 +26,30 @@ class AdamW(keras.optimizers.AdamW):
     the single-device run's once clipping engaged). tfchat's `train_step`
     sums gradients first, so clipping sees the global gradient, and this
     subclass skips the now-redundant second all-reduce. It overrides a
-    private Keras hook (pinned by setup.py's keras range);
+    private Keras hook: setup.py pins the Keras minor version it was tested
+    on, `_check_all_reduce_hook` refuses a Keras that no longer calls it
+    (which would silently clip per replica again), and
     tests/test_distribute.py checks MirroredStrategy against one device.
     """
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return list(grads_and_vars)
+
+
+def _check_all_reduce_hook():
+    """Fails at import if Keras' TensorFlow optimizer no longer routes its
+    update through `_all_reduce_sum_gradients`, the hook AdamW overrides."""
+    update = getattr(keras.optimizers.AdamW, "_backend_update_step", None)
+    hooked = update is not None and "_all_reduce_sum_gradients" in update.__code__.co_names
+    if not hooked:
+        raise ImportError(
+            f"tfchat's AdamW needs Keras' private optimizer hook "
+            f"_all_reduce_sum_gradients, which Keras {keras.__version__} does not "
+            "call (tfchat is tested on Keras 3.15; pip install 'keras>=3.15,<3.16')."
+        )
+
+
+_check_all_reduce_hook()
 
 
 def build_optimizer(train_config, model):
