@@ -4,7 +4,6 @@ conversation, `objective: auto`, and every kind of bad input."""
 import json
 import sys
 import types
-import warnings
 
 import pytest
 
@@ -231,15 +230,14 @@ def assert_read_alike(path, conversations, val_fraction=0.1):
 
 def test_chatterbot_turns_are_the_text_written_on_every_path(tmp_path, monkeypatch):
     fake_chatterbot_package(monkeypatch, tmp_path, {"quirks.yml": QUIRKS_YAML, "plain.yml": PLAIN_YAML})
-    with pytest.warns(UserWarning, match=r"skipped 2 malformed") as caught:
-        assert_read_alike("chatterbot:fake", FAKE_PACKAGE_TURNS, val_fraction=0.5)
-    # Each path warned, naming the two conversations with an empty turn.
-    messages = [str(w.message) for w in caught if "chatterbot-corpus fake" in str(w.message)]
-    assert len(messages) == 3
-    assert "quirks.yml line 11: turn 2 (assistant) is empty" in messages[0]
-    assert "quirks.yml line 13: turn 1 (user) is empty" in messages[0]
-    with pytest.warns(UserWarning, match=r"skipped 2 malformed"):
-        assert [(c, tuple(t)) for c, t in corpus_lib.chatterbot_conversations("fake")] == FAKE_PACKAGE_TURNS
+    assert_read_alike("chatterbot:fake", FAKE_PACKAGE_TURNS, val_fraction=0.5)
+    # The two conversations with an empty turn were skipped, and named.
+    skipped = []
+    files_lib.read_chatterbot_package("fake", skipped)
+    assert len(skipped) == 2
+    assert "quirks.yml line 11: turn 2 (assistant) is empty" in skipped[0]
+    assert "quirks.yml line 13: turn 1 (user) is empty" in skipped[1]
+    assert [(c, tuple(t)) for c, t in corpus_lib.chatterbot_conversations("fake")] == FAKE_PACKAGE_TURNS
     # The same files given as a path are the user's to fix: an error.
     with pytest.raises(TfchatError, match=r"quirks.yml line 11: turn 2 \(assistant\) is empty"):
         DialogueCorpus(DataConfig(path=str(tmp_path / "chatterbot_corpus" / "data" / "fake")))
@@ -248,12 +246,13 @@ def test_chatterbot_turns_are_the_text_written_on_every_path(tmp_path, monkeypat
 
 
 def test_chatterbot_english_reads_the_same_turns_on_every_path():
-    with warnings.catch_warnings():
-        # The package's own malformed entries (english/trivia.yml has one).
-        warnings.simplefilter("ignore", UserWarning)
-        conversations = [(c.category, c.turns) for c in files_lib.read_chatterbot_package("english")]
-        assert len(conversations) > 2000
-        assert_read_alike("chatterbot:english", conversations)
+    skipped = []
+    conversations = [(c.category, c.turns)
+                     for c in files_lib.read_chatterbot_package("english", skipped)]
+    assert len(conversations) > 2000
+    # The package's own malformed entry: english/trivia.yml reads one as a string.
+    assert len(skipped) == 1 and "trivia.yml" in skipped[0]
+    assert_read_alike("chatterbot:english", conversations)
     # Every turn is whole text: none is a lone character of a string that
     # YAML read as a conversation.
     assert all(len(turns) >= 2 for _, turns in conversations)

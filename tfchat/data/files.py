@@ -17,7 +17,9 @@ corpus gives the same turns to each of them:
 The chatterbot-corpus package itself ships a few conversations that break
 these rules (english/trivia.yml has an entry that YAML reads as one long
 string); the user cannot fix those, so `chatterbot_conversations` skips them
-with one warning naming each, and keeps every well-formed conversation.
+quietly (a warning on every default run would read as the user's fault) and
+keeps every well-formed conversation; `read_chatterbot_package(skipped=[])`
+lists what it skipped.
 """
 
 import codecs
@@ -25,7 +27,6 @@ import dataclasses
 import glob
 import math
 import os
-import warnings
 
 import yaml
 
@@ -198,21 +199,16 @@ def chatterbot_folder(language):
     return folder
 
 
-def read_chatterbot_package(language="english"):
+def read_chatterbot_package(language="english", skipped=None):
     """Every well-formed conversation (`ChatterbotConversation`) of the
     chatterbot-corpus package's `language`, file by file in name order; the
-    malformed ones the package ships are skipped with one warning."""
+    malformed ones the package ships are skipped, and their messages
+    appended to `skipped` when it is a list."""
     folder = chatterbot_folder(language)
-    conversations, skipped = [], []
+    conversations, skipped = [], [] if skipped is None else skipped
     for name in sorted(os.listdir(folder)):
         if name.endswith(YAML_SUFFIXES):
             conversations += read_chatterbot_yaml(os.path.join(folder, name), skipped)
-    if skipped:
-        warnings.warn(
-            f"chatterbot-corpus {language}: skipped {len(skipped)} malformed "
-            f"conversation(s) of the package ({'; '.join(m.rstrip('.') for m in skipped)}).",
-            stacklevel=2,
-        )
     return conversations
 
 
