@@ -115,12 +115,15 @@ def _checkpoint_values(prefix):
 
 def test_multi_worker_trains_identically_and_resumes(tiny_settings):
     run_dir = os.path.join(tiny_settings["runs_dir"], tiny_settings["name"])
+    # Dropout on: every worker must draw the same masks, and keep drawing
+    # them after the resume.
     settings = {**tiny_settings, "train.max_steps": 10, "train.eval_interval": 10,
-                "train.log_interval": 5}
+                "train.log_interval": 5, "model.dropout": 0.1}
     _run_workers(as_cli_args(settings))
     chief = _checkpoint_values(os.path.join(run_dir, "checkpoints", "ckpt-10"))
     worker = _checkpoint_values(os.path.join(run_dir, "tmp", "worker_1", "ckpt-10"))
     assert chief.keys() == worker.keys() and len(chief) > 10
+    assert any(name.startswith("random/") for name in chief)
     for name in chief:
         np.testing.assert_array_equal(chief[name], worker[name], err_msg=name)
 

@@ -174,9 +174,10 @@ def test_causal_lm_config_round_trip(make_config):
 
 
 def test_resume_continues_exactly(make_config):
-    # A constant learning rate, so extending max_steps changes no step's rate.
+    # A constant learning rate, so extending max_steps changes no step's rate;
+    # dropout on, as by default.
     constant = {"train.warmup_steps": 0, "train.learning_rate": 3e-3,
-                "train.min_learning_rate": 3e-3, "model.dropout": 0.0,
+                "train.min_learning_rate": 3e-3, "model.dropout": 0.1,
                 "train.log_interval": 5, "train.eval_interval": 10}
     n = 20
     first = train(make_config({**constant, "name": "resumed", "train.max_steps": n}), verbose=0)
