@@ -30,9 +30,9 @@ import tfchat  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
 from tfchat import config as config_lib  # noqa: E402
-from tfchat.export import export_run  # noqa: E402
-from tfchat.fit import train  # noqa: E402
-from tfchat.generate import Generator, make_sampler  # noqa: E402
+from tfchat.serving.export import export_run  # noqa: E402
+from tfchat.job import train  # noqa: E402
+from tfchat.inference.generator import Generator, make_sampler  # noqa: E402
 from tfchat.run import load_run  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -56,7 +56,7 @@ def _median_seconds(fns, repeats):
 
 def compare(run_dir, saved_dir, args):
     run = load_run(run_dir)
-    path = export_run(run_dir, saved_models_dir=saved_dir)
+    path = export_run(run, saved_models_dir=saved_dir)
     exported = tf.saved_model.load(path)
     generator = Generator(run.backbone, run.tokenizer)
     context = run.config.model.block_size

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfchat import config as config_lib  # noqa: E402
-from tfchat.generate import Generator, greedy_uncached  # noqa: E402
+from tfchat.inference.generator import Generator, greedy_uncached  # noqa: E402
 from tfchat.run import build_model  # noqa: E402
 
 

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import tfchat  # noqa: E402,F401
 from tfchat import config as config_lib  # noqa: E402
-from tfchat.fit import train  # noqa: E402
+from tfchat.job import train  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SHAKESPEARE_CONFIG = config_lib.find_config_file("shakespeare_mlm")
@@ -152,14 +152,13 @@ def _reports_per_checkpoint(run_dir):
     """(step, validation report) for every checkpoint a classify run kept."""
     import tensorflow as tf
 
-    from tfchat.evaluation.classification import evaluate_classifier
-    from tfchat.run import CHECKPOINT_DIR, load_run
+    from tfchat.run import checkpoint_step, load_run
 
     run = load_run(run_dir)
-    state = tf.train.get_checkpoint_state(os.path.join(run_dir, CHECKPOINT_DIR))
+    state = tf.train.get_checkpoint_state(run.folder.checkpoints)
     for path in state.all_model_checkpoint_paths:
         tf.train.Checkpoint(model=run.model).restore(path).expect_partial()
-        yield int(path.rsplit("-", 1)[1]), evaluate_classifier(run)
+        yield checkpoint_step(path), run.objective.evaluate(run)
 
 
 def _mean_sd(values):

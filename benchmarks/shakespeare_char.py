@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import tfchat  # noqa: E402,F401
 from tfchat import config as config_lib  # noqa: E402
-from tfchat.fit import train  # noqa: E402
+from tfchat.job import train  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CONFIG = config_lib.find_config_file("shakespeare_char")

@@ -35,7 +35,7 @@ from tfchat import config as config_lib  # noqa: E402
 from tfchat.data.corpus import Corpus  # noqa: E402
 from tfchat.data.pipeline import causal_lm_dataset  # noqa: E402
 from tfchat.data.tokenizer import train_tokenizer  # noqa: E402
-from tfchat.fit import train  # noqa: E402
+from tfchat.job import train  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CORPUS = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")

@@ -119,7 +119,7 @@ assert losses[-1] < losses[0]'''),
         new_markdown_cell(
             "**Sample** with the KV cache (keras-hub samplers over `GPT.call_with_cache`)."
         ),
-        new_code_cell('''from tfchat.generate import Generator
+        new_code_cell('''from tfchat.inference.generator import Generator
 
 generator = Generator(model.backbone, tokenizer)
 print(generator.generate(["ROMEO:"], max_new_tokens=120, temperature=0.8, top_k=20, seed=1)[0])'''),
@@ -160,7 +160,7 @@ mlm.mlm'''),
             "logging to TensorBoard in the run's `logs/` folder."
         ),
         new_code_cell('''import math
-from tfchat.fit import train
+from tfchat.job import train
 from tfchat.run import load_run
 
 mlm_history = train(mlm, overwrite=True, verbose=0)
@@ -205,7 +205,7 @@ if not SMALL:
             "top-k vocabulary pieces for each mask, best first, with their probabilities (the small "
             "run has learnt little more than which pieces are frequent)."
         ),
-        new_code_cell('''from tfchat.fill_mask import FillMask
+        new_code_cell('''from tfchat.inference.fill_mask import FillMask
 
 fill = FillMask(mlm_run.model, tokenizer)
 texts = ["To be, or not to [MASK]: that is the question.", "O Romeo, Romeo! wherefore art [MASK] Romeo?"]
@@ -241,10 +241,10 @@ for h in classifier_history:
             "`python -m tfchat.evaluate` does: accuracy, macro-F1, per-class scores and the "
             "confusion matrix."
         ),
-        new_code_cell('''from tfchat.evaluation.classification import evaluate_classifier, format_report
+        new_code_cell('''from tfchat.evaluation.classification import format_report
 
 best = load_run(classifier.run_dir, checkpoint="best")
-report = evaluate_classifier(best)
+report = best.objective.evaluate(best)
 print(f"best checkpoint: step {best.step}; {len(best.labels)} classes")
 print(format_report(report))
 assert 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1'''),
@@ -280,7 +280,7 @@ def export_and_serve():
         new_code_cell(SETUP),
         new_markdown_cell("**A small run to export**, trained with the same `train` the CLI calls."),
         new_code_cell('''from tfchat.config import Config
-from tfchat.fit import train
+from tfchat.job import train
 
 config = Config(name="notebook_export", runs_dir=RUNS)
 config.data.path = SHAKESPEARE
@@ -296,10 +296,11 @@ print("validation loss", round(history[-1]["val_loss"], 3))'''),
             "**Export** to TF Serving's layout, `saved_models/<name>/<version>/` (here under the "
             "notebook's runs folder). Writing is atomic; an existing version needs `force=True`."
         ),
-        new_code_cell('''from tfchat.export import export_run
+        new_code_cell('''from tfchat.run import load_run
+from tfchat.serving.export import export_run
 
 saved_models = os.path.join(RUNS, "saved_models")
-path = export_run(config.run_dir, name="shakespeare", saved_models_dir=saved_models)
+path = export_run(load_run(config.run_dir), name="shakespeare", saved_models_dir=saved_models)
 print(path)
 print(sorted(os.listdir(path)))'''),
         new_markdown_cell("**Inspect the signatures**, as `saved_model_cli show --all` would."),
@@ -312,7 +313,7 @@ for name, fn in loaded.signatures.items():
             "**Call it as TF Serving does**: through the signature, every input a tensor. "
             "Greedy decoding (temperature 0) must give exactly the Keras model's text."
         ),
-        new_code_cell('''from tfchat.generate import Generator
+        new_code_cell('''from tfchat.inference.generator import Generator
 from tfchat.run import load_run
 
 prompts = ["ROMEO:", "To be"]
@@ -368,7 +369,7 @@ print("weighted text:", repr("".join(c for c, w in zip(render_text(conversation)
             "through the same `train` the CLI runs."
         ),
         new_code_cell('''from tfchat.config import Config
-from tfchat.fit import train
+from tfchat.job import train
 
 config = Config(name="notebook_chat", runs_dir=RUNS, objective="chat")
 config.data.path = "chatterbot:english"
@@ -382,8 +383,8 @@ history = train(config, overwrite=True, verbose=0)
 print(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; validation {history[-1]['val_loss']:.3f}")
 assert history[-1]["loss"] < history[0]["loss"]'''),
         new_markdown_cell("**Chat** in cells: the session keeps the history; replies use the KV cache."),
-        new_code_cell('''from tfchat.chat import ChatSession
-from tfchat.generate import Generator
+        new_code_cell('''from tfchat.inference.chat_session import ChatSession
+from tfchat.inference.generator import Generator
 from tfchat.run import load_run
 
 run = load_run(config.run_dir)
@@ -409,9 +410,9 @@ print("LoRA run validation loss", round(lora_history[-1]["val_loss"], 3))'''),
             "logits without the adapters' extra matmuls."
         ),
         new_code_cell('''import numpy as np
-from tfchat.lora import merge_run
+from tfchat.run import merge_lora_run
 
-merged_path = merge_run(lora.run_dir, lora.run_dir + "_merged", overwrite=True)
+merged_path = merge_lora_run(lora.run_dir, lora.run_dir + "_merged", overwrite=True)
 adapted, merged = load_run(lora.run_dir), load_run(merged_path)
 ids = run.tokenizer.tokenize(tf.constant(["<|user|>Hello<|end|><|assistant|>"])).to_tensor()
 difference = np.abs(adapted.backbone(ids).numpy() - merged.backbone(ids).numpy()).max()

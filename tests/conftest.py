@@ -8,7 +8,6 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import tfchat  # noqa: F401  (sets the Keras backend before Keras loads)
 from tfchat import config as config_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -164,7 +163,7 @@ CHAT_TINY = {
 def chat_run(tmp_path_factory):
     """A tiny chat run trained once per session on CHAT_PAIRS; returns its
     folder. Tests must not change it."""
-    from tfchat.fit import train
+    from tfchat.job import train
 
     root = tmp_path_factory.mktemp("chat_run")
     settings = {
@@ -242,10 +241,10 @@ def clf_run(encoder_root, mlm_run, labelled):
     import contextlib
     import io
 
-    from tfchat import fit
+    from tfchat import job
 
     config = classify_config(encoder_root, mlm_run, labelled)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        history = fit.train(config, verbose=1)
+        history = job.train(config, verbose=1)
     return config, history, log.getvalue()

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tfchat.model.bert import BertEncoder, MaskedLMHead
 from tfchat.run import build_model
-from tfchat.train.encoder_tasks import MaskedLM, TextClassifier
+from tfchat.model.tasks import MaskedLM, TextClassifier
 from tfchat.train.optim import build_optimizer
 
 V, T, C, P = 50, 12, 32, 4
@@ -88,10 +88,10 @@ def test_get_config_round_trip():
 @pytest.mark.parametrize("objective", ["mlm", "classify"])
 def test_checkpoint_restores_every_weight(make_config, objective, tmp_path):
     config = make_config({"objective": objective, "tokenizer.kind": "wordpiece"})
-    model = build_model(config, V, num_classes=3)
+    model = build_model(config, V, labels=("a", "b", "c"))
     randomize(model)
     path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
-    fresh = build_model(config, V, num_classes=3)
+    fresh = build_model(config, V, labels=("a", "b", "c"))
     status = tf.train.Checkpoint(model=fresh).restore(path)
     status.assert_consumed()
     assert len(fresh.weights) == len(model.weights) > 2 * 12
@@ -185,7 +185,7 @@ def test_classifier_step_and_metrics(make_config):
     keras.utils.set_random_seed(0)
     config = make_config({"objective": "classify", "tokenizer.kind": "wordpiece", "model.block_size": T,
                           "train.learning_rate": 1e-2, "train.warmup_steps": 0})
-    model = build_model(config, V, num_classes=3)
+    model = build_model(config, V, labels=("a", "b", "c"))
     assert isinstance(model, TextClassifier) and model.classifier.units == 3
     model.compile(optimizer=build_optimizer(config.train, model))
     x = inputs(lengths=(T, 7))

@@ -14,7 +14,8 @@ from conftest import CHAT_PAIRS
 from tfchat import chat as chat_cli
 from tfchat import evaluate as evaluate_cli
 from tfchat.data.chat_template import Message
-from tfchat.generate import Generator
+from tfchat.inference.chat_session import ChatSession
+from tfchat.inference.generator import Generator
 from tfchat.run import load_run
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_interactive_chat_in_a_terminal(chat_run):
 
 def test_chat_session_keeps_history_and_truncates(chat_run, capsys):
     run = load_run(chat_run)
-    session = chat_cli.ChatSession(Generator(run.backbone, run.tokenizer),
+    session = ChatSession(Generator(run.backbone, run.tokenizer),
                                    max_new_tokens=24, temperature=0.0)
     for question, answer in CHAT_PAIRS * 2:
         prompt = session.ask(question)
@@ -130,7 +131,7 @@ def test_evaluate_scores_unseen_prompts_apart(chat_run, tmp_path):
     import dataclasses
 
     from conftest import write_jsonl
-    from tfchat.evaluation.chat import evaluate_chat, score_replies
+    from tfchat.evaluation.chat import score_replies
 
     pairs = [CHAT_PAIRS[i % 3] for i in range(20)]
     pairs[9] = ("who made you?", "a test made me.")  # held out, never trained on
@@ -142,7 +143,7 @@ def test_evaluate_scores_unseen_prompts_apart(chat_run, tmp_path):
     run.config = dataclasses.replace(
         run.config, data=dataclasses.replace(run.config.data, path=path)
     )
-    results = evaluate_chat(run, max_new_tokens=24, jit_compile=False)
+    results = run.objective.evaluate(run, max_new_tokens=24, jit_compile=False)
     assert results["replies"] == 2 and results["replies_unseen"] == 1
     unseen = results["examples"][0]
     assert unseen["user"] == "who made you?"

@@ -111,6 +111,23 @@ def test_bad_data_is_a_one_line_error(tmp_path, capsys, kind):
     assert "Done" not in out
 
 
+@pytest.mark.parametrize("extra,fragment", [
+    (["--train.precision", "float64"], "train.precision must be one of float32, mixed_float16"),
+    (["--train.strategy", "tpu"], "train.strategy must be one of auto, default, mirrored"),
+    (["--objective", "mlm"], "objective mlm needs tokenizer.kind wordpiece"),
+    (["--objective", "chat", "--tokenizer.kind", "wordpiece"], "objective chat needs tokenizer.kind char or bpe"),
+    (["--objective", "gpt"], "Unknown objective 'gpt'"),
+    (["--init_from", "nowhere"], "No tfchat run at nowhere"),
+])
+def test_bad_setting_fails_before_a_run_folder_exists(tmp_path, capsys, extra, fragment):
+    """Settings checked only once the model was built used to leave a run
+    folder (tokenizer, config.json) that then needed --overwrite."""
+    write_text(tmp_path / "corpus.txt", REPETITIVE_TEXT)
+    assert fit.main(tiny_args(tmp_path) + extra) == 1
+    assert_one_line_error(capsys.readouterr().err, fragment)
+    assert not os.path.exists(tmp_path / "runs")
+
+
 def test_bad_config_is_a_one_line_error(tmp_path, capsys):
     write_text(tmp_path / "corpus.txt", REPETITIVE_TEXT)
     bad_yaml = write_text(tmp_path / "bad.yaml", "model:\n  num_layers: 2\n  nope: 3\n")

@@ -168,7 +168,7 @@ def test_help_lists_every_config_key():
 
 
 def test_precision_advice_only_for_bfloat16_with_xla_on_a_cpu():
-    from tfchat.fit import precision_advice
+    from tfchat.job import precision_advice
 
     def advice(gpus=0, **train):
         return precision_advice(config_lib.build_config(overrides={"train": train}).train, gpus)

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import write_chat_jsonl, write_jsonl, write_text
 from tfchat import config as config_lib
-from tfchat import fit
+from tfchat import fit, objectives
 from tfchat.config import DataConfig
 from tfchat.data import corpus as corpus_lib
 from tfchat.data import files as files_lib
@@ -75,7 +75,7 @@ def test_chatterbot_package_corpus():
 def test_objective_auto_follows_the_data(tmp_path):
     def objective(path, **data):
         settings = {"data": {"path": path, **data}}
-        return fit.resolve_objective(config_lib.build_config(overrides=settings)).objective
+        return objectives.resolve(config_lib.build_config(overrides=settings)).objective
 
     assert config_lib.Config().objective == "auto"
     assert objective("chatterbot:english") == "chat"
@@ -84,7 +84,7 @@ def test_objective_auto_follows_the_data(tmp_path):
     assert objective(write_text(tmp_path / "book.txt", "some text\n" * 10)) == "causal"
     assert objective(write_jsonl(tmp_path / "docs.jsonl", [{"text": "a"}] * 3)) == "causal"
     explicit = config_lib.build_config(overrides={"objective": "causal"})
-    assert fit.resolve_objective(explicit).objective == "causal"
+    assert objectives.resolve(explicit).objective == "causal"
     assert not is_dialogue_data(DataConfig(path=str(tmp_path / "book.txt")))
 
 

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import as_cli_args, nest
-from tfchat.fit import train
+from tfchat.job import train
 from tfchat.run import build_model
 from tfchat.train.optim import build_optimizer
 
@@ -32,7 +32,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import tfchat
     from tfchat import config as config_lib
-    from tfchat.fit import train
+    from tfchat.job import train
     settings = json.loads(sys.argv[1])
     strategies = {
         "single": tf.distribute.get_strategy(),

@@ -12,11 +12,10 @@ from conftest import TINY, as_cli_args, classify_config, encoder_settings, nest
 from tfchat import config as config_lib
 from tfchat import evaluate as evaluate_cli
 from tfchat import fill_mask as fill_mask_cli
-from tfchat import fit
+from tfchat import fit, job, objectives
 from tfchat.errors import TfchatError
-from tfchat.evaluation.classification import evaluate_classifier
-from tfchat.fill_mask import FillMask
-from tfchat.run import build_model, load_backbone_weights, load_run
+from tfchat.inference.fill_mask import FillMask
+from tfchat.run import RunFolder, build_model, load_run, restore_backbone
 from tfchat.train.trainer import Trainer
 
 def test_fill_mask_recovers_the_masked_word(mlm_run, capsys):
@@ -49,9 +48,10 @@ def test_fill_mask_errors(mlm_run, clf_run, capsys):
 
 def test_init_from_copies_every_encoder_weight(encoder_root, mlm_run, labelled):
     config = classify_config(encoder_root, mlm_run, labelled)
-    model = build_model(config, load_run(mlm_run).tokenizer.vocabulary_size, num_classes=2)
+    model = build_model(config, load_run(mlm_run).tokenizer.vocabulary_size,
+                        labels=("animal", "person"))
     before = [w.numpy() for w in model.backbone.weights]
-    load_backbone_weights(model, mlm_run)
+    restore_backbone(model, RunFolder(mlm_run).latest_checkpoint()[0], mlm_run)
     source = load_run(mlm_run).backbone
     assert len(model.backbone.weights) == len(source.weights)
     for mine, theirs, old in zip(model.backbone.weights, source.weights, before):
@@ -67,7 +67,7 @@ def test_classifier_fine_tuned_from_mlm_loads_and_predicts(clf_run, mlm_run, cap
     assert run.labels == ("animal", "person")
     # The run uses the MLM run's tokenizer.
     assert run.tokenizer.vocabulary == load_run(mlm_run).tokenizer.vocabulary
-    report = evaluate_classifier(run)
+    report = run.objective.evaluate(run)
     assert report["examples"] == 3 and report["accuracy"] == 1.0 and report["macro_f1"] == 1.0
     assert np.trace(report["confusion_matrix"]) == 3
 
@@ -82,7 +82,7 @@ def test_classifier_fine_tuned_from_mlm_loads_and_predicts(clf_run, mlm_run, cap
 
 def test_classify_log_reports_weights_truncation_and_metrics(clf_run, mlm_run, labelled):
     _, _, log = clf_run
-    assert f"Encoder weights from {mlm_run}" in log
+    assert f"Backbone weights from {mlm_run}" in log
     assert len(open(labelled, encoding="utf-8").readlines()) == 31  # 28 train, 3 validation
     assert "Truncated 1 of 28 train texts longer than model.block_size - 2 = 14 tokens." in log
     assert "val texts" not in log  # none of those was cut
@@ -94,18 +94,18 @@ def test_resume_a_classify_run(encoder_root, mlm_run, labelled, clf_run):
     shutil.copytree(clf_run[0].run_dir, os.path.join(clf_run[0].runs_dir, "clf_resumed"))
     config = classify_config(encoder_root, mlm_run, labelled, name="clf_resumed",
                              **{"train.max_steps": 70})
-    history = fit.train(config, resume=True, verbose=0)
+    history = job.train(config, resume=True, verbose=0)
     assert [h["step"] for h in history] == [70]
     assert load_run(config.run_dir).step == 70
 
 
 def test_init_from_must_match(encoder_root, mlm_run, labelled, tmp_path):
     config = classify_config(encoder_root, mlm_run, labelled, name="bad", **{"tokenizer.vocab_size": 500})
-    with pytest.raises(TfchatError, match=r"different tokenizer or model: tokenizer.vocab_size 120 there, 500 here"):
-        fit.train(config, verbose=0)
+    with pytest.raises(TfchatError, match=r"tokenizer.vocab_size is 500 but init_from .* uses 120"):
+        job.train(config, verbose=0)
     config = classify_config(encoder_root, mlm_run, labelled, name="bad", **{"model.hidden_dim": 64})
-    with pytest.raises(TfchatError, match="model.hidden_dim 32 there, 64 here"):
-        fit.train(config, verbose=0)
+    with pytest.raises(TfchatError, match="model.hidden_dim is 64 but init_from .* has 32"):
+        job.train(config, verbose=0)
     # A causal run is not an encoder.
     causal = tmp_path / "causal"
     causal.mkdir()
@@ -114,7 +114,7 @@ def test_init_from_must_match(encoder_root, mlm_run, labelled, tmp_path):
     config_lib.save(causal_config, str(causal / "config.json"))
     config = classify_config(encoder_root, str(causal), labelled, name="bad")
     with pytest.raises(TfchatError, match="is a causal run; objective classify starts from a mlm or classify run"):
-        fit.train(config, verbose=0)
+        job.train(config, verbose=0)
     assert fit.main(as_cli_args(encoder_settings(
         encoder_root, name="bad", objective="classify", init_from=str(causal),
         **{"data.path": labelled}))) == 1
@@ -131,14 +131,14 @@ def test_init_from_must_match(encoder_root, mlm_run, labelled, tmp_path):
         ({"mlm": {"mask_token_rate": 0.95, "random_token_rate": 0.1}}, "sum to at most 1"),
         ({"mlm": {"max_predictions": -1}}, "mlm.max_predictions"),
         ({"train": {"early_stopping_patience": -2}}, "early_stopping_patience"),
-        ({"data": {"format": "csv"}}, "csv is for objective classify"),
-        ({"objective": "bert"}, "objective must be one of causal, chat, mlm, classify, auto"),
+        ({"data": {"format": "csv"}}, "csv is for labelled data"),
+        ({"objective": "bert"}, "Unknown objective 'bert'; use one of causal, chat, mlm, classify, auto"),
     ],
 )
 def test_encoder_config_validation(overrides, message):
-    base = {"tokenizer": {"kind": "wordpiece"}}
+    base = {"tokenizer": {"kind": "wordpiece"}, "objective": "mlm"}
     with pytest.raises(TfchatError, match=message):
-        config_lib.build_config(overrides={**base, **overrides})
+        objectives.check(config_lib.build_config(overrides={**base, **overrides}))
 
 
 @pytest.mark.parametrize("patience,evaluated", [(2, [5, 10, 15, 20]), (0, [5, 10, 15, 20, 25, 30])])
@@ -149,7 +149,7 @@ def test_early_stopping_on_validation_loss(make_config, monkeypatch, patience, e
     monkeypatch.setattr(Trainer, "evaluate", lambda self: {"val_loss": next(scripted)})
     config = make_config({"train.max_steps": 30, "train.eval_interval": 5, "train.log_interval": 5,
                           "train.early_stopping_patience": patience})
-    history = fit.train(config, verbose=0)
+    history = job.train(config, verbose=0)
     assert [h["step"] for h in history if "val_loss" in h] == evaluated
     with open(os.path.join(config.run_dir, "checkpoints", "best", "best.json")) as f:
         assert json.load(f)["step"] == (10 if patience else 30)

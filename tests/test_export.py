@@ -20,12 +20,14 @@ import tensorflow_text  # noqa: F401  (registers the SentencePiece ops for the S
 from conftest import REPETITIVE_TEXT, REPO_ROOT, TINY, nest, write_text
 from serving_calls import serve_in_fresh_process, session_run
 from tfchat import config as config_lib
-from tfchat import export, serving
+from tfchat import export
+from tfchat.serving import graphs
+from tfchat.serving.export import export_run, next_version
 from tfchat.errors import TfchatError
-from tfchat.fit import train
-from tfchat.generate import Generator, make_sampler
+from tfchat.job import train
+from tfchat.inference.generator import Generator, make_sampler
 from tfchat.run import load_run
-from tfchat.train.tasks import token_loss_and_accuracy
+from tfchat.model.tasks import token_loss_and_accuracy
 
 # Subprocesses must import this worktree's tfchat, whatever is installed.
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
@@ -87,7 +89,7 @@ def exports(trained, tmp_path_factory):
 
     def get(kind):
         if kind not in paths:
-            paths[kind] = export.export_run(trained(kind)[0], saved_models_dir=saved)
+            paths[kind] = export_run(load_run(trained(kind)[0]), saved_models_dir=saved)
         return paths[kind]
 
     return get
@@ -168,8 +170,8 @@ def test_plain_tf_saved_model_save_is_caught_by_the_session_check(trained, expor
     module = tf.Module()
     module.model, module.tokenizer = run.model, run.tokenizer
     module.score = tf.function(
-        serving.make_score_function(run.backbone, run.tokenizer),
-        input_signature=serving.score_input_signature(),
+        graphs.make_score_function(run.backbone, run.tokenizer),
+        input_signature=graphs.score_input_signature(),
     )
     path = str(tmp_path / "plain")
     tf.saved_model.save(module, path, signatures={"score": module.score})
@@ -333,14 +335,14 @@ def test_versions_are_atomic_and_never_overwritten_without_force(char_run, tmp_p
         assert json.load(f)["exported_at"] == written
 
     # --force replaces it; a second plain export takes the next version.
-    path = export.export_run(char_run, saved_models_dir=saved, version=1, force=True)
+    path = export_run(load_run(char_run), saved_models_dir=saved, version=1, force=True)
     with open(metadata, encoding="utf-8") as f:
         assert json.load(f)["exported_at"] != written
     reloaded = tf.saved_model.load(path)
     assert reloaded.score(tf.constant(["the"]))["num_tokens"].numpy().tolist() == [3]
     # TF Serving only looks at integer folders; no temporary ones are left.
     os.makedirs(os.path.join(saved, "char", "notes"))
-    assert export.next_version(os.path.join(saved, "char")) == 2
+    assert next_version(os.path.join(saved, "char")) == 2
     assert sorted(os.listdir(os.path.join(saved, "char"))) == ["1", "notes"]
 
 
@@ -358,14 +360,14 @@ def test_bad_exports_fail_with_one_line(char_run, tmp_path, capsys):
     # An unwritable destination: the saved models folder is a file.
     blocked = write_text(tmp_path / "blocked", "not a folder")
     with pytest.raises(TfchatError, match="Cannot write to"):
-        export.export_run(char_run, saved_models_dir=blocked)
+        export_run(load_run(char_run), saved_models_dir=blocked)
     code, _, err = _export_cli(["--run", char_run, "--saved-models-dir", blocked], capsys)
     assert code == 1 and err.startswith("error: Cannot write to") and len(err.splitlines()) == 1
     # Bad names and versions.
     with pytest.raises(TfchatError, match="plain folder name"):
-        export.export_run(char_run, name="../up", saved_models_dir=saved)
+        export_run(load_run(char_run), name="../up", saved_models_dir=saved)
     with pytest.raises(TfchatError, match="positive integer"):
-        export.export_run(char_run, version=0, saved_models_dir=saved)
+        export_run(load_run(char_run), version=0, saved_models_dir=saved)
 
 
 # --- tfchat.serve_client against stand-ins that answer like TF Serving ---
@@ -499,7 +501,7 @@ def test_serve_client_end_to_end(trained, exports, capsys):
 def test_chat_signature_applies_the_template_in_the_graph(chat_run, tmp_path):
     from tfchat.data.chat_template import Message, render_text
 
-    path = export.export_run(chat_run, saved_models_dir=str(tmp_path / "saved"))
+    path = export_run(load_run(chat_run), saved_models_dir=str(tmp_path / "saved"))
     conversations = [
         [("user", "ping")],
         [("system", "be brief"), ("user", "what is your name?")],

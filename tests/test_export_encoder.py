@@ -20,8 +20,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 from serving_calls import serve_in_fresh_process, session_run
 from conftest import ANIMALS, LONG, PEOPLE
 from tfchat import export
+from tfchat.serving.export import export_run
 from tfchat.data.pipeline import add_cls_and_sep, classification_dataset
-from tfchat.fill_mask import FillMask
+from tfchat.inference.fill_mask import FillMask
 from tfchat.run import load_run
 
 # With one [MASK], two, and one at each end.
@@ -41,14 +42,14 @@ def saved_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mlm(mlm_run, saved_models):
     run = load_run(mlm_run)
-    return {"run": run, "path": export.export_run(mlm_run, saved_models_dir=saved_models),
+    return {"run": run, "path": export_run(run, saved_models_dir=saved_models),
             "fill": FillMask(run.model, run.tokenizer)}
 
 
 @pytest.fixture(scope="module")
 def clf(clf_run, saved_models):
-    run_dir = clf_run[0].run_dir
-    return {"run": load_run(run_dir), "path": export.export_run(run_dir, saved_models_dir=saved_models)}
+    run = load_run(clf_run[0].run_dir)
+    return {"run": run, "path": export_run(run, saved_models_dir=saved_models)}
 
 
 def _keras_probabilities(run, texts):

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tfchat import config as config_lib
 from tfchat.data.tokenizer import CharTokenizer
-from tfchat.generate import Generator, greedy_uncached
+from tfchat.inference.generator import Generator, greedy_uncached
 from tfchat.run import build_model
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,!?"

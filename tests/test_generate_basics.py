@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfchat.data.tokenizer import CharTokenizer
-from tfchat.generate import Generator, make_sampler
+from tfchat.inference.generator import Generator, make_sampler
 from tfchat.model.gpt import GPT
 
 CONTEXT = 16

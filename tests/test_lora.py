@@ -12,7 +12,7 @@ from conftest import CHAT_TINY, nest, write_chat_jsonl
 from tfchat import config as config_lib
 from tfchat import lora as lora_cli
 from tfchat.errors import TfchatError
-from tfchat.fit import train
+from tfchat.job import train
 from tfchat.model.lora import enable_lora, lora_layers, merge_lora
 from tfchat.run import build_model, load_run
 from tfchat.train.optim import build_optimizer
@@ -34,7 +34,7 @@ def batch(seed=0, vocabulary=40, length=48):
 
 def test_only_adapters_train_and_merging_reproduces_them():
     config = tiny_config(lora_rank=4, lora_alpha=8)
-    model = build_model(config, vocabulary_size=40)
+    model = build_model(tiny_config(), vocabulary_size=40)
     base = {v.path: v.numpy() for v in model.weights}
     adapters = enable_lora(model.backbone, 4, 8)
     assert len(adapters) == 2 * 4 * 2  # A and B of 4 layers in 2 blocks

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfchat import fit
+from tfchat import job
 from tfchat.data.pipeline import (
     add_cls_and_sep,
     classification_dataset,
@@ -229,6 +229,6 @@ def test_training_on_a_jsonl_corpus_checkpoints_and_resumes(make_config, tmp_pat
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": f"document {i}"} for i in range(1500)])
     settings = {"data.path": path, "train.eval_interval": 5, "train.shuffle_buffer": 16}
     config = make_config({**settings, "train.max_steps": 10})
-    assert [h["step"] for h in fit.train(config, verbose=0)] == [5, 10]
+    assert [h["step"] for h in job.train(config, verbose=0)] == [5, 10]
     config = make_config({**settings, "train.max_steps": 15})
-    assert [h["step"] for h in fit.train(config, resume=True, verbose=0)] == [15]
+    assert [h["step"] for h in job.train(config, resume=True, verbose=0)] == [15]

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from conftest import REPETITIVE_TEXT, as_cli_args, write_text
 from tfchat.errors import TfchatError
-from tfchat.run import build_model
+from tfchat.run import RunFolder, build_model
 from tfchat.train.optim import build_optimizer
 from tfchat.train.trainer import Trainer
 
@@ -193,8 +193,8 @@ def _dropout_trainer(make_config, run_dir):
     optimizer.build(model.trainable_variables)
     model.compile(optimizer=optimizer)
     strategy = tf.distribute.get_strategy()
-    return Trainer(config, strategy, model, tokenizer=None, train_ds=train_ds,
-                   val_ds=val_ds, run_dir=str(run_dir), verbose=0)
+    return Trainer(config, strategy, model, train_ds=train_ds, val_ds=val_ds,
+                   folder=RunFolder(str(run_dir)), verbose=0)
 
 
 def test_unreadable_latest_checkpoint_is_skipped(tiny_settings):
@@ -231,8 +231,8 @@ def _poisoned_trainer(make_config, tmp_path, on_nonfinite, bad_step):
     model = build_model(config, vocabulary_size=32)
     model.compile(optimizer=build_optimizer(config.train, model))
     strategy = tf.distribute.get_strategy()
-    return Trainer(config, strategy, model, tokenizer=None, train_ds=train_ds,
-                   val_ds=val_ds, run_dir=str(tmp_path / "run"), verbose=0)
+    return Trainer(config, strategy, model, train_ds=train_ds, val_ds=val_ds,
+                   folder=RunFolder(str(tmp_path / "run")), verbose=0)
 
 
 def test_nonfinite_loss_stops_at_its_step(make_config, tmp_path):

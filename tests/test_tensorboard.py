@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
-from tfchat.fit import train
+from tfchat.job import train
 
 
 def _read_logs(run_dir):

@@ -170,7 +170,7 @@ def test_tokenize_in_tf_function_and_dataset_map(tokenizer):
 
 def test_bpe_survives_clearing_the_eager_kernel_cache(bpe):
     """`tf.random.set_seed` (which `keras.utils.set_random_seed`, and so every
-    `tfchat.fit.train`, calls) clears TensorFlow's eager kernel cache. The
+    `tfchat.job.train`, calls) clears TensorFlow's eager kernel cache. The
     SentencePiece model is a resource owned by the kernel that created it, so
     a tokenizer built before the reseed used to fail afterwards with
     "Resource localhost/_0_SentencepieceOp/... does not exist"."""

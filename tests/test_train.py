@@ -9,16 +9,16 @@ from tfchat.data.corpus import Corpus
 from tfchat.data.pipeline import causal_lm_dataset
 from tfchat.data.tokenizer import train_tokenizer
 from tfchat.errors import TfchatError
-from tfchat.fit import train
+from tfchat.job import train
 from tfchat.run import build_model, load_run
 from tfchat.train.optim import build_optimizer, learning_rate_schedule
-from tfchat.train.tasks import CausalLM, token_loss_and_accuracy
+from tfchat.model.tasks import CausalLM, token_loss_and_accuracy
 from tfchat.train.trainer import Trainer
 
 
 @pytest.fixture
 def captured(monkeypatch):
-    """Runs `tfchat.fit.train` and keeps the Trainer it built (and lets a
+    """Runs `tfchat.job.train` and keeps the Trainer it built (and lets a
     test wrap the Trainer before `fit` starts)."""
     state = {"trainer": None, "before_fit": None}
     fit = Trainer.fit
@@ -44,7 +44,7 @@ def test_trainer_loss_falls(make_config, captured):
     })
     history = train(config, verbose=0)
     trainer = captured["trainer"]
-    assert trainer.tokenizer.vocabulary_size < 40
+    assert trainer.task.backbone.vocabulary_size < 40
 
     assert [h["step"] for h in history] == [5, 10, 15, 20, 25, 30]
     first, last = history[0]["loss"], history[-1]["loss"]

@@ -19,16 +19,9 @@ import yaml
 from tfchat.errors import TfchatError
 
 
-# What a run can train; each objective's data, model and step are chosen in
-# tfchat.fit.
-OBJECTIVES = ("causal", "chat", "mlm", "classify")
-# `objective: auto` (the default) becomes chat for dialogue data and causal
-# otherwise (tfchat.fit.resolve_objective); a run's saved config holds the
-# resolved objective.
-AUTO_OBJECTIVE = "auto"
-# Objectives that train the bidirectional encoder (tfchat.model.bert); they
-# need the WordPiece tokenizer for its [CLS], [SEP] and [MASK] tokens.
-ENCODER_OBJECTIVES = ("mlm", "classify")
+# Where and in what precision training runs (tfchat.train.distribute).
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # The Dense layers of a block that LoRA can adapt.
 LORA_TARGETS = ("qkv", "proj", "mlp_in", "mlp_out")
 
@@ -217,7 +210,7 @@ class Config:
     name: str = _field("default", "Run name: the run lives in <runs_dir>/<name>.")
     runs_dir: str = _field("runs", "Folder holding all runs.")
     objective: str = _field(
-        AUTO_OBJECTIVE,
+        "auto",
         "What to train: causal (next-token language model), chat (supervised "
         "fine-tuning, loss on assistant tokens only), mlm (masked-LM encoder "
         "pretraining), classify (text classification, usually with init_from "
@@ -422,30 +415,13 @@ def build_config(files=(), overrides=None, base=None):
 
 
 def validate(config):
-    """Checks values that a type alone cannot, before any work starts."""
+    """Checks values that a type alone cannot, before any work starts. What
+    an objective needs of the config is checked by `tfchat.objectives.check`."""
     m, t = config.model, config.train
     checks = [
-        (
-            config.objective in OBJECTIVES + (AUTO_OBJECTIVE,),
-            f"objective must be one of {', '.join(OBJECTIVES + (AUTO_OBJECTIVE,))}",
-        ),
         (config.tokenizer.kind in ("char", "bpe", "wordpiece"), "tokenizer.kind must be char, bpe or wordpiece"),
-        (
-            config.objective not in ENCODER_OBJECTIVES or config.tokenizer.kind == "wordpiece",
-            f"objective {config.objective} needs tokenizer.kind wordpiece (for [CLS], [SEP] and [MASK])",
-        ),
-        (
-            config.objective != "chat" or config.tokenizer.kind != "wordpiece",
-            "objective chat needs tokenizer.kind char or bpe (WordPiece splits the chat markers)",
-        ),
-        (
-            config.objective not in ENCODER_OBJECTIVES or m.lora_rank == 0,
-            "model.lora_rank must be 0 for objective mlm or classify (LoRA adapts the GPT only)",
-        ),
-        (
-            config.objective not in ENCODER_OBJECTIVES or m.block_size >= 3,
-            "model.block_size must be at least 3 for an encoder ([CLS] text [SEP])",
-        ),
+        (t.strategy in STRATEGIES, f"train.strategy must be one of {', '.join(STRATEGIES)}"),
+        (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
         (0 < config.mlm.mask_rate < 1, "mlm.mask_rate must be between 0 and 1"),
         (
             config.mlm.mask_token_rate >= 0 and config.mlm.random_token_rate >= 0
@@ -455,7 +431,6 @@ def validate(config):
         (config.mlm.max_predictions >= 0, "mlm.max_predictions must be 0 or positive"),
         (t.early_stopping_patience >= 0, "train.early_stopping_patience must be 0 or positive"),
         (config.data.format in ("auto", "text", "jsonl", "csv"), "data.format must be auto, text, jsonl or csv"),
-        (config.data.format != "csv" or config.objective == "classify", "data.format csv is for objective classify"),
         (0 < config.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
         (config.data.encoding_errors in ("strict", "replace"), "data.encoding_errors must be strict or replace"),
         (m.num_layers > 0 and m.num_heads > 0, "model.num_layers and model.num_heads must be positive"),

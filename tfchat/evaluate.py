@@ -19,43 +19,11 @@ on the validation split of the run's data, or of `--data` (classify: all of
 
 import argparse
 import dataclasses
-import importlib
 import json
-import os
 import sys
 import time
 
-import tfchat  # noqa: F401  (sets the Keras backend)
 from tfchat.errors import TfchatError
-
-# objective -> "module:function"; each takes (run, **options) and returns a
-# dict of results. Imported on demand, so one evaluator's dependencies
-# (sacrebleu, rouge-score) never burden another's.
-EVALUATORS = {
-    "causal": "tfchat.evaluation.language_model:evaluate_causal",
-    "chat": "tfchat.evaluation.chat:evaluate_chat",
-    "mlm": "tfchat.evaluation.language_model:evaluate_mlm",
-    "classify": "tfchat.evaluation.classification:evaluate_classify",
-}
-# objective -> "module:function" that renders its results as text; the
-# others print one "key: value" line per result.
-FORMATTERS = {
-    "classify": "tfchat.evaluation.classification:format_report",
-}
-RESULTS_FILE = "evaluation.json"
-
-
-def _load(spec):
-    module, function = spec.split(":")
-    return getattr(importlib.import_module(module), function)
-
-
-def evaluator_for(objective):
-    if objective not in EVALUATORS:
-        raise TfchatError(
-            f"No evaluator for objective {objective!r}; known: {', '.join(EVALUATORS)}."
-        )
-    return _load(EVALUATORS[objective])
 
 
 def build_parser():
@@ -99,11 +67,7 @@ def _load_run(path, checkpoint):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from tfchat.run import load_config
-
     try:
-        objective = load_config(args.run).objective
-        evaluate = evaluator_for(objective)
         run, checkpoint = _load_run(args.run, args.checkpoint)
         if args.data:
             data = dataclasses.replace(run.config.data, path=args.data)
@@ -115,24 +79,25 @@ def main(argv=None):
         if args.batch_size:
             options["batch_size"] = args.batch_size
         start = time.perf_counter()
-        results = evaluate(run, **options)
+        results = run.objective.evaluate(run, **options)
     except TfchatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    objective = run.config.objective
     results = {"objective": objective, "step": run.step, "checkpoint": checkpoint, **results,
                "seconds": round(time.perf_counter() - start, 1)}
-    where = (f"all of {args.data}" if args.data and objective == "classify"
+    where = (f"all of {args.data}" if args.data and run.objective.labelled
              else f"validation split of {run.config.data.path}")
     print(f"{args.run} ({objective}, step {run.step}, {checkpoint} checkpoint), {where}")
-    if objective in FORMATTERS:
-        print(_load(FORMATTERS[objective])(results))
+    if run.objective.format_results:
+        print(run.objective.format_results(results))
     else:
         for key, value in results.items():
             if key != "examples":
                 print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
         for example in results.get("examples", []):
             print(f"\nuser: {example['user']}\nreference: {example['reference']}\nreply: {example['reply']}")
-    paths = [os.path.join(args.run, RESULTS_FILE)] + ([args.json] if args.json else [])
+    paths = [run.folder.evaluation] + ([args.json] if args.json else [])
     for path in paths:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, ensure_ascii=False)

@@ -11,90 +11,9 @@ Only ordinary vocabulary pieces are candidates, never special tokens.
 import argparse
 import sys
 
-import tfchat  # noqa: F401  (sets the Keras backend)
-import numpy as np
-import tensorflow as tf
-
 from tfchat.errors import TfchatError
-from tfchat.serving import MASK_TOKEN
 
-MASK = MASK_TOKEN
-
-
-class FillMask:
-    """Predicts the pieces behind [MASK] markers with a `MaskedLM`.
-
-    The text around each marker is tokenized as in training, and each marker
-    becomes one [MASK] token, so a masked word is predicted as one piece.
-
-    Example:
-    ```python
-    fill = FillMask(run.model, run.tokenizer)
-    fill.predict(["to be or not to [MASK] ."], top_k=3)
-    # [[[("be", 0.91), ("do", 0.02), ("go", 0.01)]]]
-    ```
-    """
-
-    def __init__(self, model, tokenizer):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.sequence_length = model.backbone.max_sequence_length
-        self._logits = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-
-    def encode(self, text):
-        """One text -> (token ids with [CLS]/[SEP], positions of its masks)."""
-        pieces = text.split(MASK)
-        if len(pieces) < 2:
-            raise TfchatError(f"No {MASK} in the text {text!r}.")
-        tokenized = self.tokenizer.tokenize(tf.constant(pieces)).to_list()
-        ids, positions = [self.tokenizer.cls_id], []
-        for i, piece_ids in enumerate(tokenized):
-            if i:
-                positions.append(len(ids))
-                ids.append(self.tokenizer.mask_id)
-            ids.extend(piece_ids)
-        ids.append(self.tokenizer.sep_id)
-        if len(ids) > self.sequence_length:
-            raise TfchatError(
-                f"The text {text!r} is {len(ids)} tokens with [CLS] and [SEP]; the "
-                f"model reads at most {self.sequence_length}."
-            )
-        return ids, positions
-
-    def predict(self, texts, top_k=5):
-        """For each text, for each [MASK]: [(piece, probability), ...] best
-        first."""
-        encoded = [self.encode(text) for text in texts]
-        slots = max(len(positions) for _, positions in encoded)
-        token_ids = np.zeros((len(texts), self.sequence_length), np.int32)
-        mask_positions = np.zeros((len(texts), slots), np.int32)
-        for row, (ids, positions) in enumerate(encoded):
-            token_ids[row, : len(ids)] = ids
-            mask_positions[row, : len(positions)] = positions
-        logits = self._logits({
-            "token_ids": tf.constant(token_ids),
-            "padding_mask": tf.constant(token_ids != self.tokenizer.pad_id),
-            "mask_positions": tf.constant(mask_positions),
-        })
-        # Special tokens are never the answer.
-        special = np.arange(logits.shape[-1]) < self.tokenizer.num_special_tokens
-        logits = tf.where(special, -np.inf, logits)
-        probabilities, candidates = tf.math.top_k(tf.nn.softmax(logits, axis=-1), k=top_k)
-        probabilities, candidates = probabilities.numpy(), candidates.numpy()
-        vocabulary = self.tokenizer.vocabulary
-        return [
-            [
-                [(vocabulary[c], float(p)) for c, p in zip(candidates[row, slot], probabilities[row, slot])]
-                for slot in range(len(positions))
-            ]
-            for row, (_, positions) in enumerate(encoded)
-        ]
-
-    def fill(self, text, predictions):
-        """`text` with each [MASK] replaced by its best candidate."""
-        pieces = text.split(MASK)
-        best = [candidates[0][0] for candidates in predictions]
-        return pieces[0] + "".join(word + piece for word, piece in zip(best, pieces[1:]))
+MASK = "[MASK]"  # tfchat.data.tokenizer.MASK_TOKEN, without importing TensorFlow for --help
 
 
 def build_parser():
@@ -112,6 +31,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from tfchat.inference.fill_mask import FillMask
     from tfchat.run import load_run
 
     try:

@@ -10,49 +10,10 @@ without the adapters' extra matmuls. The LoRA run itself is left as it was.
 """
 
 import argparse
-import dataclasses
 import os
-import shutil
 import sys
 
-import tfchat  # noqa: F401  (sets the Keras backend)
 from tfchat.errors import TfchatError
-
-
-def merge_run(run_path, out_path, overwrite=False):
-    """Writes the merged copy of the LoRA run at `run_path` to `out_path`."""
-    import tensorflow as tf
-
-    from tfchat import config as config_lib
-    from tfchat.model.lora import merge_lora
-    from tfchat.run import (
-        CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR, build_model, load_run,
-    )
-
-    run = load_run(run_path)
-    if not run.config.model.lora_rank:
-        raise TfchatError(f"The run at {run_path} has no LoRA adapters (model.lora_rank is 0).")
-    if os.path.exists(out_path):
-        if not overwrite:
-            raise TfchatError(f"{out_path} already exists; pass --overwrite to replace it.")
-        shutil.rmtree(out_path)
-    name = os.path.basename(os.path.normpath(out_path))
-    config = dataclasses.replace(
-        run.config,
-        name=name,
-        runs_dir=os.path.dirname(os.path.normpath(out_path)),
-        model=dataclasses.replace(run.config.model, lora_rank=0),
-    )
-    merged = build_model(config, run.tokenizer.vocabulary_size)
-    merge_lora(run.backbone, merged.backbone)
-    os.makedirs(out_path)
-    shutil.copytree(os.path.join(run_path, TOKENIZER_DIR), os.path.join(out_path, TOKENIZER_DIR))
-    config_lib.save(config, os.path.join(out_path, CONFIG_FILE))
-    manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=merged), os.path.join(out_path, CHECKPOINT_DIR), max_to_keep=1
-    )
-    manager.save(checkpoint_number=run.step)
-    return out_path
 
 
 def build_parser():
@@ -72,8 +33,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out = args.out or os.path.normpath(args.run) + "_merged"
+    from tfchat.run import merge_lora_run
+
     try:
-        merge_run(args.run, out, overwrite=args.overwrite)
+        merge_lora_run(args.run, out, overwrite=args.overwrite)
     except TfchatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,200 +1,234 @@
-"""A run folder, `runs/<name>/`, and how to rebuild a model from one.
+"""The run folder, `runs/<name>/`: its layout, and a trained run loaded back.
 
-    runs/<name>/config.json     the full config the run was started with
-    runs/<name>/tokenizer/      the tokenizer trained for it
-    runs/<name>/checkpoints/    tf.train checkpoints: model, optimizer, data position
-    runs/<name>/logs/           TensorBoard event files
-    runs/<name>/labels.json     classify runs: the class names, in id order
+    runs/<name>/config.json        the full config the run was started with
+    runs/<name>/tokenizer/         its tokenizer
+    runs/<name>/checkpoints/       tf.train checkpoints (model, optimizer, data
+                                   position, random state), numbered by step
+    runs/<name>/checkpoints/best/  the lowest validation loss so far, and
+                                   best.json (its step and loss)
+    runs/<name>/logs/              TensorBoard event files
+    runs/<name>/metrics.jsonl      the logged metrics, a JSON line per log
+    runs/<name>/labels.json        classify runs: the class names, in id order
+    runs/<name>/evaluation.json    the last `python -m tfchat.evaluate`
+    runs/<name>/tmp/worker_<i>/    scratch checkpoints of non-chief workers
+
+This module is the one place these names are written down. `RunFolder`
+knows the paths; `load_run` rebuilds a trained model from them;
+`check_init_from` says whether a config may start from a run.
 """
 
 import dataclasses
 import json
 import os
+import shutil
 
-import tfchat  # noqa: F401  (sets the Keras backend)
 import tensorflow as tf
 
 from tfchat import config as config_lib
+from tfchat import objectives
 from tfchat.data.tokenizer import load_tokenizer
 from tfchat.errors import TfchatError
-from tfchat.model.gpt import GPT
-from tfchat.train.distribute import dtype_policy
-from tfchat.train.tasks import CausalLM
+from tfchat.model.lora import enable_lora, merge_lora
 
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+BEST_FILE = "best.json"
 LOG_DIR = "logs"
+METRICS_FILE = "metrics.jsonl"
 LABELS_FILE = "labels.json"
+EVALUATION_FILE = "evaluation.json"
+SCRATCH_DIR = "tmp"
 # The model fields an `init_from` run must share with the run it starts.
 _ARCHITECTURE = ("num_layers", "num_heads", "hidden_dim", "intermediate_dim", "block_size")
-# Which runs each encoder objective may start from.
-_INIT_FROM = {"mlm": ("mlm",), "classify": ("mlm", "classify")}
 
 
-def build_model(config, vocabulary_size, num_classes=None):
-    """The task model (backbone inside) for `config`, built with weights.
-    `num_classes` is the label count of a classify run."""
-    if config.objective in config_lib.ENCODER_OBJECTIVES:
-        return build_encoder_model(config, vocabulary_size, num_classes)
-    dtype = dtype_policy(config.train.precision)
-    backbone = GPT(**_backbone_args(config, vocabulary_size), name="gpt")
-    model = CausalLM(
-        backbone,
-        gradient_accumulation_steps=config.train.grad_accumulation_steps,
-        dtype=dtype,
-        name="causal_lm",
-    )
-    model(tf.zeros((1, config.model.block_size), tf.int32))
-    return model
+def write_json_atomic(path, value):
+    """Writes `value` as JSON to `path` through a temporary file, so a crash
+    never leaves half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)
 
 
-def _backbone_args(config, vocabulary_size):
-    """What GPT and BertEncoder both take from `config.model`."""
-    m = config.model
-    return dict(
-        vocabulary_size=vocabulary_size,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        hidden_dim=m.hidden_dim,
-        intermediate_dim=m.intermediate_dim,
-        max_sequence_length=m.block_size,
-        dropout=m.dropout,
-        dtype=dtype_policy(config.train.precision),
-    )
+def checkpoint_step(checkpoint_path):
+    """The step a checkpoint was saved at: `.../ckpt-120` -> 120."""
+    return int(checkpoint_path.rsplit("-", 1)[1])
 
 
-def build_encoder_model(config, vocabulary_size, num_classes=None):
-    """A `MaskedLM` or `TextClassifier` over a `BertEncoder`, built."""
-    from tfchat.data.pipeline import default_max_predictions
-    from tfchat.model.bert import BertEncoder
-    from tfchat.train.encoder_tasks import MaskedLM, TextClassifier
+class RunFolder:
+    """The paths of the run folder at `path`, and its small files."""
 
-    m = config.model
-    dtype = dtype_policy(config.train.precision)
-    backbone = BertEncoder(**_backbone_args(config, vocabulary_size), name="bert")
-    steps = config.train.grad_accumulation_steps
-    inputs = {
-        "token_ids": tf.zeros((1, m.block_size), tf.int32),
-        "padding_mask": tf.ones((1, m.block_size), tf.bool),
-    }
-    if config.objective == "mlm":
-        model = MaskedLM(backbone, gradient_accumulation_steps=steps, dtype=dtype, name="masked_lm")
-        slots = config.mlm.max_predictions or default_max_predictions(
-            config.mlm.mask_rate, m.block_size
-        )
-        inputs["mask_positions"] = tf.zeros((1, slots), tf.int32)
-    else:
-        if not num_classes:
-            raise ValueError(f"A classify model needs num_classes. Received: {num_classes!r}")
-        model = TextClassifier(
-            backbone, num_classes, gradient_accumulation_steps=steps, dtype=dtype,
-            name="text_classifier",
-        )
-    model(inputs)
-    return model
+    def __init__(self, path):
+        self.path = path
+        self.config = os.path.join(path, CONFIG_FILE)
+        self.tokenizer = os.path.join(path, TOKENIZER_DIR)
+        self.checkpoints = os.path.join(path, CHECKPOINT_DIR)
+        self.best = os.path.join(self.checkpoints, BEST_DIR)
+        self.logs = os.path.join(path, LOG_DIR)
+        self.metrics = os.path.join(path, METRICS_FILE)
+        self.labels = os.path.join(path, LABELS_FILE)
+        self.evaluation = os.path.join(path, EVALUATION_FILE)
+
+    def exists(self):
+        return os.path.isfile(self.config)
+
+    def worker_checkpoints(self, task_id):
+        """Where a non-chief worker writes its copy of every checkpoint
+        (every worker must take part in saving under MultiWorkerMirrored)."""
+        return os.path.join(self.path, SCRATCH_DIR, f"worker_{task_id}")
+
+    def read_config(self):
+        if not self.exists():
+            raise TfchatError(f"No tfchat run at {self.path} (no {CONFIG_FILE}).")
+        return config_lib.load(self.config)
+
+    def create(self, config, tokenizer, labels=None):
+        """Writes the files a new run starts with; the config last, as it is
+        what marks the folder as a run."""
+        os.makedirs(self.path, exist_ok=True)
+        tokenizer.save(self.tokenizer)
+        if labels is not None:
+            write_json_atomic(self.labels, list(labels))
+        write_json_atomic(self.config, config.to_dict())
+
+    def read_labels(self):
+        if not os.path.isfile(self.labels):
+            raise TfchatError(f"The classify run at {self.path} has no {LABELS_FILE}.")
+        with open(self.labels, encoding="utf-8") as f:
+            return tuple(json.load(f))
+
+    def write_best(self, best_dir, step, val_loss, checkpoint):
+        write_json_atomic(os.path.join(best_dir, BEST_FILE),
+                          {"step": step, "val_loss": val_loss, "checkpoint": checkpoint})
+
+    def read_best(self, best_dir=None):
+        """The best checkpoint's record ({"step", "val_loss", "checkpoint"}),
+        or None before the first evaluation."""
+        path = os.path.join(best_dir or self.best, BEST_FILE)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def append_metrics(self, values):
+        """One JSON line per log, for scripts. A resumed run appends again
+        from its checkpoint's step on (the last line of a step wins)."""
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(values) + "\n")
+
+    def latest_checkpoint(self, which="latest"):
+        """(path, step) of the newest checkpoint, or of the `best` one."""
+        latest = tf.train.latest_checkpoint(self.best if which == "best" else self.checkpoints)
+        if latest is None:
+            kind = "best " if which == "best" else ""
+            raise TfchatError(f"The run at {self.path} has no {kind}checkpoint yet.")
+        return latest, checkpoint_step(latest)
+
+
+def load_config(path):
+    return RunFolder(path).read_config()
 
 
 def apply_lora(model, config):
     """Adds the LoRA adapters `config.model` asks for (none when lora_rank is
     0), freezing every base weight. Returns the adapter variables."""
-    from tfchat.model.lora import enable_lora
-
     m = config.model
     if not m.lora_rank:
         return []
-    return enable_lora(
-        model.backbone, m.lora_rank, m.lora_alpha, config_lib.lora_targets(m)
-    )
+    return enable_lora(model.backbone, m.lora_rank, m.lora_alpha, config_lib.lora_targets(m))
 
 
-def latest_checkpoint(path):
-    """The newest checkpoint of the run at `path`, and its step."""
-    latest = tf.train.latest_checkpoint(os.path.join(path, CHECKPOINT_DIR))
-    if latest is None:
-        raise TfchatError(f"The run at {path} has no checkpoint yet.")
-    # Checkpoints are numbered by the optimizer step they were saved at.
-    return latest, int(latest.rsplit("-", 1)[1])
+def build_model(config, vocabulary_size, labels=None):
+    """The task model of `config`'s objective (`auto` resolved from its
+    data), built, with the LoRA adapters its config asks for."""
+    config = objectives.resolve(config)
+    model = objectives.get(config.objective).build_model(config, vocabulary_size, labels)
+    apply_lora(model, config)
+    return model
 
 
-def restore_weights(model, checkpoint):
-    """Loads every backbone weight of `model` from a run checkpoint.
+def restore_backbone(model, checkpoint, source):
+    """Loads every backbone weight of `model` from the run checkpoint
+    `checkpoint` (of the run `source`, named in the error).
 
     Only the backbone is named, so nothing else in the checkpoint waits for
     a matching object: restoring `model` itself would also queue the old
     run's optimizer slots for whatever optimizer `model.compile` attaches
     later (TensorFlow restores such deferred values on creation)."""
     root = tf.train.Checkpoint(model=tf.train.Checkpoint(backbone=model.backbone))
-    status = root.restore(checkpoint)
-    status.assert_existing_objects_matched().expect_partial()
+    try:
+        root.restore(checkpoint).assert_existing_objects_matched().expect_partial()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+        raise TfchatError(
+            f"The weights of init_from {source} do not fit this model: "
+            f"{str(e).splitlines()[0][:300]}"
+        ) from None
 
 
 def check_init_from(config):
     """Checks that `config.init_from` is a run this config can start from:
-    an allowed objective, the same tokenizer settings and the same model
-    shape. Returns that run's config."""
-    source = load_config(config.init_from)
-    allowed = _INIT_FROM.get(config.objective, ())
+    an objective its objective starts from, no LoRA adapters left unmerged,
+    the same model shape and the same tokenizer settings. Returns that run's
+    config."""
+    source_path = config.init_from
+    source = load_config(source_path)
+    allowed = objectives.get(config.objective).init_from
     if source.objective not in allowed:
         raise TfchatError(
-            f"init_from {config.init_from} is a {source.objective} run; objective "
+            f"init_from {source_path} is a {source.objective} run; objective "
             f"{config.objective} starts from a {' or '.join(allowed) or 'no'} run."
         )
-    different = [
-        f"{section}.{name} {getattr(getattr(source, section), name)!r} there, "
-        f"{getattr(getattr(config, section), name)!r} here"
-        for section, names in (
-            ("tokenizer", [f.name for f in dataclasses.fields(source.tokenizer)]),
-            ("model", _ARCHITECTURE),
-        )
-        for name in names
-        if getattr(getattr(source, section), name) != getattr(getattr(config, section), name)
-    ]
-    if different:
+    if source.model.lora_rank:
         raise TfchatError(
-            f"init_from {config.init_from} has a different tokenizer or model: "
-            + "; ".join(different) + ". Use the same settings."
+            f"init_from {source_path} has LoRA adapters; merge them into its weights "
+            f"first: python -m tfchat.lora merge --run {source_path}"
         )
+    for key in _ARCHITECTURE:
+        mine, theirs = getattr(config.model, key), getattr(source.model, key)
+        if key == "intermediate_dim":  # 0 means 4 x hidden_dim
+            mine = mine or 4 * config.model.hidden_dim
+            theirs = theirs or 4 * source.model.hidden_dim
+        if mine != theirs:
+            raise TfchatError(
+                f"model.{key} is {mine} but init_from {source_path} has {theirs}; "
+                "a fine-tuned model keeps its pretrained shape."
+            )
+    # The chat markers are reserved ids of every tfchat tokenizer, so a
+    # pretrained vocabulary needs no new embedding rows for chat; it must
+    # only be the very same vocabulary.
+    for field in dataclasses.fields(source.tokenizer):
+        mine, theirs = getattr(config.tokenizer, field.name), getattr(source.tokenizer, field.name)
+        if mine != theirs:
+            raise TfchatError(
+                f"tokenizer.{field.name} is {mine} but init_from {source_path} uses "
+                f"{theirs}; a fine-tuned model keeps its pretrained vocabulary."
+            )
     return source
 
 
-def load_backbone_weights(model, run_path):
-    """Copies the backbone (encoder) weights of the run at `run_path`'s
-    latest checkpoint into `model.backbone`; every backbone weight must be
-    found there."""
-    latest = tf.train.latest_checkpoint(os.path.join(run_path, CHECKPOINT_DIR))
-    if latest is None:
-        raise TfchatError(f"init_from {run_path} has no checkpoint yet.")
-    # The backbone branch only (not its head, optimizer or data position).
-    restore_weights(model, latest)
-    return latest
-
-
-def save_labels(run_dir, labels):
-    write_json_atomic(os.path.join(run_dir, LABELS_FILE), list(labels))
-
-
-def load_labels(run_dir):
-    path = os.path.join(run_dir, LABELS_FILE)
-    if not os.path.isfile(path):
-        raise TfchatError(f"The classify run at {run_dir} has no {LABELS_FILE}.")
-    with open(path, encoding="utf-8") as f:
-        return tuple(json.load(f))
-
-
-def write_json_atomic(path, value):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
+def same_files(dir_a, dir_b):
+    """Whether two folders hold the same files with the same bytes."""
+    names = sorted(os.listdir(dir_a))
+    if names != sorted(os.listdir(dir_b)):
+        return False
+    for name in names:
+        with open(os.path.join(dir_a, name), "rb") as a, open(os.path.join(dir_b, name), "rb") as b:
+            if a.read() != b.read():
+                return False
+    return True
 
 
 class Run:
-    """A trained run loaded back: config, tokenizer, model and its step."""
+    """A trained run loaded back: config, objective, tokenizer, model, step."""
 
     def __init__(self, path, config, tokenizer, model, step, labels=None):
         self.path = path
+        self.folder = RunFolder(path)
         self.config = config
+        self.objective = objectives.get(config.objective)
         self.tokenizer = tokenizer
         self.model = model
         self.backbone = model.backbone
@@ -202,17 +236,10 @@ class Run:
         self.labels = labels
 
 
-def load_config(path):
-    config_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise TfchatError(f"No tfchat run at {path} (no {CONFIG_FILE}).")
-    return config_lib.load(config_path)
-
-
 def check_generates(run):
     """Raises `TfchatError` unless `run` is a GPT run (causal or chat): the
     encoder objectives' models do not generate text."""
-    if run.config.objective in config_lib.ENCODER_OBJECTIVES:
+    if not run.objective.generates:
         hint = "python -m tfchat.fill_mask" if run.config.objective == "mlm" else "python -m tfchat.evaluate"
         raise TfchatError(
             f"{run.path} is a {run.config.objective} run (a BERT encoder), which does "
@@ -224,23 +251,44 @@ def check_generates(run):
 def load_run(path, checkpoint="latest"):
     """Loads a run's config, tokenizer and checkpointed weights: the
     `latest` checkpoint, or the `best` (lowest validation loss)."""
-    config = load_config(path)
-    tokenizer = load_tokenizer(os.path.join(path, TOKENIZER_DIR))
-    folder = os.path.join(path, CHECKPOINT_DIR)
-    if checkpoint == "best":
-        folder = os.path.join(folder, "best")
-    latest = tf.train.latest_checkpoint(folder)
-    if latest is None:
-        which = "best " if checkpoint == "best" else ""
-        raise TfchatError(f"The run at {path} has no {which}checkpoint yet.")
-    labels = load_labels(path) if config.objective == "classify" else None
-    model = build_model(config, tokenizer.vocabulary_size, len(labels) if labels else None)
+    folder = RunFolder(path)
+    config = folder.read_config()
+    tokenizer = load_tokenizer(folder.tokenizer)
+    latest, step = folder.latest_checkpoint(checkpoint)
+    labels = folder.read_labels() if objectives.get(config.objective).labelled else None
     # A LoRA run's checkpoints hold the adapters beside the frozen weights.
-    apply_lora(model, config)
+    model = build_model(config, tokenizer.vocabulary_size, labels)
     status = tf.train.Checkpoint(model=model).restore(latest)
-    # Every weight of the model must come from the checkpoint; the optimizer
-    # and data position it also holds are not needed here.
+    # Every weight of the model must come from the checkpoint; the optimizer,
+    # data position and random state it also holds are not needed here.
     status.assert_existing_objects_matched().expect_partial()
-    # Checkpoints are numbered by the optimizer step they were saved at.
-    step = int(latest.rsplit("-", 1)[1])
     return Run(path, config, tokenizer, model, step, labels=labels)
+
+
+def merge_lora_run(run_path, out_path, overwrite=False):
+    """Writes to `out_path` a copy of the LoRA run at `run_path` with its
+    adapters folded into the weights: an ordinary run (model.lora_rank 0,
+    the same tokenizer, one checkpoint at the same step)."""
+    run = load_run(run_path)
+    if not run.config.model.lora_rank:
+        raise TfchatError(f"The run at {run_path} has no LoRA adapters (model.lora_rank is 0).")
+    if os.path.exists(out_path):
+        if not overwrite:
+            raise TfchatError(f"{out_path} already exists; pass --overwrite to replace it.")
+        shutil.rmtree(out_path)
+    config = dataclasses.replace(
+        run.config,
+        name=os.path.basename(os.path.normpath(out_path)),
+        runs_dir=os.path.dirname(os.path.normpath(out_path)),
+        model=dataclasses.replace(run.config.model, lora_rank=0),
+    )
+    merged = build_model(config, run.tokenizer.vocabulary_size, run.labels)
+    merge_lora(run.backbone, merged.backbone)
+    out = RunFolder(out_path)
+    os.makedirs(out.path)
+    shutil.copytree(run.folder.tokenizer, out.tokenizer)
+    write_json_atomic(out.config, config.to_dict())
+    tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=merged), out.checkpoints, max_to_keep=1
+    ).save(checkpoint_number=run.step)
+    return out_path

@@ -75,6 +75,10 @@ class Tokenizer(tf.Module):
         """The id of a special token, e.g. `token_id("<|user|>")`."""
         return SPECIAL_TOKENS.index(token)
 
+    def special_tokens(self):
+        """{name: id} of every special token (for export metadata)."""
+        return {name: self.token_id(name) for name in SPECIAL_TOKENS}
+
     def save(self, directory):
         raise NotImplementedError
 
@@ -262,11 +266,16 @@ def _shared_resource_class():
     return SharedSentencepieceModelResource
 
 
+# The marker a fill-mask text holds where a word is to be predicted, and the
+# WordPiece token it becomes. Text is split on it before tokenizing, so it is
+# matched exactly (case included), whatever the tokenizer lowercases.
+MASK_TOKEN = "[MASK]"
+
 # WordPiece names for ids 0-3, then the chat tokens at the same ids as in the
 # other tokenizers, then [MASK]: every id below `num_special_tokens` is a
 # control token that plain text never produces.
 WORDPIECE_SPECIAL_TOKENS = (
-    "[PAD]", "[UNK]", "[CLS]", "[SEP]", *SPECIAL_TOKENS[4:], "[MASK]",
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", *SPECIAL_TOKENS[4:], MASK_TOKEN,
 )
 # `token_id` accepts either name for ids 0-3.
 _WORDPIECE_ALIASES = dict(zip(WORDPIECE_SPECIAL_TOKENS[:4], SPECIAL_TOKENS[:4]))
@@ -307,7 +316,7 @@ class WordPieceTokenizer(Tokenizer):
         self.lowercase = lowercase
         self.num_special_tokens = len(WORDPIECE_SPECIAL_TOKENS)
         self.cls_id, self.sep_id = BOS_ID, EOS_ID
-        self.mask_id = vocabulary.index("[MASK]")
+        self.mask_id = vocabulary.index(MASK_TOKEN)
         self._bert = tf_text.FastBertTokenizer(
             vocab=vocabulary,
             token_out_type=tf.int32,
@@ -347,6 +356,9 @@ class WordPieceTokenizer(Tokenizer):
     @property
     def vocabulary_size(self):
         return len(self.vocabulary)
+
+    def special_tokens(self):
+        return {**super().special_tokens(), MASK_TOKEN: self.mask_id}
 
     def token_id(self, token):
         """The id of a special token, by either name: `token_id("[MASK]")`,

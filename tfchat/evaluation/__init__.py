@@ -1,3 +1,4 @@
-"""Evaluation: metrics over a trained run's data, one module per kind of
-model (language_model: causal and mlm; chat; classification);
-`tfchat.evaluate` picks the evaluator of a run's objective."""
+"""Evaluation: metrics of a model's outputs (language_model: loss and
+perplexity; chat: scores of generated replies; classification: accuracy,
+macro-F1, confusion matrix). Each objective (`tfchat.objectives`) evaluates
+its runs with them."""

@@ -1,8 +1,5 @@
-"""How well a chat run answers: the evaluator of `objective: chat` runs.
-
-On the validation conversations of the run's own data it reports
-  * val_loss / val_perplexity / val_accuracy on the assistant's tokens only
-    (the tokens the model was trained to write), and
+"""How well a chat model answers (`tfchat.objectives.chat` evaluates a run
+with it, beside the assistant-token loss):
   * BLEU (sacrebleu's corpus BLEU, 0-100), ROUGE-L (rouge-score's
     F-measure, averaged, x100) and chrF (sacrebleu's corpus chrF, 0-100) of
     greedy replies against the reference replies: every assistant turn is
@@ -27,8 +24,6 @@ Unicode letters, combining marks and digits, and one token a character of
 the scripts written without spaces (Han, kana, Hangul, Thai...). chrF needs
 no word segmentation. All three compare NFC-normalized text.
 
-TensorFlow is imported only by `evaluate_chat`, so scoring replies does not
-need it.
 """
 
 import functools
@@ -159,6 +154,8 @@ def score_replies(replies, references, language=None, tokenize=None):
     NFC-normalized text. BLEU is tokenized by `tokenize` (a sacrebleu
     tokenizer name), by default `bleu_tokenization(references, language)`;
     ROUGE-L by ReplyTokenizer."""
+    # Imported here: they take about a second, which every command that
+    # loads a run (a one-shot chat reply) would otherwise pay.
     import sacrebleu
     from rouge_score import rouge_scorer
 
@@ -188,36 +185,23 @@ def greedy_replies(generator, prompts, max_new_tokens, batch_size):
     return replies
 
 
-def evaluate_chat(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, jit_compile=True,
-                  **unused):
-    """Assistant-token perplexity, and BLEU/ROUGE-L/chrF of greedy replies,
-    on the first `limit` (0 = all) validation conversations."""
-    from tfchat.data.chat_template import encode_conversations
-    from tfchat.data.dialogues import DialogueCorpus
-    from tfchat.data.pipeline import chat_dataset
-    from tfchat.evaluation.language_model import evaluate_loss
-    from tfchat.generate import Generator
-
-    corpus = DialogueCorpus(run.config.data)
-    conversations = corpus.conversations("val")[: limit or None]
-    block_size = run.config.model.block_size
-    encoded = encode_conversations(run.tokenizer, conversations, max_tokens=block_size + 1)
-    dataset = chat_dataset(
-        [e for e in encoded if sum(e.weights)], block_size, batch_size, drop_remainder=False
-    )
-    results = evaluate_loss(run.model, dataset)
-
+def evaluate_replies(generator, conversations, train_conversations, data_path, batch_size=32,
+                     max_new_tokens=128, examples=3):
+    """BLEU, ROUGE-L and chrF of `generator`'s greedy reply to every
+    assistant turn of `conversations`, given the conversation before it; the
+    same on the replies whose prompt never occurs in `train_conversations`
+    (`_unseen`); and the first `examples` replies. `data_path` may name the
+    language (`chatterbot:<language>`)."""
     pairs = reply_prompts(conversations)
     prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
-    generator = Generator(run.backbone, run.tokenizer, jit_compile=jit_compile)
     replies = greedy_replies(generator, prompts, max_new_tokens, batch_size)
     # One tokenization for all and unseen replies, so that they compare.
-    tokenize = bleu_tokenization(references, run.config.data.path)
-    results.update(score_replies(replies, references, tokenize=tokenize))
+    tokenize = bleu_tokenization(references, data_path)
+    results = score_replies(replies, references, tokenize=tokenize)
     results["bleu_tokenize"] = tokenize
     results["conversations"] = len(conversations)
     results["replies"] = len(replies)
-    seen = {tuple(p) for p, _ in reply_prompts(corpus.conversations("train"))}
+    seen = {tuple(p) for p, _ in reply_prompts(train_conversations)}
     unseen = [i for i, p in enumerate(prompts) if tuple(p) not in seen]
     results["replies_unseen"] = len(unseen)
     if unseen:

@@ -1,5 +1,5 @@
 """Classification metrics: accuracy, macro-F1 and the confusion matrix, and
-the predictions of a trained classify run over a labelled split.
+a classifier's predictions over a labelled dataset.
 
 Example:
 ```python
@@ -12,7 +12,6 @@ print(format_report(report))
 import numpy as np
 import tensorflow as tf
 
-from tfchat.errors import TfchatError
 
 
 def confusion_matrix(true, predicted, num_classes):
@@ -89,29 +88,3 @@ def predict_classes(model, dataset):
         true.append(labels.numpy())
         predicted.append(predict(x).numpy())
     return np.concatenate(true), np.concatenate(predicted)
-
-
-def evaluate_classifier(run, data_config=None, split="val", batch_size=None):
-    """The classification report of a loaded classify run (`tfchat.run.Run`)
-    on a split of its own data, or of `data_config`'s data. Texts longer than
-    the model's context are cut to fit, as in training."""
-    from tfchat.data.labelled import read_labelled
-    from tfchat.data.pipeline import classification_dataset
-
-    config = run.config
-    data = read_labelled(data_config or config.data, labels=run.labels)
-    if not data.examples(split):
-        raise TfchatError(f"No {split} examples in {(data_config or config.data).path}.")
-    dataset = classification_dataset(
-        data.texts(split), data.label_ids(split), run.tokenizer,
-        config.model.block_size, batch_size or config.train.batch_size,
-    )
-    true, predicted = predict_classes(run.model, dataset)
-    return classification_report(true, predicted, run.labels)
-
-
-def evaluate_classify(run, batch_size=None, data=None, **unused):
-    """The evaluator of classify runs (`tfchat.evaluate`): the report on the
-    validation split of the run's data, or on all of it when `data` (a
-    path, already in `run.config.data`) was given instead."""
-    return evaluate_classifier(run, split="all" if data else "val", batch_size=batch_size)

@@ -1,5 +1,4 @@
-"""Validation loss and perplexity of a language model, and the evaluators of
-causal and mlm runs."""
+"""Validation loss, perplexity and accuracy of a task model over a dataset."""
 
 import math
 
@@ -21,35 +20,3 @@ def evaluate_loss(model, dataset):
         "val_perplexity": math.exp(min(results["loss"], 80.0)),
         "val_accuracy": results["accuracy"],
     }
-
-
-def evaluate_causal(run, batch_size=32, **unused):
-    """Validation loss and perplexity over the run's validation split."""
-    from tfchat.data.corpus import Corpus
-    from tfchat.data.pipeline import causal_lm_dataset
-
-    corpus = Corpus(run.config.data)
-    dataset = causal_lm_dataset(
-        corpus.texts("val"), run.tokenizer, run.config.model.block_size,
-        batch_size, add_eos=corpus.is_documents, drop_remainder=False,
-    )
-    return evaluate_loss(run.model, dataset)
-
-
-def evaluate_mlm(run, batch_size=None, **unused):
-    """Masked-token loss, perplexity and accuracy over the run's validation
-    split, masked as in training's validation (the same seed)."""
-    from tfchat.data.corpus import Corpus
-    from tfchat.data.pipeline import masked_lm_dataset
-
-    config = run.config
-    corpus = Corpus(config.data)
-    mlm, t = config.mlm, config.train
-    dataset = masked_lm_dataset(
-        corpus.texts("val"), run.tokenizer, config.model.block_size,
-        batch_size or t.batch_size, documents=corpus.is_documents,
-        mask_rate=mlm.mask_rate, mask_token_rate=mlm.mask_token_rate,
-        random_token_rate=mlm.random_token_rate, max_predictions=mlm.max_predictions,
-        whole_word=mlm.whole_word, seed=t.seed + 1, drop_remainder=False,
-    )
-    return evaluate_loss(run.model, dataset)

@@ -1,4 +1,4 @@
-"""Where training runs: the `tf.distribute` strategy and the dtype policy.
+"""Where training runs: the `tf.distribute` strategy.
 
 One training loop serves every strategy (`tfchat.train.trainer`); this module
 only chooses one:
@@ -24,10 +24,8 @@ import os
 
 import tensorflow as tf
 
+from tfchat.config import STRATEGIES
 from tfchat.errors import TfchatError
-
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def choose_strategy(name="auto"):
@@ -68,12 +66,3 @@ def is_chief(strategy):
 def task_id(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     return getattr(resolver, "task_id", 0) or 0
-
-
-def dtype_policy(precision):
-    """The Keras dtype policy name for `train.precision`."""
-    if precision not in PRECISIONS:
-        raise TfchatError(
-            f"Unknown train.precision {precision!r}; use one of {', '.join(PRECISIONS)}."
-        )
-    return precision

@@ -12,7 +12,6 @@ sample and saves a checkpoint holding the model, the optimizer (its step
 counter included) and the input pipeline's position.
 """
 
-import json
 import math
 import os
 import time
@@ -21,23 +20,27 @@ import keras
 import tensorflow as tf
 
 from tfchat.errors import TfchatError
-from tfchat.generate import Generator
 from tfchat.train.distribute import is_chief, task_id
 
 
 class Trainer:
-    """Runs `task` (built, compiled with its optimizer, under `strategy`)."""
+    """Runs `task` (built, compiled with its optimizer, under `strategy`) on
+    batches of `train_ds`, evaluating on `val_ds`.
 
-    def __init__(
-        self, config, strategy, task, tokenizer, train_ds, val_ds, run_dir, verbose=1
-    ):
+    `folder` is the run's `tfchat.run.RunFolder` (where checkpoints, logs
+    and metrics go); `sample`, if given, returns the text logged at each
+    evaluation (the objective's sampler).
+    """
+
+    def __init__(self, config, strategy, task, train_ds, val_ds, folder, sample=None, verbose=1):
         self.config = config
         self.train_config = config.train
         self.strategy = strategy
         self.task = task
         self.optimizer = task.optimizer
-        self.tokenizer = tokenizer
-        self.run_dir = run_dir
+        self.folder = folder
+        self.run_dir = folder.path
+        self.sample_fn = sample
         self.verbose = verbose
         self.is_chief = is_chief(strategy)
         t = self.train_config
@@ -63,22 +66,22 @@ class Trainer:
         )
         # Non-chief workers write to a scratch folder (every worker must take
         # part in saving under MultiWorkerMirroredStrategy).
-        checkpoint_dir = os.path.join(run_dir, "checkpoints")
+        checkpoint_dir = folder.checkpoints
+        best_dir = folder.best
         if not self.is_chief:
-            checkpoint_dir = os.path.join(run_dir, "tmp", f"worker_{task_id(strategy)}")
+            checkpoint_dir = folder.worker_checkpoints(task_id(strategy))
+            best_dir = os.path.join(checkpoint_dir, os.path.basename(folder.best))
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, checkpoint_dir, max_to_keep=t.keep_checkpoints
         )
         # The checkpoint with the lowest validation loss so far.
-        self.best_manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(checkpoint_dir, "best"), max_to_keep=1
-        )
+        self.best_manager = tf.train.CheckpointManager(self.checkpoint, best_dir, max_to_keep=1)
         self.best_val_loss = math.inf
         # For train.early_stopping_patience.
         self.evaluations_since_best = 0
-        log_dir = os.path.join(run_dir, "logs")
         self.writer = (
-            tf.summary.create_file_writer(log_dir) if self.is_chief else tf.summary.create_noop_writer()
+            tf.summary.create_file_writer(folder.logs) if self.is_chief
+            else tf.summary.create_noop_writer()
         )
 
         self._one_step = tf.function(
@@ -135,9 +138,9 @@ class Trainer:
                 print(f"Skipping unreadable checkpoint {path}: {type(e).__name__}: "
                       f"{str(e).splitlines()[0][:200]}")
                 continue
-            best = _read_best(self.best_manager)
+            best = self.folder.read_best(self.best_manager.directory)
             if best is not None:
-                self.best_val_loss = best
+                self.best_val_loss = best["val_loss"]
             return self.step
         if self.manager.checkpoints:
             raise TfchatError(
@@ -184,7 +187,7 @@ class Trainer:
         try:
             while step < t.max_steps:
                 if profile and not profiling and profile[0] <= step < profile[1]:
-                    tf.profiler.experimental.start(os.path.join(self.run_dir, "logs"))
+                    tf.profiler.experimental.start(self.folder.logs)
                     profiling = True
                 # Run up to the next log, evaluation or the end, whichever is first.
                 steps = min(
@@ -261,7 +264,8 @@ class Trainer:
             self.best_val_loss = results["val_loss"]
             self.best_manager.save(checkpoint_number=step)
             if self.is_chief:
-                _write_best(self.best_manager, step, self.best_val_loss)
+                self.folder.write_best(self.best_manager.directory, step, self.best_val_loss,
+                                       self.best_manager.latest_checkpoint)
             self.evaluations_since_best = 0
         else:
             self.evaluations_since_best += 1
@@ -285,17 +289,9 @@ class Trainer:
         return True
 
     def sample(self):
-        t = self.train_config
-        # Only a generating (causal) backbone has text to sample.
-        generates = hasattr(self.task.backbone, "call_with_cache")
-        if not t.sample_tokens or not self.is_chief or not generates:
+        if self.sample_fn is None or not self.is_chief:
             return None
-        generator = Generator(self.task.backbone, self.tokenizer)
-        text = generator.generate(
-            [t.sample_prompt], t.sample_tokens, temperature=0.8, top_k=40,
-            seed=t.seed, stop_at_eos=False,
-        )[0]
-        return t.sample_prompt + text
+        return self.sample_fn()
 
     def _write_hparams(self):
         """The run's config for TensorBoard's HParams tab, to compare runs."""
@@ -312,12 +308,8 @@ class Trainer:
             hparams_api.hparams(values, trial_id=self.config.name)
 
     def _append_metrics_line(self, values):
-        """runs/<name>/metrics.jsonl: one JSON line per log, for scripts. A
-        resumed run appends again from its checkpoint's step on."""
-        if not self.is_chief:
-            return
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(values) + "\n")
+        if self.is_chief:
+            self.folder.append_metrics(values)
 
     def _write_scalars(self, prefix, values, step):
         with self.writer.as_default():
@@ -369,42 +361,3 @@ def _rows(tensor, index, replicas):
     or empty when the batch does not divide evenly (a final eval batch)."""
     per_replica = -(-tf.shape(tensor)[0] // replicas)
     return tensor[index * per_replica:(index + 1) * per_replica]
-
-
-def _write_best(manager, step, val_loss):
-    from tfchat.run import write_json_atomic
-
-    write_json_atomic(
-        os.path.join(manager.directory, "best.json"),
-        {"step": step, "val_loss": val_loss, "checkpoint": manager.latest_checkpoint},
-    )
-
-
-def _read_best(manager):
-    path = os.path.join(manager.directory, "best.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)["val_loss"]
-
-
-class ChatTrainer(Trainer):
-    """The loop for chat runs: its logged sample is the model's reply to
-    `train.sample_prompt` sent as a user message."""
-
-    def sample(self):
-        from tfchat.data.chat_template import Message
-
-        t = self.train_config
-        if not t.sample_tokens or not self.is_chief:
-            return None
-        message = t.sample_prompt.strip() or "Hello"
-        # One generator for the run: its compiled step reads the weights as
-        # they train, so it is traced once, not at every evaluation.
-        if not hasattr(self, "_generator"):
-            self._generator = Generator(self.task.backbone, self.tokenizer)
-        reply = self._generator.chat(
-            [[Message("user", message)]], t.sample_tokens, temperature=0.8,
-            top_k=40, seed=t.seed,
-        )[0]
-        return f"user: {message}\nassistant: {reply}"

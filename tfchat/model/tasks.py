@@ -1,13 +1,28 @@
-"""What to compute in a training step: `CausalLM` wraps a `GPT` backbone with
-the next-token loss, its metrics, and the GradientTape step.
+"""Task models: a backbone, a head, the loss, the metrics and the
+GradientTape step, as keras-hub keeps tasks beside their backbones.
 
-`train_step`/`test_step` are the one place a step is written. `model.fit`
-calls them (one device or `MirroredStrategy`, for notebooks), and so does
-tfchat's own loop (`tfchat.train.trainer`) through `strategy.run`.
+`Task` writes the step once: `train_step`/`test_step` compute a weighted
+sparse cross-entropy between `call`'s logits and the targets, whatever their
+rank (loss normalised over weighted targets and replicas, gradient
+accumulation, the all-reduce before clipping). Its three siblings differ
+only in `call` and in what their targets are:
+
+  * `CausalLM` (GPT): next tokens, weighted per token (chat: the
+    assistant's tokens only);
+  * `MaskedLM` (BERT): the masked tokens' ids, weight 0 on unused
+    prediction slots, so the loss is computed at masked positions only;
+  * `TextClassifier` (BERT): one label and weight 1 per example.
+
+`model.fit` calls the steps (one device or `MirroredStrategy`, for
+notebooks), and so does tfchat's own loop (`tfchat.train.trainer`) through
+`strategy.run`.
 """
 
 import keras
 import tensorflow as tf
+from keras import ops
+
+from tfchat.model.bert import MaskedLMHead
 
 
 def token_sums(targets, logits, weight):
@@ -35,34 +50,24 @@ def token_loss_and_accuracy(targets, logits, sample_weight=None):
     return loss_sum / safe, correct_sum / safe, count
 
 
-@keras.saving.register_keras_serializable(package="tfchat")
-class CausalLM(keras.Model):
-    """Next-token prediction on a backbone that maps token ids to logits.
+class Task(keras.Model):
+    """The shared step of every task: subclasses define `call` (inputs ->
+    float32 logits whose leading dimensions match the targets').
 
-    Data: (inputs [B, T], targets [B, T]) or (inputs, targets, weights [B, T]).
-    Metrics: `loss` and `accuracy`, token-weighted means, and `perplexity`.
-
-    Example:
-    ```python
-    model = CausalLM(GPT(vocabulary_size=65, num_layers=2, num_heads=2,
-                         hidden_dim=32, max_sequence_length=64))
-    model.compile(optimizer=build_optimizer(config.train, model))
-    model.fit(causal_lm_dataset(...), steps_per_epoch=100)
-    ```
+    Data: (inputs, targets) or (inputs, targets, weights); inputs a tensor or
+    a dict of tensors. Metrics: `loss` and `accuracy`, weighted means, and
+    `perplexity`.
     """
 
-    def __init__(self, backbone, gradient_accumulation_steps=1, **kwargs):
+    def __init__(self, backbone, grad_accumulation_steps=1, **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
-        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.grad_accumulation_steps = grad_accumulation_steps
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
         # Steps whose loss was NaN or infinite; they are left out of the
         # loss and accuracy above, and the trainer stops or skips on them.
         self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_steps")
-
-    def call(self, token_ids, training=None):
-        return self.backbone(token_ids, training=training)
 
     @property
     def metrics(self):
@@ -78,7 +83,7 @@ class CausalLM(keras.Model):
         # replicas.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         normalizer = tf.maximum(count, 1.0) * replicas
-        micro_batches = self.gradient_accumulation_steps
+        micro_batches = self.grad_accumulation_steps
         if micro_batches == 1:
             gradients, loss_sum, correct_sum = self._gradients(x, y, weight, normalizer)
         else:
@@ -147,7 +152,7 @@ class CausalLM(keras.Model):
     def get_config(self):
         config = super().get_config()
         config["backbone"] = keras.saving.serialize_keras_object(self.backbone)
-        config["gradient_accumulation_steps"] = self.gradient_accumulation_steps
+        config["grad_accumulation_steps"] = self.grad_accumulation_steps
         return config
 
     @classmethod
@@ -155,3 +160,102 @@ class CausalLM(keras.Model):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tfchat")
+class CausalLM(Task):
+    """Next-token prediction on a backbone that maps token ids to logits.
+
+    Data: (inputs [B, T], targets [B, T]) or (inputs, targets, weights [B, T]).
+    Metrics: `loss` and `accuracy`, token-weighted means, and `perplexity`.
+
+    Example:
+    ```python
+    model = CausalLM(GPT(vocabulary_size=65, num_layers=2, num_heads=2,
+                         hidden_dim=32, max_sequence_length=64))
+    model.compile(optimizer=build_optimizer(config.train, model))
+    model.fit(causal_lm_dataset(...), steps_per_epoch=100)
+    ```
+    """
+
+    def call(self, token_ids, training=None):
+        return self.backbone(token_ids, training=training)
+
+
+@keras.saving.register_keras_serializable(package="tfchat")
+class MaskedLM(Task):
+    """Masked-token prediction on a `BertEncoder`, with a tied
+    `MaskedLMHead`.
+
+    Data: (x, mask_ids [B, P], mask_weights [B, P]) with x a dict of
+    `token_ids` [B, T] (already masked), `padding_mask` [B, T] and
+    `mask_positions` [B, P]; `tfchat.data.pipeline.masked_lm_dataset` makes
+    it. Metrics: `loss`, `accuracy` and `perplexity` over masked tokens.
+
+    Example:
+    ```python
+    model = MaskedLM(BertEncoder(vocabulary_size=100, num_layers=2,
+                                 num_heads=2, hidden_dim=32,
+                                 max_sequence_length=16))
+    logits = model(x)   # [B, P, V] at x["mask_positions"]
+    ```
+    """
+
+    def __init__(self, backbone, grad_accumulation_steps=1, **kwargs):
+        super().__init__(backbone, grad_accumulation_steps, **kwargs)
+        # Without BERT's next-sentence task nothing trains the pooler here;
+        # freezing it keeps it out of the gradient (a classifier trains it).
+        backbone.pooler.trainable = False
+        self.mlm_head = MaskedLMHead(
+            backbone.vocabulary_size, backbone.hidden_dim,
+            dtype=backbone.dtype_policy, name="mlm_head",
+        )
+
+    def call(self, inputs, training=None):
+        encoded = self.backbone(inputs, training=training)["sequence_output"]
+        return self.mlm_head(
+            encoded, inputs["mask_positions"], self.backbone.token_embedding.embeddings
+        )
+
+
+@keras.saving.register_keras_serializable(package="tfchat")
+class TextClassifier(Task):
+    """Text classification on a `BertEncoder`'s pooled ([CLS]) output.
+
+    Args:
+        backbone: a `BertEncoder`, usually pretrained by `MaskedLM`.
+        num_classes: int K.
+        dropout: float. Dropout on the pooled output; None = the
+            backbone's.
+
+    Data: (x, labels [B]) with x a dict of `token_ids` and `padding_mask`
+    [B, T]; `tfchat.data.pipeline.classification_dataset` makes it.
+    Metrics: `loss` and `accuracy`. Call returns float32 logits [B, K].
+    """
+
+    def __init__(self, backbone, num_classes, dropout=None,
+                 grad_accumulation_steps=1, **kwargs):
+        super().__init__(backbone, grad_accumulation_steps, **kwargs)
+        self.num_classes = num_classes
+        self.dropout = backbone.dropout if dropout is None else dropout
+        self.classifier_dropout = keras.layers.Dropout(self.dropout, dtype=backbone.dtype_policy)
+        self.classifier = keras.layers.Dense(
+            num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            dtype=backbone.dtype_policy, name="classifier",
+        )
+
+    def call(self, inputs, training=None):
+        pooled = self.backbone(inputs, training=training)["pooled_output"]
+        pooled = self.classifier_dropout(pooled, training=training)
+        return ops.cast(self.classifier(pooled), "float32")
+
+    def metric_results(self):
+        # Task's, less perplexity, which means nothing over classes.
+        results = dict(super().metric_results())
+        results.pop("perplexity")
+        return results
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, dropout=self.dropout)
+        return config

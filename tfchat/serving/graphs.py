@@ -45,6 +45,9 @@ generate(tf.constant(["ROMEO:"]), tf.constant([50]), tf.constant([0.0]),
 
 import tensorflow as tf
 
+from tfchat.data.pipeline import add_cls_and_sep
+from tfchat.data.tokenizer import MASK_TOKEN
+
 # Settings a generate request may leave out (TF Serving then uses these
 # SignatureDef defaults). One value applies to every prompt in the request.
 # max_new_tokens is capped at half the context, so a default request keeps
@@ -350,10 +353,6 @@ def make_score_function(backbone, tokenizer):
 
 # --- encoder runs: fill-mask (mlm) and classify ---
 
-# The marker a fill-mask text holds where a word is to be predicted, as in
-# `python -m tfchat.fill_mask`. Text is split on it before tokenizing, so it
-# is matched exactly (case included), whatever the tokenizer lowercases.
-MASK_TOKEN = "[MASK]"
 FILL_MASK_DEFAULTS = {"top_k": 5}
 
 
@@ -378,8 +377,6 @@ def encode_masked_texts(tokenizer, texts, sequence_length):
     Returns (token_ids [B, T] int32, padding_mask [B, T] bool, pieces
     RaggedTensor [B, None] string: the text around the markers).
     """
-    from tfchat.data.pipeline import add_cls_and_sep
-
     pieces = tf.strings.split(texts, sep=MASK_TOKEN)  # [B, markers + 1]
     piece_ids = tf.cast(tokenizer.tokenize(pieces.flat_values), tf.int32)  # [N, None]
     # A [MASK] after every piece, then the one after each row's last piece
@@ -488,8 +485,6 @@ def make_classify_function(model, tokenizer, labels):
     longer than the context dropped. `labels` repeats per row because TF
     Serving's row (`instances`) form needs every output batch-major.
     """
-    from tfchat.data.pipeline import add_cls_and_sep
-
     sequence_length = model.backbone.max_sequence_length
     names = tf.constant(list(labels), tf.string)
 

@@ -1,0 +1,120 @@
+"""The package's structure is what README.md's Layout section says: every
+module listed once, with its layer, and no import against the layers
+(library below, commands on top; a layer imports only itself and those
+below it, and a command module imports no other command)."""
+
+import ast
+import pathlib
+import re
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = REPO_ROOT / "tfchat"
+ROW = re.compile(r"^\|\s*(\d+)\s*\|\s*`(tfchat/[^`]+\.py)`\s*\|\s*(.+?)\s*\|\s*$")
+
+
+def documented_layers(readme=REPO_ROOT / "README.md"):
+    """{module path: layer} from the rows `| layer | `tfchat/x.py` | job |`
+    of README.md's Layout section, and the layer of the commands (the
+    highest)."""
+    text = readme.read_text(encoding="utf-8")
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = [ROW.match(line) for line in section.splitlines()]
+    rows = [m for m in rows if m]
+    assert rows, "README.md's Layout section has no `| layer | module | job |` rows"
+    paths = [m.group(2) for m in rows]
+    duplicates = sorted({p for p in paths if paths.count(p) > 1})
+    assert not duplicates, f"listed more than once: {duplicates}"
+    for m in rows:
+        assert len(m.group(3)) > 10, f"{m.group(2)}: say its job in a line"
+    layers = {m.group(2): int(m.group(1)) for m in rows}
+    return layers, max(layers.values())
+
+
+def package_modules(root=PACKAGE):
+    """Module paths relative to the repository ("tfchat/run.py"), empty
+    `__init__.py` files left out."""
+    return sorted(
+        str(path.relative_to(root.parent))
+        for path in root.rglob("*.py")
+        if "__pycache__" not in path.parts and path.read_text(encoding="utf-8").strip()
+    )
+
+
+def _module_file(dotted, root):
+    """tfchat.a.b -> "tfchat/a/b.py" or "tfchat/a/b/__init__.py", or None."""
+    base = root.parent / dotted.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return str(candidate.relative_to(root.parent))
+    return None
+
+
+def imported_modules(path, root=PACKAGE):
+    """The tfchat module files `path` imports, at any depth of the file
+    (imports inside functions count too)."""
+    tree = ast.parse((root.parent / path).read_text(encoding="utf-8"))
+    targets = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from tfchat.x import y`: y is a module of tfchat.x, or a name in it.
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+            names = [n if _module_file(n, root) else node.module for n in names]
+        for name in names:
+            if name == "tfchat" or name.startswith("tfchat."):
+                target = _module_file(name, root)
+                if target and target != path:
+                    targets.add(target)
+    return targets
+
+
+def layer_violations(layers, command_layer, root=PACKAGE):
+    """Every import that runs against `layers`, as readable lines."""
+    problems = []
+    for path in package_modules(root):
+        source = layers.get(path)
+        if source is None:
+            continue
+        for target in sorted(imported_modules(path, root)):
+            layer = layers.get(target, 0 if target == "tfchat/__init__.py" else None)
+            if layer is None:
+                continue
+            if layer == command_layer and target != path:
+                problems.append(f"{path} imports the command module {target}")
+            elif layer > source:
+                problems.append(f"{path} (layer {source}) imports {target} (layer {layer})")
+    return problems
+
+
+def test_readme_layout_lists_every_module_once():
+    layers, _ = documented_layers()
+    modules = set(package_modules())
+    assert modules - set(layers) == set(), "modules missing from README.md's Layout"
+    assert set(layers) - modules == set(), "README.md's Layout lists modules that do not exist"
+
+
+def test_no_import_runs_against_the_layers():
+    layers, command_layer = documented_layers()
+    assert layer_violations(layers, command_layer) == []
+
+
+def test_the_check_catches_an_upward_import(tmp_path):
+    """The checker itself: a library module importing a command module and
+    one importing a layer above it are both reported."""
+    package = tmp_path / "tfchat"
+    (package / "train").mkdir(parents=True)
+    (package / "__init__.py").write_text('"""tfchat."""\n')
+    (package / "config.py").write_text("import os\n")
+    (package / "train" / "trainer.py").write_text(
+        "def sample():\n    from tfchat.generate import Generator\n    from tfchat import run\n"
+    )
+    (package / "run.py").write_text("from tfchat import config\n")
+    (package / "generate.py").write_text("from tfchat.run import load_run\n")
+    layers = {"tfchat/__init__.py": 0, "tfchat/config.py": 0, "tfchat/train/trainer.py": 1,
+              "tfchat/run.py": 2, "tfchat/generate.py": 3}
+    assert layer_violations(layers, 3, root=package) == [
+        "tfchat/train/trainer.py imports the command module tfchat/generate.py",
+        "tfchat/train/trainer.py (layer 1) imports tfchat/run.py (layer 2)",
+    ]

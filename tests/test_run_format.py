@@ -1,0 +1,76 @@
+"""A run folder in the format tfchat has written since checkpoints held the
+input position (before they held the random state too) still loads: every
+command reads it, and training resumes from it.
+
+The folder is written here by hand, with literal file names, not through
+tfchat.run, so renaming a file or a checkpointed attribute in the package
+breaks this test rather than silently orphaning users' runs."""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from conftest import REPETITIVE_TEXT, write_text
+from tfchat import chat, evaluate, export, generate
+from tfchat.data.corpus import Corpus
+from tfchat.data.tokenizer import train_tokenizer
+from tfchat.job import compile_task, train
+from tfchat.objectives import causal
+from tfchat.run import build_model, load_run
+
+STEP = 10
+
+
+def _write_run_by_hand(config):
+    """runs/<name>/: config.json, tokenizer/, checkpoints/ckpt-10 holding
+    `model`, `optimizer` and `data` (no `random`), as tfchat 0.1.0 wrote them."""
+    corpus = Corpus(config.data)
+    tokenizer = train_tokenizer(config.tokenizer, corpus.iter_texts("train"))
+    model = build_model(config, tokenizer.vocabulary_size)
+    compile_task(model, config.train)
+    model.optimizer.iterations.assign(STEP)
+    iterator = iter(causal.datasets(config, corpus, tokenizer)["train"])
+    next(iterator)
+    run_dir = os.path.join(config.runs_dir, config.name)
+    os.makedirs(run_dir)
+    tokenizer.save(os.path.join(run_dir, "tokenizer"))
+    with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config.to_dict(), f)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, data=iterator)
+    tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=3) \
+        .save(checkpoint_number=STEP)
+    return run_dir, model
+
+
+def test_a_run_folder_of_the_earlier_format_loads_and_resumes(make_config, tmp_path, capsys):
+    config = make_config({"name": "earlier", "objective": "causal", "model.dropout": 0.1,
+                          "data.path": write_text(tmp_path / "text.txt", REPETITIVE_TEXT)})
+    run_dir, model = _write_run_by_hand(config)
+
+    run = load_run(run_dir)
+    assert run.step == STEP and run.config == config
+    ids = tf.constant([[5, 6, 7, 8]])
+    np.testing.assert_array_equal(run.model(ids).numpy(), model(ids).numpy())
+
+    assert generate.main(["--run", run_dir, "--prompt", "the", "--max-new-tokens", "5",
+                          "--temperature", "0"]) == 0
+    assert chat.main(["--run", run_dir, "--temperature", "0", "--max-new-tokens", "5", "hi"]) == 0
+    assert evaluate.main(["--run", run_dir]) == 0
+    assert "val_loss" in json.load(open(os.path.join(run_dir, "evaluation.json")))
+    saved = str(tmp_path / "saved")
+    assert export.main(["--run", run_dir, "--saved-models-dir", saved]) == 0
+    assert os.path.isfile(os.path.join(saved, "earlier", "1", "saved_model.pb"))
+    capsys.readouterr()
+
+    resumed = make_config({"name": "earlier", "objective": "causal", "model.dropout": 0.1,
+                           "data.path": config.data.path, "train.max_steps": STEP + 10})
+    history = train(resumed, resume=True, verbose=1)
+    out = capsys.readouterr().out
+    assert f"Resuming {run_dir} at step {STEP}" in out
+    assert "predates saved random state" in out
+    assert [h["step"] for h in history] == [15, 20]
+    # The resumed run writes the current format: the random state is saved.
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    assert any(name.startswith("random/") for name, _ in tf.train.list_variables(latest))

@@ -1,0 +1,385 @@
+"""KV-cached sampling from a GPT backbone: `Generator`.
+
+Sampling is keras-hub's: its samplers own the `while_loop` and the
+greedy/temperature/top-k/top-p choice; tfchat supplies the `next` step, which
+runs one token through `GPT.call_with_cache` instead of recomputing the prefix.
+That step is also where tfchat adds what keras-hub's samplers lack: a
+repetition penalty (keras-hub samplers only see this step's probabilities, not
+the tokens so far), applied to the logits before the sampler's temperature.
+Stopping on end-of-turn (or any token ids) is the sampler's own
+`stop_token_ids`; stop strings are text, so they are checked on the decoded
+text as it grows.
+
+`greedy_uncached` is the same greedy decoding without a cache (the whole
+sequence runs through the model for every new token): the reference the cache
+is tested against and the baseline of `benchmarks/generation_speed.py`.
+"""
+
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from tfchat.data.chat_template import END_OF_TURN, encode_conversations
+from tfchat.errors import TfchatError
+
+
+# Generation lengths under XLA are rounded up to a multiple of this, so a
+# session compiles a few shapes, not one per prompt length.
+_XLA_LENGTH_STEP = 32
+
+
+def make_sampler(temperature=1.0, top_k=0, top_p=1.0, seed=None):
+    """The keras-hub sampler for these settings (temperature 0 = greedy)."""
+    samplers = keras_hub.samplers
+    if temperature <= 0:
+        return samplers.GreedySampler()
+    if top_p < 1.0:
+        return samplers.TopPSampler(p=top_p, k=top_k or None, seed=seed, temperature=temperature)
+    if top_k > 0:
+        return samplers.TopKSampler(k=top_k, seed=seed, temperature=temperature)
+    return samplers.RandomSampler(seed=seed, temperature=temperature)
+
+
+def _reseed(sampler, seed):
+    """Restarts a keras-hub sampler's random stream, so a reused sampler (one
+    compiled step, no retracing) samples as a fresh one seeded `seed` would;
+    `seed=None` draws a new random stream."""
+    generator = getattr(sampler, "seed_generator", None)
+    if generator is None:
+        return
+    if seed is None:
+        seed = int(np.random.randint(0, 2**31 - 1))
+    generator.state.assign(tf.constant([seed, 0], generator.state.dtype))
+
+
+def penalize_repetition(logits, seen, penalty):
+    """CTRL's repetition penalty (Keskar et al., 2019), as in Hugging Face's
+    generate: the logit of every token already in the sequence is divided by
+    `penalty` when positive and multiplied by it when negative.
+    logits [B, V] float32, seen [B, V] bool."""
+    penalized = tf.where(logits > 0, logits / penalty, logits * penalty)
+    return tf.where(seen, penalized, logits)
+
+
+class Generator:
+    """Generates continuations of token-id prompts with a GPT backbone.
+
+    Prompts of different lengths batch together (right-padded; each row's
+    prompt tokens are kept, the rest sampled). Output beyond the model's
+    context continues in windows of the last half context.
+
+    Example:
+    ```python
+    generator = Generator(run.backbone, run.tokenizer)
+    generator.generate(["ROMEO:"], 100, temperature=0.8, top_k=40, seed=1)
+    generator.chat([[Message("user", "Hi!")]], temperature=0)  # replies
+    for piece in generator.stream_chat([Message("user", "Hi!")]):
+        print(piece, end="", flush=True)
+    ```
+    """
+
+    def __init__(self, backbone, tokenizer, jit_compile=False):
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        # XLA fuses the ~250 small ops of each decoding step, which dominate
+        # a small model's time on CPU (benchmarks/generation_speed.py: 256
+        # tokens of the default shape, 0.09 s instead of 0.7-1.5 s on a busy
+        # 2-core machine). But each new (batch, length) shape compiles for
+        # seconds, so lengths are rounded up to multiples of
+        # _XLA_LENGTH_STEP, and streaming (a new length per chunk) is best
+        # left uncompiled.
+        self.jit_compile = jit_compile
+        # One compiled step per (sampler, stop ids, penalty), traced once
+        # for any batch and length, and one sampler per setting, reseeded
+        # per call: a new sampler would mean a new trace (seconds per call).
+        self._steps = {}
+        self._samplers = {}
+
+    def _step(self, token_ids, padding_mask, sampler, stop_ids, repetition_penalty):
+        key = (id(sampler), stop_ids, repetition_penalty)
+        if key not in self._steps:
+            spec = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.bool)]
+            step = tf.function(
+                lambda ids, mask: self._generate_step(
+                    ids, mask, sampler, stop_ids, repetition_penalty
+                ),
+                input_signature=spec,
+                jit_compile=self.jit_compile,
+            )
+            # The sampler is kept with its step, so its id is never reused.
+            self._steps[key] = (step, sampler)
+        return self._steps[key][0](token_ids, padding_mask)
+
+    # --- the compiled step ---
+
+    def _generate_step(self, token_ids, padding_mask, sampler, stop_ids, repetition_penalty):
+        batch, length = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
+        cache = self.backbone.build_cache(batch, length)
+        # Prefill: one pass over the whole (padded) prompt seeds the cache.
+        _, cache = self.backbone.call_with_cache(token_ids, cache, 0)
+        start = tf.reduce_min(tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1))
+        penalize = repetition_penalty != 1.0
+        vocabulary = self.backbone.vocabulary_size
+        state = cache
+        if penalize:
+            # Which ids each row has seen, [B, V]: every row's first `start`
+            # tokens are prompt; later ones are added as they are fed.
+            rows = tf.repeat(tf.range(batch), start)
+            seen_ids = tf.reshape(token_ids[:, :start], [-1])
+            seen = tf.scatter_nd(
+                tf.stack([rows, seen_ids], axis=1),
+                tf.ones_like(seen_ids),
+                [batch, vocabulary],
+            ) > 0
+            state = (cache, seen)
+
+        def next_token(prompt, state, index):
+            token = tf.slice(prompt, [0, index - 1], [batch, 1])
+            cache = state[0] if penalize else state
+            logits, cache = self.backbone.call_with_cache(token, cache, index - 1)
+            logits = logits[:, 0, :]
+            if not penalize:
+                return logits, None, cache
+            seen = tf.logical_or(state[1], tf.one_hot(token[:, 0], vocabulary) > 0)
+            seen = tf.ensure_shape(seen, state[1].shape)  # a loop-invariant shape
+            logits = penalize_repetition(logits, seen, repetition_penalty)
+            return logits, None, (cache, seen)
+
+        return sampler(
+            next_token,
+            token_ids,
+            cache=state,
+            index=start,
+            mask=padding_mask,
+            stop_token_ids=stop_ids,
+        )
+
+    # --- token ids ---
+
+    def sampler(self, temperature=1.0, top_k=0, top_p=1.0, seed=None):
+        """The cached sampler for these settings, reseeded with `seed`."""
+        # top-k cannot exceed the vocabulary (a char model may have < 40 ids).
+        top_k = min(top_k, self.backbone.vocabulary_size)
+        key = (temperature, top_k, top_p) if temperature > 0 else ("greedy",)
+        if key not in self._samplers:
+            self._samplers[key] = make_sampler(temperature, top_k, top_p, seed)
+        sampler = self._samplers[key]
+        _reseed(sampler, seed)
+        return sampler
+
+    def iter_generate_ids(self, prompts, max_new_tokens, sampler, stop_token_ids=(),
+                          repetition_penalty=1.0, chunk_tokens=None):
+        """Yields, after each compiled call, the ids each row gained in it
+        (a list per row), until every row hit a stop id or max_new_tokens.
+
+        `chunk_tokens` caps the tokens per call, for streaming; each call
+        runs the prompt and the tokens so far through the model again
+        (one parallel prefill), so chunks cost little extra."""
+        context = self.backbone.max_sequence_length
+        rows = [list(p) or [self.tokenizer.eos_id] for p in prompts]
+        new = [[] for _ in rows]
+        done = [False] * len(rows)
+        stops = set(stop_token_ids)
+        stop_ids = tuple(sorted(stops)) or None
+        while not all(done):
+            remaining = max(max_new_tokens - len(n) for n, d in zip(new, done) if not d)
+            step = min(remaining, chunk_tokens or remaining)
+            # Every row whole while they fit with room for a new token; once
+            # one outgrows the context, windows of its last half context.
+            room = context - 1 if max(len(r) for r in rows) < context else context // 2
+            window = [r[-room:] for r in rows]
+            longest = max(len(w) for w in window)
+            length = longest + min(step, context - longest)
+            if self.jit_compile:
+                # Tokens past `step` are real continuations, kept like the rest.
+                length = min(-(-length // _XLA_LENGTH_STEP) * _XLA_LENGTH_STEP, context)
+            ids = np.zeros((len(rows), length), np.int32)
+            mask = np.zeros((len(rows), length), bool)
+            for i, w in enumerate(window):
+                ids[i, : len(w)] = w
+                mask[i, : len(w)] = True
+            out = self._step(
+                tf.constant(ids), tf.constant(mask), sampler, stop_ids,
+                float(repetition_penalty),
+            ).numpy()
+            gained = [[] for _ in rows]
+            for i, w in enumerate(window):
+                for token in out[i, len(w):]:
+                    if done[i]:
+                        break
+                    if int(token) in stops:
+                        done[i] = True
+                        break
+                    gained[i].append(int(token))
+                    new[i].append(int(token))
+                    rows[i].append(int(token))
+                    done[i] = len(new[i]) >= max_new_tokens
+            yield gained
+
+    def generate_ids(self, prompts, max_new_tokens, sampler, stop_at_eos=True,
+                     stop_token_ids=(), repetition_penalty=1.0):
+        """prompts: list of lists of ids. Returns the new ids of each row,
+        without the stop token that ended it."""
+        stops = tuple(stop_token_ids) + ((self.tokenizer.eos_id,) if stop_at_eos else ())
+        new = [[] for _ in prompts]
+        for gained in self.iter_generate_ids(
+            prompts, max_new_tokens, sampler, stops, repetition_penalty
+        ):
+            for row, ids in zip(new, gained):
+                row += ids
+        return new
+
+    def decode(self, rows):
+        """Lists of ids -> strings (pad, bos and eos render as nothing)."""
+        flat = tf.constant([t for row in rows for t in row], tf.int32)
+        lengths = tf.constant([len(row) for row in rows], tf.int64)
+        texts = self.tokenizer.detokenize(tf.RaggedTensor.from_row_lengths(flat, lengths))
+        return [t.decode("utf-8", errors="replace") for t in texts.numpy()]
+
+    # --- text ---
+
+    def generate(self, prompts, max_new_tokens=200, temperature=1.0, top_k=0,
+                 top_p=1.0, seed=None, stop_at_eos=True, repetition_penalty=1.0,
+                 stop_token_ids=(), stop_strings=()):
+        """Strings in, generated continuations (without the prompt) out, each
+        cut before the first of `stop_strings` it contains."""
+        sampler = self.sampler(temperature, top_k, top_p, seed)
+        ids = self.tokenizer.tokenize(tf.constant(prompts, tf.string)).to_list()
+        new = self.generate_ids(
+            ids, max_new_tokens, sampler, stop_at_eos, stop_token_ids, repetition_penalty
+        )
+        return [cut_at_stop_strings(t, stop_strings)[0] for t in self.decode(new)]
+
+    def stream(self, prompt_ids, max_new_tokens=200, temperature=1.0, top_k=0,
+               top_p=1.0, seed=None, stop_at_eos=True, repetition_penalty=1.0,
+               stop_token_ids=(), stop_strings=(), chunk_tokens=8):
+        """Yields one prompt's continuation as pieces of text, as it is
+        generated; the pieces join to what `generate` returns. Text that may
+        begin a stop string is held back until it is known not to."""
+        sampler = self.sampler(temperature, top_k, top_p, seed)
+        stops = tuple(stop_token_ids) + ((self.tokenizer.eos_id,) if stop_at_eos else ())
+        ids, shown = [], 0
+        for gained in self.iter_generate_ids(
+            [prompt_ids], max_new_tokens, sampler, stops, repetition_penalty, chunk_tokens
+        ):
+            ids += gained[0]
+            text, stopped = cut_at_stop_strings(self.decode([ids])[0], stop_strings)
+            if stopped:
+                ready = len(text)
+            else:
+                # An unfinished UTF-8 character, or text that may begin a
+                # stop string, waits for the next chunk.
+                stable = text.rstrip("\ufffd")
+                ready = len(stable) - _held_back(stable, stop_strings)
+            if ready > shown:
+                yield text[shown:ready]
+                shown = ready
+            if stopped:
+                return
+        text = self.decode([ids])[0]
+        if len(text) > shown:
+            yield text[shown:]
+
+    # --- chat ---
+
+    def chat_stop_ids(self):
+        return (self.tokenizer.token_id(END_OF_TURN), self.tokenizer.eos_id)
+
+    def chat_prompts(self, conversations, max_new_tokens=200):
+        """The prompts for the replies to `conversations` (`Encoded`s; their
+        `truncated` says if old turns had to go to leave room to reply)."""
+        context = self.backbone.max_sequence_length
+        budget = context - min(max_new_tokens, context // 2)
+        return encode_conversations(
+            self.tokenizer, conversations, budget, add_generation_prompt=True
+        )
+
+    def chat_prompt(self, messages, max_new_tokens=200):
+        return self.chat_prompts([messages], max_new_tokens)[0]
+
+    def chat(self, conversations, max_new_tokens=200, temperature=0.0, top_k=0,
+             top_p=1.0, seed=None, repetition_penalty=1.0, stop_strings=()):
+        """The assistant's next reply to each conversation (lists of
+        `Message`), in one batch; replies end at the end-of-turn token."""
+        sampler = self.sampler(temperature, top_k, top_p, seed)
+        prompts = [e.ids for e in self.chat_prompts(conversations, max_new_tokens)]
+        new = self.generate_ids(
+            prompts, max_new_tokens, sampler, stop_at_eos=False,
+            stop_token_ids=self.chat_stop_ids(), repetition_penalty=repetition_penalty,
+        )
+        return [cut_at_stop_strings(t, stop_strings)[0] for t in self.decode(new)]
+
+    def stream_chat(self, messages, max_new_tokens=200, prompt=None, **sampling):
+        """Yields the reply to one conversation as it is generated; pass
+        `prompt` (from `chat_prompt`) when it was already rendered."""
+        prompt = prompt or self.chat_prompt(messages, max_new_tokens)
+        yield from self.stream(
+            prompt.ids, max_new_tokens, stop_at_eos=False,
+            stop_token_ids=self.chat_stop_ids(), **sampling,
+        )
+
+
+def cut_at_stop_strings(text, stop_strings):
+    """(text before the first stop string, whether one was found)."""
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def _held_back(text, stop_strings):
+    """How many trailing characters of `text` could begin a stop string."""
+    longest = 0
+    for stop in stop_strings:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+def greedy_uncached(backbone, prompt_ids, max_new_tokens, jit_compile=False):
+    """Greedy decoding with no KV cache: every step runs the whole sequence
+    so far through the model. prompt_ids: [B, T] int32, equal lengths;
+    T + max_new_tokens must fit the context. Returns the new ids,
+    [B, max_new_tokens].
+
+    Without XLA it is one compiled loop, like the cached one. With XLA
+    (whose shapes must be static) a Python loop calls a compiled forward
+    pass on the sequence right-padded to a multiple of _XLA_LENGTH_STEP
+    (padding after the last token cannot change it, the mask is causal)."""
+    prompt_ids = tf.convert_to_tensor(prompt_ids, tf.int32)
+    length = prompt_ids.shape[1]
+    if length + max_new_tokens > backbone.max_sequence_length:
+        raise ValueError(
+            "greedy_uncached does not slide a window; the prompt and the new "
+            f"tokens must fit the context of {backbone.max_sequence_length}. "
+            f"Received: {length} + {max_new_tokens}"
+        )
+    if not jit_compile:
+        return _uncached_loop(backbone, prompt_ids, tf.constant(max_new_tokens))[:, length:]
+    ids = prompt_ids.numpy()
+    for _ in range(max_new_tokens):
+        t = ids.shape[1]
+        padded = min(-(-t // _XLA_LENGTH_STEP) * _XLA_LENGTH_STEP, backbone.max_sequence_length)
+        buffer = np.zeros((ids.shape[0], padded), np.int32)
+        buffer[:, :t] = ids
+        token = _compiled_logits(backbone, tf.constant(buffer), tf.constant(t - 1))
+        ids = np.concatenate([ids, token.numpy()[:, None]], axis=1)
+    return tf.constant(ids[:, length:])
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _compiled_logits(backbone, ids, position):
+    logits = backbone(ids, training=False)
+    return tf.argmax(logits[:, position, :], axis=-1, output_type=tf.int32)
+
+
+@tf.function(reduce_retracing=True)
+def _uncached_loop(backbone, ids, steps):
+    for _ in tf.range(steps):
+        tf.autograph.experimental.set_loop_options(
+            shape_invariants=[(ids, tf.TensorShape([None, None]))]
+        )
+        logits = backbone(ids, training=False)
+        token = tf.argmax(logits[:, -1, :], axis=-1, output_type=tf.int32)
+        ids = tf.concat([ids, token[:, None]], axis=1)
+    return ids

@@ -1,0 +1,53 @@
+"""The objectives tfchat trains, one module each, found by name here.
+
+Adding an objective: a new module under `tfchat/objectives/` that defines its
+`OBJECTIVE` (see `tfchat.objectives.base.Objective`), and one line in
+`REGISTRY` below.
+"""
+
+import dataclasses
+
+from tfchat import config as config_lib
+from tfchat.data.dialogues import is_dialogue_data
+from tfchat.errors import TfchatError
+from tfchat.objectives import causal, chat, classify, mlm
+
+REGISTRY = {
+    objective.name: objective
+    for objective in (causal.OBJECTIVE, chat.OBJECTIVE, mlm.OBJECTIVE, classify.OBJECTIVE)
+}
+# `objective: auto` (the default) becomes chat for dialogue data and causal
+# otherwise; a run's saved config holds the objective it resolved to.
+AUTO = "auto"
+
+
+def get(name):
+    """The `Objective` called `name`."""
+    if name not in REGISTRY:
+        raise TfchatError(
+            f"Unknown objective {name!r}; use one of {', '.join((*REGISTRY, AUTO))}."
+        )
+    return REGISTRY[name]
+
+
+def resolve(config):
+    """`config` with `objective: auto` made concrete, after checking that
+    the objective can use the config's settings (`check`)."""
+    if config.objective == AUTO:
+        objective = "chat" if is_dialogue_data(config.data) else "causal"
+        config = dataclasses.replace(config, objective=objective)
+    check(config)
+    return config
+
+
+def check(config):
+    """Raises `TfchatError` naming every setting of `config` that its
+    objective cannot use (the rest of the config was checked when built)."""
+    config_lib.validate(config)
+    objective = get(config.objective)
+    problems = objective.check_config(config)
+    if config.data.format == "csv" and not objective.labelled:
+        problems.append(f"data.format csv is for labelled data (objective classify), "
+                        f"not objective {objective.name}")
+    if problems:
+        raise TfchatError(problems[0] + ".")

@@ -1,0 +1,113 @@
+"""What every objective module provides, and the model builders they share.
+
+An objective (`causal`, `chat`, `mlm`, `classify`) is one module under
+`tfchat/objectives/` that defines an `Objective`: how to read its data,
+which datasets and model it trains, how its text sample is drawn during
+training, how a trained run is evaluated, which signatures it exports, and
+which runs it may start from. `tfchat.objectives` is the registry.
+"""
+
+import dataclasses
+import typing
+
+import tensorflow as tf
+
+from tfchat.model.bert import BertEncoder
+from tfchat.model.gpt import GPT
+from tfchat.model.tasks import CausalLM
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """One training objective, from data to export.
+
+    Functions (`config` is a `tfchat.config.Config`, `data` what `read_data`
+    returned, `run` a loaded `tfchat.run.Run`):
+
+      check_config(config) -> list of messages for settings it cannot use
+      read_data(config, labels=None) -> data; reads and checks all input
+      tokenizer_texts(data) -> iterator of training texts for a new vocabulary
+      check_data(config, data, tokenizer) -> raises TfchatError if a split
+          cannot make one batch
+      datasets(config, data, tokenizer, verbose) -> {"train", "val"}
+          tf.data datasets of (inputs, targets[, weights]) batches
+      build_model(config, vocabulary_size, labels=None) -> a built task model
+      sampler(model, tokenizer, config) -> a function returning the text
+          sample logged at each evaluation, or None
+      evaluate(run, **options) -> dict of results (`python -m tfchat.evaluate`)
+      format_results(results) -> text, or None to print key: value lines
+      describe(config, data, model) -> the line printed when training starts
+      next_steps(run_dir) -> what to run next, printed when training ends
+    """
+
+    name: str
+    init_from: typing.Tuple[str, ...]  # objectives of the runs it may start from
+    generates: bool  # a GPT that writes text (generate, chat)
+    check_config: typing.Callable
+    read_data: typing.Callable
+    tokenizer_texts: typing.Callable
+    check_data: typing.Callable
+    datasets: typing.Callable
+    build_model: typing.Callable
+    evaluate: typing.Callable
+    signatures: tuple  # tfchat.serving.export builders; the first is serving_default
+    describe: typing.Callable
+    next_steps: typing.Callable
+    sampler: typing.Callable = lambda model, tokenizer, config: None
+    format_results: typing.Optional[typing.Callable] = None
+    # Printed after training from the best checkpoint (classify's report).
+    report_best: typing.Optional[typing.Callable] = None
+    labelled: bool = False  # the run keeps labels.json
+
+
+def backbone_args(config, vocabulary_size):
+    """What GPT and BertEncoder both take from `config.model`."""
+    m = config.model
+    return dict(
+        vocabulary_size=vocabulary_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        hidden_dim=m.hidden_dim,
+        intermediate_dim=m.intermediate_dim,
+        max_sequence_length=m.block_size,
+        dropout=m.dropout,
+        dtype=config.train.precision,
+    )
+
+
+def build_causal_lm(config, vocabulary_size, labels=None):
+    """A `CausalLM` over a `GPT`, built with weights."""
+    backbone = GPT(**backbone_args(config, vocabulary_size), name="gpt")
+    model = CausalLM(
+        backbone, grad_accumulation_steps=config.train.grad_accumulation_steps,
+        dtype=config.train.precision, name="causal_lm",
+    )
+    model(tf.zeros((1, config.model.block_size), tf.int32))
+    return model
+
+
+def build_encoder(config, vocabulary_size):
+    return BertEncoder(**backbone_args(config, vocabulary_size), name="bert")
+
+
+def encoder_inputs(block_size):
+    """Dummy inputs that build an encoder task."""
+    return {
+        "token_ids": tf.zeros((1, block_size), tf.int32),
+        "padding_mask": tf.ones((1, block_size), tf.bool),
+    }
+
+
+def encoder_only(config):
+    """The settings an encoder objective (mlm, classify) cannot use."""
+    problems = []
+    if config.tokenizer.kind != "wordpiece":
+        problems.append(f"objective {config.objective} needs tokenizer.kind wordpiece "
+                        "(for [CLS], [SEP] and [MASK])")
+    if config.model.lora_rank:
+        problems.append("model.lora_rank must be 0 for objective mlm or classify "
+                        "(LoRA adapts the GPT only)")
+    if config.model.block_size < 3:
+        problems.append("model.block_size must be at least 3 for an encoder "
+                        "([CLS] text [SEP])")
+    return problems
