@@ -25,6 +25,10 @@ import os
 import sys
 import time
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 import tfchat  # noqa: F401  (sets the Keras backend)
 from tfchat.errors import TfchatError
 
@@ -82,6 +86,7 @@ def build_parser():
                              "once, then decodes much faster).")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="Also write the results to this JSON file.")
+    quiet.add_verbose_flag(parser)
     return parser
 
 

@@ -52,6 +52,10 @@ import os
 import shutil
 import sys
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 import tfchat  # noqa: F401  (sets the Keras backend)
 from tfchat.errors import TfchatError
 
@@ -396,6 +400,7 @@ def build_parser():
                         help="Where model folders live (TF Serving's model base paths).")
     parser.add_argument("--force", action="store_true",
                         help="Replace the version if it already exists.")
+    quiet.add_verbose_flag(parser)
     return parser
 
 

@@ -11,6 +11,10 @@ Only ordinary vocabulary pieces are candidates, never special tokens.
 import argparse
 import sys
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 import tfchat  # noqa: F401  (sets the Keras backend)
 import numpy as np
 import tensorflow as tf
@@ -107,6 +111,7 @@ def build_parser():
     parser.add_argument("--top-k", type=int, default=5, help="Candidates shown per [MASK].")
     parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
                         help="Which checkpoint of the run to load.")
+    quiet.add_verbose_flag(parser)
     return parser
 
 

@@ -28,6 +28,10 @@ import os
 import shutil
 import sys
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 import tfchat  # noqa: F401  (sets the Keras backend)
 from tfchat import config as config_lib
 from tfchat.errors import TfchatError
@@ -43,6 +47,7 @@ def build_parser():
         "--overwrite", action="store_true",
         help="Delete an existing run of the same name and start over.",
     )
+    quiet.add_verbose_flag(parser)
     return parser
 
 

@@ -15,6 +15,10 @@ import os
 import shutil
 import sys
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 import tfchat  # noqa: F401  (sets the Keras backend)
 from tfchat.errors import TfchatError
 
@@ -66,6 +70,7 @@ def build_parser():
     merge.add_argument("--run", required=True, help="A run trained with model.lora_rank > 0.")
     merge.add_argument("--out", default=None, help="Where to write the merged run (default: <run>_merged).")
     merge.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
+    quiet.add_verbose_flag(merge)
     return parser
 
 
