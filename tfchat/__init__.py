@@ -7,8 +7,10 @@ corpus -> tokenizer -> pipeline -> model -> train -> evaluate/generate -> CLI.
 import os
 
 # tfchat is built on the TensorFlow backend; set it before Keras is imported
-# anywhere, so users never have to. Quiet TensorFlow's C++ start-up banner too.
+# anywhere, so users never have to. TensorFlow's logging is left alone here:
+# importing the library (a notebook, a script) does not change the user's
+# TF_CPP_MIN_LOG_LEVEL. The commands quiet TensorFlow's start-up notices
+# themselves, first thing (`tfchat.quiet.command_startup`, `--verbose`).
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"

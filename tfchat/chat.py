@@ -20,6 +20,10 @@ out of the prompt (the system message is kept) and a note says so.
 import argparse
 import sys
 
+from tfchat import quiet
+
+quiet.command_startup(__name__, fast_exit=True)  # first, before anything imports TensorFlow
+
 from tfchat.errors import TfchatError
 
 HELP = "/reset clears the history, /system <text> sets the system message, /exit quits."
@@ -49,6 +53,7 @@ def build_parser():
                         help="Also end a reply before this text (repeatable).")
     parser.add_argument("--seed", type=int, default=None,
                         help="Seed each reply's sampling, for reproducible replies.")
+    quiet.add_verbose_flag(parser)
     return parser
 
 
@@ -115,7 +120,7 @@ def main(argv=None):
         from tfchat.inference.generator import Generator
         from tfchat.run import check_generates, load_run
 
-        run = check_generates(load_run(args.run))
+        run = check_generates(load_run(args.run, forward_pass=False))
         if run.config.objective != "chat":
             print(
                 f"note: {args.run} is a {run.config.objective} run, not a chat "

@@ -23,6 +23,10 @@ import json
 import sys
 import time
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 from tfchat.errors import TfchatError
 
 
@@ -50,6 +54,7 @@ def build_parser():
                              "once, then decodes much faster).")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="Also write the results to this JSON file.")
+    quiet.add_verbose_flag(parser)
     return parser
 
 

@@ -50,6 +50,10 @@ import json
 import os
 import sys
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 from tfchat.errors import TfchatError
 
 DEFAULT_SAVED_MODELS_DIR = "saved_models"
@@ -70,6 +74,7 @@ def build_parser():
                         help="Where model folders live (TF Serving's model base paths).")
     parser.add_argument("--force", action="store_true",
                         help="Replace the version if it already exists.")
+    quiet.add_verbose_flag(parser)
     return parser
 
 

@@ -11,6 +11,10 @@ Only ordinary vocabulary pieces are candidates, never special tokens.
 import argparse
 import sys
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 from tfchat.errors import TfchatError
 
 MASK = "[MASK]"  # tfchat.data.tokenizer.MASK_TOKEN, without importing TensorFlow for --help
@@ -26,6 +30,7 @@ def build_parser():
     parser.add_argument("--top-k", type=int, default=5, help="Candidates shown per [MASK].")
     parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
                         help="Which checkpoint of the run to load.")
+    quiet.add_verbose_flag(parser)
     return parser
 
 

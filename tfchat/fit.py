@@ -26,6 +26,10 @@ TensorBoard logs (tensorboard --logdir runs).
 import os
 import sys
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 from tfchat import config as config_lib
 from tfchat.errors import TfchatError
 
@@ -40,6 +44,7 @@ def build_parser():
         "--overwrite", action="store_true",
         help="Delete an existing run of the same name and start over.",
     )
+    quiet.add_verbose_flag(parser)
     return parser
 
 

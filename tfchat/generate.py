@@ -9,6 +9,10 @@
 import argparse
 import sys
 
+from tfchat import quiet
+
+quiet.command_startup(__name__, fast_exit=True)  # first, before anything imports TensorFlow
+
 from tfchat.errors import TfchatError
 
 
@@ -30,6 +34,7 @@ def build_parser():
     parser.add_argument("--stop", action="append", default=[],
                         help="Stop before this text (repeatable; \\n is a newline).")
     parser.add_argument("--seed", type=int, default=None, help="Seed for reproducible samples.")
+    quiet.add_verbose_flag(parser)
     return parser
 
 
@@ -39,7 +44,7 @@ def main(argv=None):
     from tfchat.run import check_generates, load_run
 
     try:
-        run = check_generates(load_run(args.run))
+        run = check_generates(load_run(args.run, forward_pass=False))
         prompts = [p.replace("\\n", "\n") for p in (args.prompt or ["\n"])]
         generator = Generator(run.backbone, run.tokenizer)
         texts = generator.generate(

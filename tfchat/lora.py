@@ -13,6 +13,10 @@ import argparse
 import os
 import sys
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 from tfchat.errors import TfchatError
 
 
@@ -27,6 +31,7 @@ def build_parser():
     merge.add_argument("--run", required=True, help="A run trained with model.lora_rank > 0.")
     merge.add_argument("--out", default=None, help="Where to write the merged run (default: <run>_merged).")
     merge.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
+    quiet.add_verbose_flag(merge)
     return parser
 
 

@@ -27,6 +27,10 @@ import sys
 import urllib.error
 import urllib.request
 
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
 from tfchat.errors import TfchatError
 
 # The signature input that holds the strings, per signature. The client
@@ -218,6 +222,7 @@ def build_parser():
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None, help="Same seed, same text.")
     parser.add_argument("--timeout", type=float, default=60.0)
+    quiet.add_verbose_flag(parser)
     return parser
 
 

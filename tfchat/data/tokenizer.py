@@ -37,6 +37,7 @@ import re
 import tensorflow as tf
 
 from tfchat.errors import TfchatError
+from tfchat.quiet import muted_notices
 
 # Ids 0-3 are fixed; the chat tokens are reserved now so a vocabulary built
 # for pretraining can be fine-tuned to chat without changing shape.
@@ -162,10 +163,14 @@ class SentencePieceTokenizer(Tokenizer):
         import tensorflow_text as tf_text
 
         self.proto = proto
-        self._sp = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
-        # See `_shared_sentencepiece_resource`: the model resource tf_text
-        # made dies with TensorFlow's eager kernel cache; use a shared one.
-        self._sp._model_resource = _shared_sentencepiece_resource(proto)
+        # Creating a model resource logs SentencePiece's "precompiled_charsmap
+        # is empty" (from tensorflow-text's own copy, which no setting
+        # reaches); the commands drop that line (`tfchat.quiet`).
+        with muted_notices():
+            self._sp = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
+            # See `_shared_sentencepiece_resource`: the model resource tf_text
+            # made dies with TensorFlow's eager kernel cache; use a shared one.
+            self._sp._model_resource = _shared_sentencepiece_resource(proto)
         self._size = int(self._sp.vocab_size())
 
     @classmethod

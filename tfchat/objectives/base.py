@@ -31,7 +31,8 @@ class Objective:
           cannot make one batch
       datasets(config, data, tokenizer, verbose) -> {"train", "val"}
           tf.data datasets of (inputs, targets[, weights]) batches
-      build_model(config, vocabulary_size, labels=None) -> a built task model
+      build_model(config, vocabulary_size, labels=None, forward_pass=True) ->
+          a built task model (forward_pass: see tfchat.run.build_model)
       sampler(model, tokenizer, config) -> a function returning the text
           sample logged at each evaluation, or None
       evaluate(run, **options) -> dict of results (`python -m tfchat.evaluate`)
@@ -75,14 +76,20 @@ def backbone_args(config, vocabulary_size):
     )
 
 
-def build_causal_lm(config, vocabulary_size, labels=None):
-    """A `CausalLM` over a `GPT`, built with weights."""
+def build_causal_lm(config, vocabulary_size, labels=None, forward_pass=True):
+    """A `CausalLM` over a `GPT`, built with weights: by a forward pass on
+    zeros, or by `GPT.build` alone (`forward_pass=False`, enough to restore
+    weights and generate; `tfchat.run.build_model`)."""
     backbone = GPT(**backbone_args(config, vocabulary_size), name="gpt")
     model = CausalLM(
         backbone, grad_accumulation_steps=config.train.grad_accumulation_steps,
         dtype=config.train.precision, name="causal_lm",
     )
-    model(tf.zeros((1, config.model.block_size), tf.int32))
+    if forward_pass:
+        model(tf.zeros((1, config.model.block_size), tf.int32))
+    else:
+        backbone.build((None, config.model.block_size))
+        model.built = True  # CausalLM has no weights of its own
     return model
 
 

@@ -46,7 +46,7 @@ def datasets(config, data, tokenizer, verbose=0, batch_size=None, splits=("train
     return result
 
 
-def build_model(config, vocabulary_size, labels=None):
+def build_model(config, vocabulary_size, labels=None, forward_pass=True):
     """A `TextClassifier` over a `BertEncoder`, built with weights."""
     if not labels:
         raise ValueError(f"A classify model needs its labels. Received: {labels!r}")

@@ -71,7 +71,7 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
     return result
 
 
-def build_model(config, vocabulary_size, labels=None):
+def build_model(config, vocabulary_size, labels=None, forward_pass=True):
     """A `MaskedLM` over a `BertEncoder`, built with weights."""
     m = config.model
     model = MaskedLM(build_encoder(config, vocabulary_size),
