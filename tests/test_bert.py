@@ -15,7 +15,7 @@ V, T, C, P = 50, 12, 32, 4
 
 def encoder(**kwargs):
     return BertEncoder(vocabulary_size=V, num_layers=2, num_heads=2, hidden_dim=C,
-                       max_sequence_length=T, **kwargs)
+                       block_size=T, **kwargs)
 
 
 def randomize(model, seed=0):

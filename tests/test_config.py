@@ -6,6 +6,7 @@ import yaml
 
 from tfchat import config as config_lib
 from tfchat import fit
+from tfchat.data.files import write_json_atomic
 from tfchat.config import Config, ModelConfig
 from tfchat.errors import TfchatError
 
@@ -156,7 +157,7 @@ def test_save_load_round_trip(tmp_path):
     config = parse(["--model.num_layers", "3", "--train.sample_prompt", "x\\ny",
                     "--name", "saved"])
     path = str(tmp_path / "config.json")
-    config_lib.save(config, path)
+    write_json_atomic(path, config.to_dict())  # as tfchat.run.RunFolder writes it
     assert config_lib.load(path) == config
 
 

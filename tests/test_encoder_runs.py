@@ -13,6 +13,7 @@ from tfchat import config as config_lib
 from tfchat import evaluate as evaluate_cli
 from tfchat import fill_mask as fill_mask_cli
 from tfchat import fit, job, objectives
+from tfchat.data.files import write_json_atomic
 from tfchat.errors import TfchatError
 from tfchat.inference.fill_mask import FillMask
 from tfchat.run import RunFolder, build_model, load_run, restore_backbone
@@ -111,7 +112,7 @@ def test_init_from_must_match(encoder_root, mlm_run, labelled, tmp_path):
     causal.mkdir()
     # (objective causal explicitly: the default, auto, is resolved only by fit.)
     causal_config = config_lib.build_config(overrides=nest({**TINY, "objective": "causal"}))
-    config_lib.save(causal_config, str(causal / "config.json"))
+    write_json_atomic(str(causal / "config.json"), causal_config.to_dict())
     config = classify_config(encoder_root, str(causal), labelled, name="bad")
     with pytest.raises(TfchatError, match="is a causal run; objective classify starts from a mlm or classify run"):
         job.train(config, verbose=0)

@@ -20,7 +20,7 @@ def tokenizer():
 def generator(tokenizer):
     keras.utils.set_random_seed(0)
     gpt = GPT(vocabulary_size=tokenizer.vocabulary_size, num_layers=2, num_heads=2,
-              hidden_dim=32, max_sequence_length=CONTEXT)
+              hidden_dim=32, block_size=CONTEXT)
     gpt.build()
     # Larger weights than the init, so greedy choices depend on the context.
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ from tfchat.model.gpt import GPT
 
 V, T = 50, 16
 KWARGS = dict(vocabulary_size=V, num_layers=2, num_heads=2, hidden_dim=32,
-              max_sequence_length=T)
+              block_size=T)
 
 
 def make_gpt(seed=0, **kwargs):

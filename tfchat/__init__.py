@@ -1,7 +1,9 @@
 """tfchat: train your own ChatGPT-style model end to end with TensorFlow and Keras.
 
-Data flows through the package in one direction:
-corpus -> tokenizer -> pipeline -> model -> train -> evaluate/generate -> CLI.
+Data flows through the package in one direction, room by room:
+data (corpus, tokenizer, pipeline) -> model -> train -> inference and
+evaluation -> serving -> objectives -> run -> job -> the commands
+(`python -m tfchat.<command>`). README.md's Layout section lists every module.
 """
 
 import os

@@ -137,7 +137,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     if message is None:
-        context = run.backbone.max_sequence_length
+        context = run.backbone.block_size
         print(f"Chatting with {args.run} (step {run.step}, context {context} tokens).")
         interactive(session)
         return 0

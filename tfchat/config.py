@@ -481,10 +481,5 @@ def parser_with_config(description, prog=None):
     return parser
 
 
-def save(config, path):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(config.to_dict(), f, indent=2)
-
-
 def load(path):
     return from_dict(load_file(path))

@@ -19,7 +19,6 @@ on the validation split of the run's data, or of `--data` (classify: all of
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 
@@ -102,10 +101,11 @@ def main(argv=None):
                 print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
         for example in results.get("examples", []):
             print(f"\nuser: {example['user']}\nreference: {example['reference']}\nreply: {example['reply']}")
+    from tfchat.data.files import write_json_atomic
+
     paths = [run.folder.evaluation] + ([args.json] if args.json else [])
     for path in paths:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, ensure_ascii=False)
+        write_json_atomic(path, results)
     print(f"\nWrote {', '.join(paths)}")
     return 0
 

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tfchat import config as config_lib
 from tfchat import objectives
+from tfchat.data.files import write_json_atomic
 from tfchat.data.tokenizer import load_tokenizer
 from tfchat.errors import TfchatError
 from tfchat.model.lora import enable_lora, merge_lora
@@ -42,15 +43,6 @@ EVALUATION_FILE = "evaluation.json"
 SCRATCH_DIR = "tmp"
 # The model fields an `init_from` run must share with the run it starts.
 _ARCHITECTURE = ("num_layers", "num_heads", "hidden_dim", "intermediate_dim", "block_size")
-
-
-def write_json_atomic(path, value):
-    """Writes `value` as JSON to `path` through a temporary file, so a crash
-    never leaves half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
 
 
 def checkpoint_step(checkpoint_path):

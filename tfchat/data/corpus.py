@@ -26,12 +26,8 @@ import json
 import tensorflow as tf
 
 from tfchat.data.files import (
-    ASCII_WHITESPACE as _ASCII_WHITESPACE,
-    chatterbot_conversations,
-    count_chars as _count_chars,
-    is_val as _is_val,
-    read_lines as _read_lines,
-    resolve_files as _resolve_files,
+    ASCII_WHITESPACE, JSONL_SUFFIXES, chatterbot_conversations, count_chars, is_val, read_lines,
+    resolve_files,
 )
 from tfchat.errors import TfchatError
 
@@ -49,11 +45,11 @@ class _TextFileSplit:
 
     def __init__(self, path, val_fraction, errors="strict"):
         self.path = path
-        self.chars, self.newlines = _count_chars(path, errors)
+        self.chars, self.newlines = count_chars(path, errors)
         boundary = int(self.chars * (1 - val_fraction))
         self.lines, self.head, self.tail = 0, "", ""
         seen = 0
-        for line in _read_lines(path, errors):
+        for line in read_lines(path, errors):
             if seen + len(line) > boundary:
                 cut = boundary - seen
                 self.head, self.tail = line[:cut], line[cut:]
@@ -78,12 +74,12 @@ class Corpus:
         self.config = data_config
         self.errors = data_config.encoding_errors
         self.path = data_config.path
-        self.files = _resolve_files(self.path)
+        self.files = resolve_files(self.path)
         if self.path.startswith("chatterbot:"):
             self.format = "chatterbot"
         elif data_config.format != "auto":
             self.format = data_config.format
-        elif all(f.endswith((".jsonl", ".json")) for f in self.files):
+        elif all(f.endswith(JSONL_SUFFIXES) for f in self.files):
             self.format = "jsonl"
         else:
             self.format = "text"
@@ -125,10 +121,10 @@ class Corpus:
             return
         field = self.config.text_field
         for path in self.files:
-            _count_chars(path, self.errors)  # fails with the offset if not UTF-8
+            count_chars(path, self.errors)  # fails with the offset if not UTF-8
             # Lines as `texts` reads them: split at "\n", blank lines skipped.
-            for number, line in enumerate(_read_lines(path, self.errors), start=1):
-                if not line.strip(_ASCII_WHITESPACE):
+            for number, line in enumerate(read_lines(path, self.errors), start=1):
+                if not line.strip(ASCII_WHITESPACE):
                     continue
                 yield _parse_jsonl_line(line, field, path, number)
 
@@ -140,11 +136,11 @@ class Corpus:
         fraction = self.config.val_fraction
         if self.format != "text":
             for i, text in enumerate(self._iter_documents()):
-                if _is_val(i, fraction) == (split == "val"):
+                if is_val(i, fraction) == (split == "val"):
                     yield text
             return
         for s in self._splits:
-            for number, line in enumerate(_read_lines(s.path, self.errors)):
+            for number, line in enumerate(read_lines(s.path, self.errors)):
                 if number < s.lines:
                     if split == "train":
                         yield line

@@ -24,18 +24,11 @@ import json
 from tfchat.data.chat_template import ROLES, Message
 from tfchat.data.corpus import SPLITS
 from tfchat.data.files import (
-    ASCII_WHITESPACE as _ASCII_WHITESPACE,
-    YAML_SUFFIXES as _YAML_SUFFIXES,
-    count_chars as _count_chars,
-    is_val as _is_val,
-    read_chatterbot_package,
-    read_lines as _read_lines,
-    resolve_files as _resolve_files,
+    ASCII_WHITESPACE, JSONL_SUFFIXES, YAML_SUFFIXES, count_chars, is_val,
+    read_chatterbot_file, read_chatterbot_package, read_lines, resolve_files,
 )
-from tfchat.data.files import read_chatterbot_yaml as _read_chatterbot_file
 from tfchat.errors import TfchatError
 
-_JSONL_SUFFIXES = (".jsonl", ".json")
 
 
 def is_dialogue_data(data_config):
@@ -45,14 +38,14 @@ def is_dialogue_data(data_config):
     path = data_config.path
     if path.startswith("chatterbot:"):
         return True
-    files = _resolve_files(path)
-    if all(f.endswith(_YAML_SUFFIXES) for f in files):
+    files = resolve_files(path)
+    if all(f.endswith(YAML_SUFFIXES) for f in files):
         return True
     if data_config.format == "text":
         return False
-    if data_config.format == "jsonl" or all(f.endswith(_JSONL_SUFFIXES) for f in files):
-        for line in _read_lines(files[0]):
-            if line.strip(_ASCII_WHITESPACE):
+    if data_config.format == "jsonl" or all(f.endswith(JSONL_SUFFIXES) for f in files):
+        for line in read_lines(files[0]):
+            if line.strip(ASCII_WHITESPACE):
                 try:
                     record = json.loads(line)
                 except (json.JSONDecodeError, RecursionError):
@@ -80,10 +73,10 @@ def check_conversation(messages, where):
 
 def read_messages_jsonl(path):
     """Conversations of a messages-form JSONL file; blank lines are skipped."""
-    _count_chars(path)  # fails with the byte offset if not UTF-8
+    count_chars(path)  # fails with the byte offset if not UTF-8
     conversations = []
-    for number, line in enumerate(_read_lines(path), start=1):
-        if not line.strip(_ASCII_WHITESPACE):
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip(ASCII_WHITESPACE):
             continue
         where = f"{path} line {number}"
         try:
@@ -111,9 +104,9 @@ def read_messages_jsonl(path):
 
 def read_chatterbot_yaml(path):
     """Conversations of a chatterbot-corpus YAML file; turns alternate user
-    and assistant. Read by `tfchat.data.files.read_chatterbot_yaml`: turns
+    and assistant. Read by `tfchat.data.files.read_chatterbot_file`: turns
     are the text as written, and errors give the file and line."""
-    return [_chatterbot_messages(c) for c in _read_chatterbot_file(path)]
+    return [_chatterbot_messages(c) for c in read_chatterbot_file(path)]
 
 
 def _chatterbot_messages(conversation):
@@ -142,15 +135,15 @@ class DialogueCorpus:
             ]
         else:
             self._all = []
-            for path in _resolve_files(self.path):
-                if path.endswith(_YAML_SUFFIXES):
+            for path in resolve_files(self.path):
+                if path.endswith(YAML_SUFFIXES):
                     self._all += read_chatterbot_yaml(path)
                 else:
                     self._all += read_messages_jsonl(path)
         fraction = data_config.val_fraction
         self._splits = {split: [] for split in SPLITS}
         for i, messages in enumerate(self._all):
-            self._splits["val" if _is_val(i, fraction) else "train"].append(messages)
+            self._splits["val" if is_val(i, fraction) else "train"].append(messages)
         for split, conversations in self._splits.items():
             if not conversations:
                 raise TfchatError(

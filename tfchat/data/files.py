@@ -25,6 +25,7 @@ lists what it skipped.
 import codecs
 import dataclasses
 import glob
+import json
 import math
 import os
 
@@ -35,6 +36,8 @@ from tfchat.errors import TfchatError
 # What `tf.strings.strip` strips.
 ASCII_WHITESPACE = " \t\n\v\f\r"
 YAML_SUFFIXES = (".yml", ".yaml")
+# Files read as one JSON object per line.
+JSONL_SUFFIXES = (".jsonl", ".json")
 _CHUNK = 1 << 20
 _YAML_NULL = "tag:yaml.org,2002:null"
 
@@ -125,7 +128,7 @@ class ChatterbotConversation:
         return os.path.splitext(os.path.basename(self.path))[0]
 
 
-def read_chatterbot_yaml(path, skipped=None):
+def read_chatterbot_file(path, skipped=None):
     """The conversations of a chatterbot-corpus YAML file (a list of
     `ChatterbotConversation`). The YAML is composed node by node, so turns
     keep the text written and errors give lines. A file that is not such
@@ -208,7 +211,7 @@ def read_chatterbot_package(language="english", skipped=None):
     conversations, skipped = [], [] if skipped is None else skipped
     for name in sorted(os.listdir(folder)):
         if name.endswith(YAML_SUFFIXES):
-            conversations += read_chatterbot_yaml(os.path.join(folder, name), skipped)
+            conversations += read_chatterbot_file(os.path.join(folder, name), skipped)
     return conversations
 
 
@@ -217,3 +220,12 @@ def chatterbot_conversations(language="english"):
     chatterbot-corpus package (see `read_chatterbot_package`)."""
     for conversation in read_chatterbot_package(language):
         yield conversation.category, list(conversation.turns)
+
+
+def write_json_atomic(path, value, indent=2):
+    """Writes `value` as JSON to `path` through a temporary file renamed into
+    place, so a crash never leaves half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=indent, ensure_ascii=False)
+    os.replace(tmp, path)

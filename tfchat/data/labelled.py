@@ -29,14 +29,10 @@ import dataclasses
 import json
 
 from tfchat.data.files import (
-    chatterbot_conversations,
-    count_chars as _count_chars,
-    is_val as _is_val,
-    resolve_files as _resolve_files,
+    JSONL_SUFFIXES, chatterbot_conversations, count_chars, is_val, resolve_files,
 )
 from tfchat.errors import TfchatError
 
-_JSONL_SUFFIXES = (".jsonl", ".json")
 
 
 @dataclasses.dataclass
@@ -70,7 +66,7 @@ def read_labelled(data_config, labels=None):
         raise TfchatError(f"No labelled examples found at {data_config.path}.")
     train, val = [], []
     for i, example in enumerate(examples):
-        (val if _is_val(i, data_config.val_fraction) else train).append(example)
+        (val if is_val(i, data_config.val_fraction) else train).append(example)
     given = labels is not None
     if not given:
         if not val:
@@ -116,10 +112,10 @@ def iter_examples(data_config):
                     seen.add((turn, category))
                     yield turn, category
         return
-    for file in _resolve_files(path):
+    for file in resolve_files(path):
         fmt = data_config.format
         if fmt == "auto":
-            fmt = "jsonl" if file.endswith(_JSONL_SUFFIXES) else "csv" if file.endswith(".csv") else None
+            fmt = "jsonl" if file.endswith(JSONL_SUFFIXES) else "csv" if file.endswith(".csv") else None
         if fmt == "jsonl":
             yield from _read_jsonl(file, data_config.text_field, data_config.label_field,
                                    data_config.encoding_errors)
@@ -154,7 +150,7 @@ def _check_label(label, path, number, field):
 
 
 def _read_jsonl(path, text_field, label_field, errors="strict"):
-    _count_chars(path, errors)  # fails with the byte offset if not UTF-8
+    count_chars(path, errors)  # fails with the byte offset if not UTF-8
     with open(path, encoding="utf-8", errors=errors) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -178,7 +174,7 @@ def _read_jsonl(path, text_field, label_field, errors="strict"):
 
 
 def _read_csv(path, text_field, label_field, errors="strict"):
-    _count_chars(path, errors)
+    count_chars(path, errors)
     with open(path, encoding="utf-8", errors=errors, newline="") as f:
         reader = csv.reader(f)
         try:

@@ -188,20 +188,20 @@ def chat_dataset(
 
 # --- Encoder inputs: masked-LM pretraining and text classification ---
 #
-# The encoder reads `[CLS] tokens [SEP]`, padded to `sequence_length` with
+# The encoder reads `[CLS] tokens [SEP]`, padded to `block_size` with
 # <pad> (id 0). A text file is one running stream, cut into full blocks of
-# `sequence_length - 2` tokens; a document corpus (JSONL, dialogues) and a
+# `block_size - 2` tokens; a document corpus (JSONL, dialogues) and a
 # labelled example give one sequence each, cut to fit. Masked-LM batches are
 # ({"token_ids", "padding_mask", "mask_positions"}, mask_ids, mask_weights),
 # the (x, y, sample_weight) that `tfchat.train.encoder_tasks.MaskedLM` reads.
 
 
-def add_cls_and_sep(ids, sequence_length, tokenizer):
-    """Ragged [B, None] ids -> `[CLS] ids [SEP]`, cut to `sequence_length`
+def add_cls_and_sep(ids, block_size, tokenizer):
+    """Ragged [B, None] ids -> `[CLS] ids [SEP]`, cut to `block_size`
     (the end of ids is dropped, [SEP] kept) and padded with <pad>.
 
-    Returns (token_ids [B, sequence_length] int32, padding_mask [B,
-    sequence_length] bool). (keras-hub's StartEndPacker does the same, but
+    Returns (token_ids [B, block_size] int32, padding_mask [B,
+    block_size] bool). (keras-hub's StartEndPacker does the same, but
     outside tf.function it switches to a separate Python implementation;
     this is one graph path wherever it runs.)
     """
@@ -209,11 +209,11 @@ def add_cls_and_sep(ids, sequence_length, tokenizer):
     rows = ids.nrows()
     cls = tf.fill([rows, 1], tf.constant(tokenizer.cls_id, tf.int32))
     sep = tf.fill([rows, 1], tf.constant(tokenizer.sep_id, tf.int32))
-    sequences = tf.concat([cls, ids[:, : sequence_length - 2], sep], axis=1)
+    sequences = tf.concat([cls, ids[:, : block_size - 2], sep], axis=1)
     token_ids = sequences.to_tensor(
-        default_value=tokenizer.pad_id, shape=[None, sequence_length]
+        default_value=tokenizer.pad_id, shape=[None, block_size]
     )
-    padding_mask = tf.sequence_mask(sequences.row_lengths(), sequence_length)
+    padding_mask = tf.sequence_mask(sequences.row_lengths(), block_size)
     return token_ids, padding_mask
 
 
@@ -351,15 +351,15 @@ def mask_tokens(
     }
 
 
-def default_max_predictions(mask_rate, sequence_length):
+def default_max_predictions(mask_rate, block_size):
     """Prediction slots that a sequence never overflows: ceil(rate * L)."""
-    return max(1, math.ceil(mask_rate * sequence_length - 1e-9))
+    return max(1, math.ceil(mask_rate * block_size - 1e-9))
 
 
 def masked_lm_dataset(
     texts,
     tokenizer,
-    sequence_length,
+    block_size,
     batch_size,
     documents=False,
     mask_rate=0.15,
@@ -388,11 +388,11 @@ def masked_lm_dataset(
     x, y, w = next(iter(ds))  # x["token_ids"] [16, 64]; y, w [16, 10]
     ```
     """
-    max_predictions = max_predictions or default_max_predictions(mask_rate, sequence_length)
+    max_predictions = max_predictions or default_max_predictions(mask_rate, block_size)
     if documents:
         sequences = texts
     else:
-        sequences = pack_sequences(tokenize_texts(texts, tokenizer), sequence_length - 2)
+        sequences = pack_sequences(tokenize_texts(texts, tokenizer), block_size - 2)
     if shuffle_buffer:
         sequences = sequences.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -401,7 +401,7 @@ def masked_lm_dataset(
 
     def add_special_tokens(batch):
         ids = tokenizer.tokenize(batch) if documents else tf.RaggedTensor.from_tensor(batch)
-        return add_cls_and_sep(ids, sequence_length, tokenizer)
+        return add_cls_and_sep(ids, block_size, tokenizer)
 
     def mask(index, token_ids, padding_mask):
         masked = mask_tokens(
@@ -432,7 +432,7 @@ def classification_dataset(
     texts,
     labels,
     tokenizer,
-    sequence_length,
+    block_size,
     batch_size,
     shuffle_buffer=0,
     seed=None,
@@ -442,7 +442,7 @@ def classification_dataset(
     """Labelled texts -> ({"token_ids", "padding_mask"}, labels [B] int32).
 
     `texts` is a list of str and `labels` a list of class ids. Each text is
-    one `[CLS] text [SEP]` sequence, cut to `sequence_length`.
+    one `[CLS] text [SEP]` sequence, cut to `block_size`.
     """
     ds = tf.data.Dataset.from_tensor_slices(
         (tf.constant(texts, tf.string), tf.constant(labels, tf.int32))
@@ -455,7 +455,7 @@ def classification_dataset(
 
     def encode(batch_texts, batch_labels):
         token_ids, padding_mask = add_cls_and_sep(
-            tokenizer.tokenize(batch_texts), sequence_length, tokenizer
+            tokenizer.tokenize(batch_texts), block_size, tokenizer
         )
         return {"token_ids": token_ids, "padding_mask": padding_mask}, batch_labels
 

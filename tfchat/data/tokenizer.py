@@ -29,13 +29,19 @@ tokenizer.detokenize(ids)                          # [b"hello"]
 """
 
 import functools
+import hashlib
 import io
 import json
 import os
 import re
 
+import sentencepiece as spm
 import tensorflow as tf
+import tensorflow_text as tf_text
+from keras_hub.tokenizers import compute_word_piece_vocabulary
+from tensorflow_text.python.ops import sentencepiece_tokenizer as sp_ops
 
+from tfchat.data.files import write_json_atomic
 from tfchat.errors import TfchatError
 from tfchat.quiet import muted_notices
 
@@ -142,9 +148,10 @@ class CharTokenizer(Tokenizer):
 
     def save(self, directory):
         os.makedirs(directory, exist_ok=True)
-        _write_json(
+        write_json_atomic(
             os.path.join(directory, _CONFIG_FILE),
             {"kind": self.kind, "characters": self.characters},
+            indent=None,  # the bytes tfchat has always written (init_from compares them)
         )
 
 
@@ -160,8 +167,6 @@ class SentencePieceTokenizer(Tokenizer):
 
     def __init__(self, proto, name="sentencepiece_tokenizer"):
         super().__init__(name=name)
-        import tensorflow_text as tf_text
-
         self.proto = proto
         # Creating a model resource logs SentencePiece's "precompiled_charsmap
         # is empty" (from tensorflow-text's own copy, which no setting
@@ -176,8 +181,6 @@ class SentencePieceTokenizer(Tokenizer):
     @classmethod
     def train(cls, texts, vocab_size):
         """Trains BPE on an iterable of strings with the sentencepiece library."""
-        import sentencepiece as spm
-
         writer = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -223,9 +226,10 @@ class SentencePieceTokenizer(Tokenizer):
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, self._MODEL_FILE), "wb") as f:
             f.write(self.proto)
-        _write_json(
+        write_json_atomic(
             os.path.join(directory, _CONFIG_FILE),
             {"kind": self.kind, "model_file": self._MODEL_FILE},
+            indent=None,  # the bytes tfchat has always written (init_from compares them)
         )
 
 
@@ -245,8 +249,6 @@ def _shared_sentencepiece_resource(proto):
     every kernel that creates it again finds the same one. The op, with its
     `shared_name`, is still what an exported SavedModel runs, so the model
     stays in-graph."""
-    import hashlib
-
     shared_name = "tfchat_sentencepiece_" + hashlib.sha256(proto).hexdigest()
     return _shared_resource_class()(proto, shared_name)
 
@@ -255,8 +257,6 @@ def _shared_sentencepiece_resource(proto):
 def _shared_resource_class():
     # Built on first use: it subclasses a private tensorflow-text class
     # (pinned by setup.py's range; tests/test_tokenizer.py would catch a change).
-    from tensorflow_text.python.ops import sentencepiece_tokenizer as sp_ops
-
     class SharedSentencepieceModelResource(sp_ops._SentencepieceModelResource):
         def __init__(self, model, shared_name):
             self._shared_name = shared_name
@@ -308,8 +308,6 @@ class WordPieceTokenizer(Tokenizer):
 
     def __init__(self, vocabulary, lowercase=True, name="wordpiece_tokenizer"):
         super().__init__(name=name)
-        import tensorflow_text as tf_text
-
         vocabulary = list(vocabulary)
         if tuple(vocabulary[: len(WORDPIECE_SPECIAL_TOKENS)]) != WORDPIECE_SPECIAL_TOKENS:
             raise TfchatError(
@@ -339,8 +337,6 @@ class WordPieceTokenizer(Tokenizer):
     def train(cls, texts, vocab_size, lowercase=True):
         """Learns a vocabulary of at most `vocab_size` pieces (special tokens
         included) from an iterable of strings, streamed through tf.data."""
-        from keras_hub.tokenizers import compute_word_piece_vocabulary
-
         dataset = tf.data.Dataset.from_generator(
             lambda: iter(texts), output_signature=tf.TensorSpec([], tf.string)
         ).batch(1024)
@@ -404,17 +400,11 @@ class WordPieceTokenizer(Tokenizer):
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, self._VOCAB_FILE), "w", encoding="utf-8") as f:
             f.write("".join(piece + "\n" for piece in self.vocabulary))
-        _write_json(
+        write_json_atomic(
             os.path.join(directory, _CONFIG_FILE),
             {"kind": self.kind, "vocab_file": self._VOCAB_FILE, "lowercase": self.lowercase},
+            indent=None,  # the bytes tfchat has always written (init_from compares them)
         )
-
-
-def _write_json(path, value):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, ensure_ascii=False)
-    os.replace(tmp, path)
 
 
 def train_tokenizer(tokenizer_config, texts):

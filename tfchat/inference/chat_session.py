@@ -43,7 +43,7 @@ class ChatSession:
         self.history = []
 
     def truncation_note(self, prompt):
-        context = self.generator.backbone.max_sequence_length
+        context = self.generator.backbone.block_size
         parts = []
         if prompt.dropped_messages:
             parts.append(f"the oldest {prompt.dropped_messages} message(s) were left out")

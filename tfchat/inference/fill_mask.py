@@ -26,7 +26,7 @@ class FillMask:
     def __init__(self, model, tokenizer):
         self.model = model
         self.tokenizer = tokenizer
-        self.sequence_length = model.backbone.max_sequence_length
+        self.block_size = model.backbone.block_size
         self._logits = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def encode(self, text):
@@ -42,10 +42,10 @@ class FillMask:
                 ids.append(self.tokenizer.mask_id)
             ids.extend(piece_ids)
         ids.append(self.tokenizer.sep_id)
-        if len(ids) > self.sequence_length:
+        if len(ids) > self.block_size:
             raise TfchatError(
                 f"The text {text!r} is {len(ids)} tokens with [CLS] and [SEP]; the "
-                f"model reads at most {self.sequence_length}."
+                f"model reads at most {self.block_size}."
             )
         return ids, positions
 
@@ -54,7 +54,7 @@ class FillMask:
         first."""
         encoded = [self.encode(text) for text in texts]
         slots = max(len(positions) for _, positions in encoded)
-        token_ids = np.zeros((len(texts), self.sequence_length), np.int32)
+        token_ids = np.zeros((len(texts), self.block_size), np.int32)
         mask_positions = np.zeros((len(texts), slots), np.int32)
         for row, (ids, positions) in enumerate(encoded):
             token_ids[row, : len(ids)] = ids

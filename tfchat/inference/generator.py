@@ -180,7 +180,7 @@ class Generator:
         `chunk_tokens` caps the tokens per call, for streaming; each call
         runs the prompt and the tokens so far through the model again
         (one parallel prefill), so chunks cost little extra."""
-        context = self.backbone.max_sequence_length
+        context = self.backbone.block_size
         rows = [list(p) or [self.tokenizer.eos_id] for p in prompts]
         new = [[] for _ in rows]
         done = [False] * len(rows)
@@ -293,7 +293,7 @@ class Generator:
     def chat_prompts(self, conversations, max_new_tokens=200):
         """The prompts for the replies to `conversations` (`Encoded`s; their
         `truncated` says if old turns had to go to leave room to reply)."""
-        context = self.backbone.max_sequence_length
+        context = self.backbone.block_size
         budget = context - min(max_new_tokens, context // 2)
         return encode_conversations(
             self.tokenizer, conversations, budget, add_generation_prompt=True
@@ -353,10 +353,10 @@ def greedy_uncached(backbone, prompt_ids, max_new_tokens, jit_compile=False):
     (padding after the last token cannot change it, the mask is causal)."""
     prompt_ids = tf.convert_to_tensor(prompt_ids, tf.int32)
     length = prompt_ids.shape[1]
-    if length + max_new_tokens > backbone.max_sequence_length:
+    if length + max_new_tokens > backbone.block_size:
         raise ValueError(
             "greedy_uncached does not slide a window; the prompt and the new "
-            f"tokens must fit the context of {backbone.max_sequence_length}. "
+            f"tokens must fit the context of {backbone.block_size}. "
             f"Received: {length} + {max_new_tokens}"
         )
     if not jit_compile:
@@ -364,7 +364,7 @@ def greedy_uncached(backbone, prompt_ids, max_new_tokens, jit_compile=False):
     ids = prompt_ids.numpy()
     for _ in range(max_new_tokens):
         t = ids.shape[1]
-        padded = min(-(-t // _XLA_LENGTH_STEP) * _XLA_LENGTH_STEP, backbone.max_sequence_length)
+        padded = min(-(-t // _XLA_LENGTH_STEP) * _XLA_LENGTH_STEP, backbone.block_size)
         buffer = np.zeros((ids.shape[0], padded), np.int32)
         buffer[:, :t] = ids
         token = _compiled_logits(backbone, tf.constant(buffer), tf.constant(t - 1))

@@ -12,11 +12,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfchat.model.layers import TransformerBlock
-
-
-def _normal(stddev=0.02):
-    return keras.initializers.RandomNormal(stddev=stddev)
+from tfchat.model.layers import TransformerBlock, normal
 
 
 @keras.saving.register_keras_serializable(package="tfchat")
@@ -29,7 +25,7 @@ class BertEncoder(keras.Model):
         num_layers: int. Transformer blocks L.
         num_heads: int. Attention heads H per block.
         hidden_dim: int. Model width C.
-        max_sequence_length: int. Longest input T (position embeddings).
+        block_size: int. Longest input T (position embeddings).
         intermediate_dim: int. MLP width; 0 means 4 * hidden_dim.
         dropout: float.
         num_segments: int. Segment (token type) embeddings for inputs made of
@@ -43,7 +39,7 @@ class BertEncoder(keras.Model):
     Example:
     ```python
     encoder = BertEncoder(vocabulary_size=100, num_layers=2, num_heads=2,
-                          hidden_dim=32, max_sequence_length=16)
+                          hidden_dim=32, block_size=16)
     out = encoder({"token_ids": tf.zeros((1, 16), "int32"),
                    "padding_mask": tf.ones((1, 16), "bool")})
     out["sequence_output"].shape, out["pooled_output"].shape  # (1,16,32) (1,32)
@@ -56,7 +52,7 @@ class BertEncoder(keras.Model):
         num_layers,
         num_heads,
         hidden_dim,
-        max_sequence_length,
+        block_size,
         intermediate_dim=0,
         dropout=0.0,
         num_segments=0,
@@ -68,23 +64,23 @@ class BertEncoder(keras.Model):
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim or 4 * hidden_dim
-        self.max_sequence_length = max_sequence_length
+        self.block_size = block_size
         self.dropout = dropout
         self.num_segments = num_segments
 
         # === Layers ===
         self.token_embedding = keras.layers.Embedding(
-            vocabulary_size, hidden_dim, embeddings_initializer=_normal(),
+            vocabulary_size, hidden_dim, embeddings_initializer=normal(),
             dtype=self.dtype_policy, name="token_embedding",
         )
         self.position_embedding = keras.layers.Embedding(
-            max_sequence_length, hidden_dim, embeddings_initializer=_normal(),
+            block_size, hidden_dim, embeddings_initializer=normal(),
             dtype=self.dtype_policy, name="position_embedding",
         )
         self.segment_embedding = None
         if num_segments:
             self.segment_embedding = keras.layers.Embedding(
-                num_segments, hidden_dim, embeddings_initializer=_normal(),
+                num_segments, hidden_dim, embeddings_initializer=normal(),
                 dtype=self.dtype_policy, name="segment_embedding",
             )
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
@@ -102,7 +98,7 @@ class BertEncoder(keras.Model):
             epsilon=1e-5, dtype=self.dtype_policy, name="final_norm"
         )
         self.pooler = keras.layers.Dense(
-            hidden_dim, activation="tanh", kernel_initializer=_normal(),
+            hidden_dim, activation="tanh", kernel_initializer=normal(),
             dtype=self.dtype_policy, name="pooler",
         )
 
@@ -145,7 +141,7 @@ class BertEncoder(keras.Model):
             num_heads=self.num_heads,
             hidden_dim=self.hidden_dim,
             intermediate_dim=self.intermediate_dim,
-            max_sequence_length=self.max_sequence_length,
+            block_size=self.block_size,
             dropout=self.dropout,
             num_segments=self.num_segments,
         )
@@ -184,7 +180,7 @@ class MaskedLMHead(keras.layers.Layer):
 
     def build(self, input_shape=None):
         self.transform = keras.layers.Dense(
-            self.hidden_dim, kernel_initializer=_normal(),
+            self.hidden_dim, kernel_initializer=normal(),
             dtype=self.dtype_policy, name="transform",
         )
         self.transform.build((None, None, self.hidden_dim))

@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfchat.model.layers import TransformerBlock
+from tfchat.model.layers import TransformerBlock, normal
 
 
 @keras.saving.register_keras_serializable(package="tfchat")
@@ -21,7 +21,7 @@ class GPT(keras.Model):
         num_heads: int. Attention heads H per block.
         hidden_dim: int. Model width C.
         intermediate_dim: int. MLP width; 0 means 4 * hidden_dim.
-        max_sequence_length: int. Context length (position embeddings).
+        block_size: int. Context length (position embeddings).
         dropout: float.
 
     Call: token_ids [B, T] int -> logits [B, T, V] float32.
@@ -29,7 +29,7 @@ class GPT(keras.Model):
     Example:
     ```python
     gpt = GPT(vocabulary_size=65, num_layers=2, num_heads=2, hidden_dim=32,
-              max_sequence_length=16)
+              block_size=16)
     logits = gpt(tf.zeros((1, 16), "int32"))            # [1, 16, 65]
     cache = gpt.build_cache(batch_size=1, max_length=16)
     logits, cache = gpt.call_with_cache(tf.zeros((1, 4), "int32"), cache, 0)
@@ -42,7 +42,7 @@ class GPT(keras.Model):
         num_layers,
         num_heads,
         hidden_dim,
-        max_sequence_length,
+        block_size,
         intermediate_dim=0,
         dropout=0.0,
         **kwargs,
@@ -53,17 +53,17 @@ class GPT(keras.Model):
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim or 4 * hidden_dim
-        self.max_sequence_length = max_sequence_length
+        self.block_size = block_size
         self.dropout = dropout
 
         # === Layers ===
-        init = keras.initializers.RandomNormal(stddev=0.02)
+        init = normal()
         self.token_embedding = keras.layers.Embedding(
             vocabulary_size, hidden_dim, embeddings_initializer=init,
             dtype=self.dtype_policy, name="token_embedding",
         )
         self.position_embedding = keras.layers.Embedding(
-            max_sequence_length, hidden_dim, embeddings_initializer=init,
+            block_size, hidden_dim, embeddings_initializer=init,
             dtype=self.dtype_policy, name="position_embedding",
         )
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
@@ -151,7 +151,7 @@ class GPT(keras.Model):
             num_heads=self.num_heads,
             hidden_dim=self.hidden_dim,
             intermediate_dim=self.intermediate_dim,
-            max_sequence_length=self.max_sequence_length,
+            block_size=self.block_size,
             dropout=self.dropout,
         )
         return config

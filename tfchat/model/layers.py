@@ -11,7 +11,8 @@ import tensorflow as tf
 from keras import ops
 
 
-def _normal(stddev):
+def normal(stddev=0.02):
+    """GPT-2's and BERT's initializer for every matmul and embedding."""
     return keras.initializers.RandomNormal(stddev=stddev)
 
 
@@ -116,14 +117,14 @@ class CausalSelfAttention(keras.layers.Layer):
     def build(self, input_shape):
         self.qkv = keras.layers.Dense(
             3 * self.hidden_dim,
-            kernel_initializer=_normal(0.02),
+            kernel_initializer=normal(0.02),
             dtype=self.dtype_policy,
             name="qkv",
         )
         self.qkv.build(input_shape)
         self.proj = keras.layers.Dense(
             self.hidden_dim,
-            kernel_initializer=_normal(self.output_stddev),
+            kernel_initializer=normal(self.output_stddev),
             dtype=self.dtype_policy,
             name="proj",
         )
@@ -251,14 +252,14 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_norm = norm("mlp_norm")
         self.mlp_in = keras.layers.Dense(
             self.intermediate_dim,
-            kernel_initializer=_normal(0.02),
+            kernel_initializer=normal(0.02),
             dtype=self.dtype_policy,
             name="mlp_in",
         )
         self.mlp_in.build(input_shape)
         self.mlp_out = keras.layers.Dense(
             self.hidden_dim,
-            kernel_initializer=_normal(self.output_stddev),
+            kernel_initializer=normal(self.output_stddev),
             dtype=self.dtype_policy,
             name="mlp_out",
         )

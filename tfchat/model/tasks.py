@@ -23,6 +23,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfchat.model.bert import MaskedLMHead
+from tfchat.model.layers import normal
 
 
 def token_sums(targets, logits, weight):
@@ -172,7 +173,7 @@ class CausalLM(Task):
     Example:
     ```python
     model = CausalLM(GPT(vocabulary_size=65, num_layers=2, num_heads=2,
-                         hidden_dim=32, max_sequence_length=64))
+                         hidden_dim=32, block_size=64))
     model.compile(optimizer=build_optimizer(config.train, model))
     model.fit(causal_lm_dataset(...), steps_per_epoch=100)
     ```
@@ -196,7 +197,7 @@ class MaskedLM(Task):
     ```python
     model = MaskedLM(BertEncoder(vocabulary_size=100, num_layers=2,
                                  num_heads=2, hidden_dim=32,
-                                 max_sequence_length=16))
+                                 block_size=16))
     logits = model(x)   # [B, P, V] at x["mask_positions"]
     ```
     """
@@ -240,7 +241,7 @@ class TextClassifier(Task):
         self.dropout = backbone.dropout if dropout is None else dropout
         self.classifier_dropout = keras.layers.Dropout(self.dropout, dtype=backbone.dtype_policy)
         self.classifier = keras.layers.Dense(
-            num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            num_classes, kernel_initializer=normal(),
             dtype=backbone.dtype_policy, name="classifier",
         )
 

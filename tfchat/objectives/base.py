@@ -70,7 +70,7 @@ def backbone_args(config, vocabulary_size):
         num_heads=m.num_heads,
         hidden_dim=m.hidden_dim,
         intermediate_dim=m.intermediate_dim,
-        max_sequence_length=m.block_size,
+        block_size=m.block_size,
         dropout=m.dropout,
         dtype=config.train.precision,
     )

@@ -187,7 +187,7 @@ def _metadata(run, signatures):
             "special_tokens": special_tokens,
             "files": "tokenizer/",
         },
-        "context_length": run.config.model.block_size,
+        "block_size": run.config.model.block_size,
         **extra,
         "signatures": signatures,
         "config": run.config.to_dict(),

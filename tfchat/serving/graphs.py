@@ -182,7 +182,7 @@ def generate_ids(
 
     Args:
         backbone: a `GPT` (anything with `call_with_cache`, `build_cache`
-            and `max_sequence_length`).
+            and `block_size`).
         token_ids: RaggedTensor [B, None] int32 prompt ids.
         max_new_tokens, temperature, top_k, top_p, seeds: [B] per-row
             settings (see `sample_next_tokens`).
@@ -193,7 +193,7 @@ def generate_ids(
         (new_ids RaggedTensor [B, None] int32, prompt_lengths [B] int32: the
         prompt tokens actually used, after left truncation).
     """
-    context = backbone.max_sequence_length
+    context = backbone.block_size
     batch = token_ids.nrows(out_type=tf.int32)
     max_new = tf.clip_by_value(max_new_tokens, 0, context - 1)
     token_ids, lengths = _start_empty_rows(token_ids, start_id)
@@ -256,7 +256,7 @@ def score_ids(backbone, token_ids, start_id, pad_id=0):
     Returns (mean_log_likelihood [B] float32, num_tokens [B] int32); a row
     with no tokens scores 0.0 over 0 tokens.
     """
-    context = backbone.max_sequence_length
+    context = backbone.block_size
     batch = token_ids.nrows(out_type=tf.int32)
     counts = tf.cast(token_ids.row_lengths(), tf.int32)
     starts = tf.fill([batch, 1], tf.constant(start_id, token_ids.dtype))
@@ -290,7 +290,7 @@ def make_generate_function(backbone, tokenizer, defaults=None):
     values = {**GENERATE_DEFAULTS, **(defaults or {})}
     if not (defaults and "max_new_tokens" in defaults):
         values["max_new_tokens"] = min(
-            values["max_new_tokens"], backbone.max_sequence_length // 2
+            values["max_new_tokens"], backbone.block_size // 2
         )
     dtypes = {s.name: s.dtype for s in generate_input_signature()}
     default = {k: tf.constant([v], dtypes[k]) for k, v in values.items()}
@@ -367,11 +367,11 @@ def classify_input_signature():
     return [tf.TensorSpec([None], tf.string, name="text")]
 
 
-def encode_masked_texts(tokenizer, texts, sequence_length):
+def encode_masked_texts(tokenizer, texts, block_size):
     """[B] strings holding `MASK_TOKEN`s -> the encoder's inputs, as
     `tfchat.fill_mask.FillMask.encode` builds them: the text between markers
     is tokenized, each marker becomes one [MASK] id, and the row is
-    `[CLS] ... [SEP]`, cut to `sequence_length` like a training document
+    `[CLS] ... [SEP]`, cut to `block_size` like a training document
     (the end is dropped, so markers past the context are not read).
 
     Returns (token_ids [B, T] int32, padding_mask [B, T] bool, pieces
@@ -385,7 +385,7 @@ def encode_masked_texts(tokenizer, texts, sequence_length):
     piece_ids = tf.concat([piece_ids, tf.RaggedTensor.from_tensor(masks)], axis=1)
     ids = tf.RaggedTensor.from_row_splits(piece_ids, pieces.row_splits).merge_dims(1, 2)
     ids = ids[:, :-1]
-    token_ids, padding_mask = add_cls_and_sep(ids, sequence_length, tokenizer)
+    token_ids, padding_mask = add_cls_and_sep(ids, block_size, tokenizer)
     return token_ids, padding_mask, pieces
 
 
@@ -410,7 +410,7 @@ def make_fill_mask_function(model, tokenizer, defaults=None):
     """
     values = {**FILL_MASK_DEFAULTS, **(defaults or {})}
     default_top_k = tf.constant([values["top_k"]], tf.int32)
-    sequence_length = model.backbone.max_sequence_length
+    block_size = model.backbone.block_size
     vocabulary_size = tokenizer.vocabulary_size
     num_special = tokenizer.num_special_tokens
     if vocabulary_size <= num_special:
@@ -421,7 +421,7 @@ def make_fill_mask_function(model, tokenizer, defaults=None):
         batch = tf.shape(text)[0]
         k = tf.clip_by_value(_per_row(top_k, batch, "top_k"), 1, vocabulary_size - num_special)
         width = tf.reduce_max(tf.concat([k, [1]], axis=0))  # [1]: an empty batch's max
-        token_ids, padding_mask, pieces = encode_masked_texts(tokenizer, text, sequence_length)
+        token_ids, padding_mask, pieces = encode_masked_texts(tokenizer, text, block_size)
         # Row-major, as from_value_rowids needs; slots follow the text's order.
         found = tf.where(tf.equal(token_ids, mask_id))  # [n, 2] (row, position)
         positions = tf.RaggedTensor.from_value_rowids(
@@ -485,12 +485,12 @@ def make_classify_function(model, tokenizer, labels):
     longer than the context dropped. `labels` repeats per row because TF
     Serving's row (`instances`) form needs every output batch-major.
     """
-    sequence_length = model.backbone.max_sequence_length
+    block_size = model.backbone.block_size
     names = tf.constant(list(labels), tf.string)
 
     def classify(text):
         token_ids, padding_mask = add_cls_and_sep(
-            tokenizer.tokenize(text), sequence_length, tokenizer
+            tokenizer.tokenize(text), block_size, tokenizer
         )
         logits = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)

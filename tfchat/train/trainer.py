@@ -18,6 +18,7 @@ import time
 
 import keras
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
 
 from tfchat.errors import TfchatError
 from tfchat.train.distribute import is_chief, task_id
@@ -297,8 +298,6 @@ class Trainer:
         """The run's config for TensorBoard's HParams tab, to compare runs."""
         if not self.is_chief:
             return
-        from tensorboard.plugins.hparams import api as hparams_api
-
         values = {}
         for section, fields in self.config.to_dict().items():
             for key, value in (fields.items() if isinstance(fields, dict) else [("", fields)]):
