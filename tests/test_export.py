@@ -464,6 +464,7 @@ def _serve_grpc(servable):
 
 def test_serve_client_end_to_end(trained, exports, capsys):
     from tfchat import serve_client
+    from tfchat.serving import client
 
     run = load_run(trained("char")[0])
     greedy = Generator(run.backbone, run.tokenizer).generate(PROMPTS, MAX_NEW, temperature=0)
@@ -474,16 +475,16 @@ def test_serve_client_end_to_end(trained, exports, capsys):
     settings = {"max_new_tokens": MAX_NEW, "temperature": 0.0}
     try:
         for form in ("instances", "inputs"):
-            rows = serve_client.predict_rest(url, "tiny", PROMPTS, settings, form=form)
+            rows = client.predict_rest(url, "tiny", PROMPTS, settings, form=form)
             assert [r["text"] for r in rows] == greedy, form
             assert [r["num_tokens"] for r in rows] == [MAX_NEW] * 3
-        rows = serve_client.predict_grpc(f"127.0.0.1:{grpc_port}", "tiny", PROMPTS, settings)
+        rows = client.predict_grpc(f"127.0.0.1:{grpc_port}", "tiny", PROMPTS, settings)
         assert [r["text"] for r in rows] == greedy
-        scores = serve_client.predict_rest(url, "tiny", SCORED, signature="score", form="inputs")
+        scores = client.predict_rest(url, "tiny", SCORED, signature="score", form="inputs")
         np.testing.assert_allclose(
             [r["log_likelihood"] for r in scores], _keras_scores(run, SCORED), rtol=1e-4, atol=1e-5)
-        scores = serve_client.predict_grpc(f"127.0.0.1:{grpc_port}", "tiny", SCORED, signature="score")
-        assert [r["num_tokens"] for r in scores] == [r["num_tokens"] for r in serve_client.predict_rest(
+        scores = client.predict_grpc(f"127.0.0.1:{grpc_port}", "tiny", SCORED, signature="score")
+        assert [r["num_tokens"] for r in scores] == [r["num_tokens"] for r in client.predict_rest(
             url, "tiny", SCORED, signature="score")]
 
         code = serve_client.main(["--url", url, "--model", "tiny", "--max-new-tokens", str(MAX_NEW),

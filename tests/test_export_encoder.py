@@ -306,6 +306,7 @@ def test_serve_client_asks_encoder_exports(mlm, clf, capsys):
     from test_export import SessionServable, _serve_grpc, _serve_rest
 
     from tfchat import serve_client
+    from tfchat.serving import client
 
     for exported, name in ((mlm, "enc"), (clf, "clf")):
         exported["servable"] = SessionServable(exported["path"])
@@ -317,9 +318,9 @@ def test_serve_client_asks_encoder_exports(mlm, clf, capsys):
         expected = mlm["fill"].predict(MASKED, 2)
         for form in ("instances", "inputs", "grpc"):
             if form == "grpc":
-                rows = serve_client.predict_grpc(mlm["target"], "enc", MASKED, {"top_k": 2}, "fill_mask")
+                rows = client.predict_grpc(mlm["target"], "enc", MASKED, {"top_k": 2}, "fill_mask")
             else:
-                rows = serve_client.predict_rest(url, "enc", MASKED, {"top_k": 2}, "fill_mask", form)
+                rows = client.predict_rest(url, "enc", MASKED, {"top_k": 2}, "fill_mask", form)
             assert [row["num_masks"] for row in rows] == [len(masks) for masks in expected]
             assert [row["tokens"][0] for row in rows] == [
                 [piece for piece, _ in masks[0]] for masks in expected], form
@@ -332,9 +333,9 @@ def test_serve_client_asks_encoder_exports(mlm, clf, capsys):
         probabilities = _keras_probabilities(clf["run"], CLASSIFIED)
         for form in ("instances", "inputs", "grpc"):
             if form == "grpc":
-                rows = serve_client.predict_grpc(clf["target"], "clf", CLASSIFIED, signature="classify")
+                rows = client.predict_grpc(clf["target"], "clf", CLASSIFIED, signature="classify")
             else:
-                rows = serve_client.predict_rest(url, "clf", CLASSIFIED, signature="classify", form=form)
+                rows = client.predict_rest(url, "clf", CLASSIFIED, signature="classify", form=form)
             np.testing.assert_allclose([r["probabilities"] for r in rows], probabilities,
                                        rtol=1e-5, atol=1e-6)
             assert [r["labels"] for r in rows] == [["animal", "person"]] * len(CLASSIFIED), form
