@@ -333,7 +333,7 @@ print("perplexity:", scores["perplexity"].numpy())'''),
             "command in the README): the REST body in both of its forms, and a gRPC `PredictRequest`."
         ),
         new_code_cell('''import json
-from tfchat.serve_client import grpc_request, rest_body, rest_path
+from tfchat.serving.client import grpc_request, rest_body, rest_path
 
 settings = {"max_new_tokens": 40, "temperature": 0.8, "top_k": 20}
 print("POST http://localhost:8501" + rest_path("shakespeare"))

@@ -12,6 +12,7 @@ import typing
 
 import tensorflow as tf
 
+from tfchat.data.corpus import Corpus
 from tfchat.model.bert import BertEncoder
 from tfchat.model.gpt import GPT
 from tfchat.model.tasks import CausalLM
@@ -52,13 +53,23 @@ class Objective:
     build_model: typing.Callable
     evaluate: typing.Callable
     signatures: tuple  # tfchat.serving.export builders; the first is serving_default
-    describe: typing.Callable
     next_steps: typing.Callable
     sampler: typing.Callable = lambda model, tokenizer, config: None
+    describe: typing.Callable = lambda config, data, model: ""
     format_results: typing.Optional[typing.Callable] = None
     # Printed after training from the best checkpoint (classify's report).
     report_best: typing.Optional[typing.Callable] = None
     labelled: bool = False  # the run keeps labels.json
+
+
+def read_corpus(config, labels=None):
+    """The text corpus of `config.data` (causal and mlm objectives)."""
+    return Corpus(config.data)
+
+
+def training_texts(corpus):
+    """The texts a new vocabulary is learnt from: the training split."""
+    return corpus.iter_texts("train")
 
 
 def backbone_args(config, vocabulary_size):

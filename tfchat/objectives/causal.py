@@ -1,25 +1,16 @@
 """`objective: causal`: next-token language modelling on plain text (a file,
 a folder, a glob, JSONL documents, chatterbot transcripts)."""
 
-from tfchat.data.corpus import Corpus
 from tfchat.data.pipeline import causal_lm_dataset, pack_sequences, tokenize_texts
 from tfchat.errors import TfchatError
 from tfchat.evaluation.language_model import evaluate_loss
 from tfchat.inference.generator import Generator
-from tfchat.objectives.base import Objective, build_causal_lm
+from tfchat.objectives.base import Objective, build_causal_lm, read_corpus, training_texts
 from tfchat.serving.export import add_generate_signature, add_score_signature
 
 
 def check_config(config):
     return []
-
-
-def read_data(config, labels=None):
-    return Corpus(config.data)
-
-
-def tokenizer_texts(corpus):
-    return corpus.iter_texts("train")
 
 
 def check_data(config, corpus, tokenizer):
@@ -68,13 +59,9 @@ def sampler(model, tokenizer, config):
 def evaluate(run, batch_size=32, **unused):
     """Validation loss, perplexity and token accuracy over the run's
     validation split."""
-    corpus = read_data(run.config)
+    corpus = read_corpus(run.config)
     val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"])
     return evaluate_loss(run.model, val["val"])
-
-
-def describe(config, data, model):
-    return ""
 
 
 def next_steps(config):
@@ -88,14 +75,13 @@ OBJECTIVE = Objective(
     init_from=("causal", "chat"),
     generates=True,
     check_config=check_config,
-    read_data=read_data,
-    tokenizer_texts=tokenizer_texts,
+    read_data=read_corpus,
+    tokenizer_texts=training_texts,
     check_data=check_data,
     datasets=datasets,
     build_model=build_causal_lm,
     sampler=sampler,
     evaluate=evaluate,
     signatures=(add_generate_signature, add_score_signature),
-    describe=describe,
     next_steps=next_steps,
 )

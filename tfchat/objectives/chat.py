@@ -8,7 +8,7 @@ from tfchat.errors import TfchatError
 from tfchat.evaluation.chat import evaluate_replies
 from tfchat.evaluation.language_model import evaluate_loss
 from tfchat.inference.generator import Generator
-from tfchat.objectives.base import Objective, build_causal_lm
+from tfchat.objectives.base import Objective, build_causal_lm, training_texts
 from tfchat.serving.export import (
     add_chat_signature, add_generate_signature, add_score_signature,
 )
@@ -23,10 +23,6 @@ def check_config(config):
 
 def read_data(config, labels=None):
     return DialogueCorpus(config.data)
-
-
-def tokenizer_texts(corpus):
-    return corpus.iter_texts("train")
 
 
 def encode(config, conversations, tokenizer):
@@ -114,10 +110,6 @@ def evaluate(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, jit_co
     return results
 
 
-def describe(config, data, model):
-    return ""
-
-
 def next_steps(config):
     return ("Chat with it:\n"
             f"  python -m tfchat.chat --run {config.run_dir}\n"
@@ -131,13 +123,12 @@ OBJECTIVE = Objective(
     generates=True,
     check_config=check_config,
     read_data=read_data,
-    tokenizer_texts=tokenizer_texts,
+    tokenizer_texts=training_texts,
     check_data=check_data,
     datasets=datasets,
     build_model=build_causal_lm,
     sampler=sampler,
     evaluate=evaluate,
     signatures=(add_generate_signature, add_chat_signature, add_score_signature),
-    describe=describe,
     next_steps=next_steps,
 )

@@ -1,25 +1,18 @@
 """`objective: mlm`: masked-LM pretraining of a BERT encoder. Text files are
 cut into `[CLS] ... [SEP]` blocks; JSONL documents are one sequence each."""
 
-from tfchat.data.corpus import Corpus
+import tensorflow as tf
+
 from tfchat.data.pipeline import (
     count_truncated, default_max_predictions, masked_lm_dataset, pack_sequences, tokenize_texts,
 )
 from tfchat.errors import TfchatError
 from tfchat.evaluation.language_model import evaluate_loss
 from tfchat.model.tasks import MaskedLM
-from tfchat.objectives.base import Objective, build_encoder, encoder_inputs, encoder_only
+from tfchat.objectives.base import (
+    Objective, build_encoder, encoder_inputs, encoder_only, read_corpus, training_texts,
+)
 from tfchat.serving.export import add_fill_mask_signature
-
-import tensorflow as tf
-
-
-def read_data(config, labels=None):
-    return Corpus(config.data)
-
-
-def tokenizer_texts(corpus):
-    return corpus.iter_texts("train")
 
 
 def check_data(config, corpus, tokenizer):
@@ -87,7 +80,7 @@ def build_model(config, vocabulary_size, labels=None, forward_pass=True):
 def evaluate(run, batch_size=None, **unused):
     """Masked-token loss, perplexity and accuracy over the run's validation
     split, masked as in training's validation (the same seed)."""
-    corpus = read_data(run.config)
+    corpus = read_corpus(run.config)
     val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"])
     return evaluate_loss(run.model, val["val"])
 
@@ -106,8 +99,8 @@ OBJECTIVE = Objective(
     init_from=("mlm",),
     generates=False,
     check_config=encoder_only,
-    read_data=read_data,
-    tokenizer_texts=tokenizer_texts,
+    read_data=read_corpus,
+    tokenizer_texts=training_texts,
     check_data=check_data,
     datasets=datasets,
     build_model=build_model,
