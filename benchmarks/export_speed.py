@@ -6,7 +6,7 @@
 Both sides continue the same prompts by the same number of tokens with the
 same weights: the SavedModel written by `tfchat.export`, loaded with
 `tf.saved_model.load` (its whole sampling loop is one graph), and
-`tfchat.generate.Generator` (keras-hub sampler over `GPT.call_with_cache`,
+`tfchat.inference.generator.Generator` (keras-hub sampler over `GPT.call_with_cache`,
 driven from Python, tokenize and detokenize included, one sampler reused so
 its tf.function is traced once). Each case runs once to trace/warm up, then
 `--repeats` times, the two sides alternating; medians are printed. The last column times

@@ -5,10 +5,10 @@
 
 Both sides decode the same GPT greedily and give the same tokens (checked
 here, and in tests/test_generate.py):
-  * cached: `tfchat.generate.Generator` (keras-hub's GreedySampler over
+  * cached: `tfchat.inference.generator.Generator` (keras-hub's GreedySampler over
     `GPT.call_with_cache`): one prefill pass over the prompt, then one
     token per step against the cached keys and values;
-  * uncached: `tfchat.generate.greedy_uncached`: every step runs the whole
+  * uncached: `tfchat.inference.generator.greedy_uncached`: every step runs the whole
     sequence so far through the model.
 Each is timed twice: as a TensorFlow graph (one compiled while loop each) and
 with XLA (the cached loop compiled whole; the uncached forward pass compiled

@@ -193,7 +193,7 @@ def chat_dataset(
 # `block_size - 2` tokens; a document corpus (JSONL, dialogues) and a
 # labelled example give one sequence each, cut to fit. Masked-LM batches are
 # ({"token_ids", "padding_mask", "mask_positions"}, mask_ids, mask_weights),
-# the (x, y, sample_weight) that `tfchat.train.encoder_tasks.MaskedLM` reads.
+# the (x, y, sample_weight) that `tfchat.model.tasks.MaskedLM` reads.
 
 
 def add_cls_and_sep(ids, block_size, tokenizer):

@@ -242,7 +242,7 @@ def _shared_sentencepiece_resource(proto):
     to that op's kernel (TODO b/318839908 in tensorflow-text) and is deleted
     when the kernel is. In eager mode the kernel lives in the context's
     kernel cache, which `tf.random.set_seed` (so `keras.utils.set_random_seed`,
-    so every `tfchat.fit.train`) clears: a tokenizer made before a training
+    so every `tfchat.job.train`) clears: a tokenizer made before a training
     in the same process then failed with "Resource localhost/_0_SentencepieceOp
     /... does not exist". A shared resource belongs to the resource manager
     instead (it lives as long as the process, once per distinct proto), and

@@ -18,7 +18,7 @@ from tfchat.model.layers import TransformerBlock, normal
 @keras.saving.register_keras_serializable(package="tfchat")
 class BertEncoder(keras.Model):
     """A BERT-style encoder (training lives in
-    `tfchat.train.encoder_tasks`: `MaskedLM`, `TextClassifier`).
+    `tfchat.model.tasks`: `MaskedLM`, `TextClassifier`).
 
     Args:
         vocabulary_size: int. Tokenizer vocabulary V.
