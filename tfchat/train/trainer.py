@@ -40,7 +40,6 @@ class Trainer:
         self.task = task
         self.optimizer = task.optimizer
         self.folder = folder
-        self.run_dir = folder.path
         self.sample_fn = sample
         self.verbose = verbose
         self.is_chief = is_chief(strategy)
