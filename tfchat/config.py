@@ -23,7 +23,13 @@ from tfchat.errors import TfchatError
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # The Dense layers of a block that LoRA can adapt.
-LORA_TARGETS = ("qkv", "proj", "mlp_in", "mlp_out")
+# mlp_gate exists only with model.mlp swiglu, so it is not a default target.
+LORA_TARGETS = ("qkv", "proj", "mlp_in", "mlp_out", "mlp_gate")
+DEFAULT_LORA_TARGETS = ("qkv", "proj", "mlp_in", "mlp_out")
+# The decoder options (tfchat.model.layers).
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "swiglu")
 
 
 def _field(default, help):
@@ -90,6 +96,30 @@ class ModelConfig:
     )
     block_size: int = _field(64, "Context length in tokens.")
     dropout: float = _field(0.1, "Dropout rate (0 for big data; some for small).")
+    # Decoder options; the defaults are GPT-2's.
+    norm: str = _field("layernorm", "layernorm (GPT-2) | rmsnorm (Llama, Qwen2).")
+    norm_epsilon: float = _field(1e-5, "Epsilon of every norm (Llama/Qwen2 use 1e-6 or 1e-5).")
+    position: str = _field(
+        "learned", "learned (a position embedding, GPT-2) | rope (rotary on q and k)."
+    )
+    rope_theta: float = _field(10000.0, "Rotary base wavelength (Llama 3: 500000).")
+    rope_scaling_factor: float = _field(
+        1.0, "Llama 3 rope scaling factor (1 = off; Llama 3.1: 8)."
+    )
+    rope_low_freq_factor: float = _field(1.0, "Llama 3 rope scaling: low frequency factor.")
+    rope_high_freq_factor: float = _field(4.0, "Llama 3 rope scaling: high frequency factor.")
+    rope_original_max_positions: int = _field(
+        8192, "Llama 3 rope scaling: the context length pretraining used."
+    )
+    mlp: str = _field("gelu", "gelu (GPT-2) | swiglu (gate, up, down; SiLU).")
+    num_kv_heads: int = _field(
+        0, "Key/value heads (grouped-query attention); 0 = num_heads."
+    )
+    tie_embeddings: bool = _field(True, "LM head tied to the token embedding (False: its own).")
+    qkv_bias: bool = _field(True, "Bias on the q/k/v projection (GPT-2, Qwen2; not Llama).")
+    use_bias: bool = _field(
+        True, "Bias on the other Dense layers (GPT-2; not Llama or Qwen2)."
+    )
     lora_rank: int = _field(
         0,
         "LoRA rank: train only low-rank adapters on the lora_targets layers, "
@@ -99,8 +129,9 @@ class ModelConfig:
         0.0, "LoRA scale numerator: adapters are scaled by alpha / rank (0 = rank)."
     )
     lora_targets: str = _field(
-        ",".join(LORA_TARGETS),
-        "Comma-separated Dense layers of each block that get adapters.",
+        ",".join(DEFAULT_LORA_TARGETS),
+        f"Comma-separated Dense layers of each block that get adapters "
+        f"({', '.join(LORA_TARGETS)}; mlp_gate with mlp swiglu).",
     )
 
 
@@ -436,6 +467,26 @@ def validate(config):
         (m.num_layers > 0 and m.num_heads > 0, "model.num_layers and model.num_heads must be positive"),
         (m.hidden_dim % m.num_heads == 0, "model.hidden_dim must be divisible by model.num_heads"),
         (m.block_size > 0, "model.block_size must be positive"),
+        (m.norm in NORMS, f"model.norm must be one of {', '.join(NORMS)}"),
+        (m.position in POSITIONS, f"model.position must be one of {', '.join(POSITIONS)}"),
+        (m.mlp in MLPS, f"model.mlp must be one of {', '.join(MLPS)}"),
+        (m.norm_epsilon > 0, "model.norm_epsilon must be positive"),
+        (
+            m.num_kv_heads >= 0 and m.num_heads % (m.num_kv_heads or m.num_heads) == 0,
+            "model.num_heads must be divisible by model.num_kv_heads",
+        ),
+        (
+            m.position != "rope" or (m.hidden_dim // m.num_heads) % 2 == 0,
+            "model.position rope needs an even head width (hidden_dim / num_heads)",
+        ),
+        (
+            m.rope_theta > 0 and m.rope_scaling_factor > 0
+            and m.rope_high_freq_factor > m.rope_low_freq_factor > 0
+            and m.rope_original_max_positions > 0,
+            "model.rope_theta, rope_scaling_factor, rope_low_freq_factor and "
+            "rope_original_max_positions must be positive, and rope_high_freq_factor "
+            "above rope_low_freq_factor",
+        ),
         (0 <= m.dropout < 1, "model.dropout must be in [0, 1)"),
         (t.batch_size > 0 and t.max_steps > 0, "train.batch_size and train.max_steps must be positive"),
         (t.learning_rate > 0, "train.learning_rate must be positive"),
@@ -453,6 +504,10 @@ def validate(config):
         (
             all(t in LORA_TARGETS for t in lora_targets(m)) and lora_targets(m),
             f"model.lora_targets must be a comma-separated list of {', '.join(LORA_TARGETS)}",
+        ),
+        (
+            m.mlp == "swiglu" or "mlp_gate" not in lora_targets(m),
+            "model.lora_targets mlp_gate needs model.mlp swiglu",
         ),
     ]
     if t.profile_steps:

@@ -42,7 +42,13 @@ LABELS_FILE = "labels.json"
 EVALUATION_FILE = "evaluation.json"
 SCRATCH_DIR = "tmp"
 # The model fields an `init_from` run must share with the run it starts.
-_ARCHITECTURE = ("num_layers", "num_heads", "hidden_dim", "intermediate_dim", "block_size")
+_ARCHITECTURE = (
+    "num_layers", "num_heads", "hidden_dim", "intermediate_dim", "block_size",
+    # The decoder options (tfchat.objectives.base.DECODER_OPTIONS).
+    "norm", "norm_epsilon", "position", "rope_theta", "rope_scaling_factor",
+    "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions",
+    "mlp", "num_kv_heads", "tie_embeddings", "qkv_bias", "use_bias",
+)
 
 
 def checkpoint_step(checkpoint_path):
@@ -190,6 +196,9 @@ def check_init_from(config):
         if key == "intermediate_dim":  # 0 means 4 x hidden_dim
             mine = mine or 4 * config.model.hidden_dim
             theirs = theirs or 4 * source.model.hidden_dim
+        if key == "num_kv_heads":  # 0 means num_heads
+            mine = mine or config.model.num_heads
+            theirs = theirs or source.model.num_heads
         if mine != theirs:
             raise TfchatError(
                 f"model.{key} is {mine} but init_from {source_path} has {theirs}; "

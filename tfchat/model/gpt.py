@@ -1,5 +1,7 @@
 """The GPT decoder: token + learned position embeddings, pre-norm blocks, and
-an LM head tied to the token embedding."""
+an LM head tied to the token embedding; or, by its options, a Llama- or
+Qwen2-style decoder (RMSNorm, rotary positions, SwiGLU, grouped-query
+attention, an untied head, no biases)."""
 
 import math
 
@@ -7,7 +9,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfchat.model.layers import TransformerBlock, normal
+from tfchat.model.layers import (
+    MLPS, NORMS, POSITIONS, ROPE_ARGS, TransformerBlock, check_choice, make_norm, normal,
+)
 
 
 @keras.saving.register_keras_serializable(package="tfchat")
@@ -23,6 +27,22 @@ class GPT(keras.Model):
         intermediate_dim: int. MLP width; 0 means 4 * hidden_dim.
         block_size: int. Context length (position embeddings).
         dropout: float.
+        norm: "layernorm" (GPT-2) | "rmsnorm" (Llama, Qwen2).
+        norm_epsilon: float. Epsilon of every norm.
+        position: "learned" (GPT-2: a position embedding) | "rope" (rotary
+            embeddings on q and k, no position embedding weight).
+        rope_theta: float. Rotary base wavelength.
+        rope_scaling_factor, rope_low_freq_factor, rope_high_freq_factor,
+            rope_original_max_positions: Llama 3's rope scaling (off at
+            factor 1.0); see `tfchat.model.layers.rope_inverse_frequencies`.
+        mlp: "gelu" (GPT-2) | "swiglu" (gate, up, down; SiLU).
+        num_kv_heads: int. Key/value heads (grouped-query attention); 0 means
+            num_heads.
+        tie_embeddings: bool. The LM head is the token embedding (GPT-2,
+            Qwen2 small) or a separate `lm_head` weight (Llama).
+        qkv_bias: bool. Bias on the q/k/v projection (GPT-2, Qwen2).
+        use_bias: bool. Bias on every other Dense layer (GPT-2; not Llama or
+            Qwen2).
 
     Call: token_ids [B, T] int -> logits [B, T, V] float32.
 
@@ -45,9 +65,25 @@ class GPT(keras.Model):
         block_size,
         intermediate_dim=0,
         dropout=0.0,
+        norm="layernorm",
+        norm_epsilon=1e-5,
+        position="learned",
+        rope_theta=10000.0,
+        rope_scaling_factor=1.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_positions=8192,
+        mlp="gelu",
+        num_kv_heads=0,
+        tie_embeddings=True,
+        qkv_bias=True,
+        use_bias=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_choice("norm", norm, NORMS)
+        check_choice("position", position, POSITIONS)
+        check_choice("mlp", mlp, MLPS)
         self.vocabulary_size = vocabulary_size
         self.num_layers = num_layers
         self.num_heads = num_heads
@@ -55,6 +91,19 @@ class GPT(keras.Model):
         self.intermediate_dim = intermediate_dim or 4 * hidden_dim
         self.block_size = block_size
         self.dropout = dropout
+        self.norm = norm
+        self.norm_epsilon = norm_epsilon
+        self.position = position
+        self.rope_theta = rope_theta
+        self.rope_scaling_factor = rope_scaling_factor
+        self.rope_low_freq_factor = rope_low_freq_factor
+        self.rope_high_freq_factor = rope_high_freq_factor
+        self.rope_original_max_positions = rope_original_max_positions
+        self.mlp = mlp
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.tie_embeddings = tie_embeddings
+        self.qkv_bias = qkv_bias
+        self.use_bias = use_bias
 
         # === Layers ===
         init = normal()
@@ -62,10 +111,12 @@ class GPT(keras.Model):
             vocabulary_size, hidden_dim, embeddings_initializer=init,
             dtype=self.dtype_policy, name="token_embedding",
         )
-        self.position_embedding = keras.layers.Embedding(
-            block_size, hidden_dim, embeddings_initializer=init,
-            dtype=self.dtype_policy, name="position_embedding",
-        )
+        self.position_embedding = None
+        if position == "learned":
+            self.position_embedding = keras.layers.Embedding(
+                block_size, hidden_dim, embeddings_initializer=init,
+                dtype=self.dtype_policy, name="position_embedding",
+            )
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         # Per GPT-2: scale residual projections by 1/sqrt(2 * num_layers).
         output_stddev = 0.02 / math.sqrt(2 * num_layers)
@@ -76,12 +127,20 @@ class GPT(keras.Model):
             block = TransformerBlock(
                 num_heads, hidden_dim, self.intermediate_dim, dropout=dropout,
                 causal=True, output_stddev=output_stddev,
+                layer_norm_epsilon=norm_epsilon, norm=norm, mlp=mlp,
+                num_kv_heads=self.num_kv_heads, rope=position == "rope",
+                qkv_bias=qkv_bias, use_bias=use_bias,
                 dtype=self.dtype_policy, name=f"block_{i}",
+                **{name: getattr(self, name) for name in ROPE_ARGS},
             )
             setattr(self, f"block_{i}", block)
-        self.final_norm = keras.layers.LayerNormalization(
-            epsilon=1e-5, dtype=self.dtype_policy, name="final_norm"
-        )
+        self.final_norm = make_norm(norm, norm_epsilon, self.dtype_policy, "final_norm")
+        self.lm_head = None
+        if not tie_embeddings:
+            self.lm_head = keras.layers.Dense(
+                vocabulary_size, use_bias=False, kernel_initializer=init,
+                dtype=self.dtype_policy, name="lm_head",
+            )
 
     @property
     def blocks(self):
@@ -89,20 +148,29 @@ class GPT(keras.Model):
 
     def build(self, input_shape=None):
         self.token_embedding.build((None, None))
-        self.position_embedding.build((None, None))
+        if self.position_embedding is not None:
+            self.position_embedding.build((None, None))
         for block in self.blocks:
             block.build((None, None, self.hidden_dim))
         self.final_norm.build((None, None, self.hidden_dim))
+        if self.lm_head is not None:
+            self.lm_head.build((None, None, self.hidden_dim))
         self.built = True
 
     def _embed(self, token_ids, start, training):
-        length = ops.shape(token_ids)[1]
-        positions = ops.arange(length) + ops.cast(start, "int32")
-        x = self.token_embedding(token_ids) + self.position_embedding(positions)[None]
+        x = self.token_embedding(token_ids)  # [B, T, C]
+        if self.position_embedding is not None:
+            # With rope, positions enter each block's attention instead.
+            length = ops.shape(token_ids)[1]
+            positions = ops.arange(length) + ops.cast(start, "int32")
+            x = x + self.position_embedding(positions)[None]
         return self.embedding_dropout(x, training=training)
 
     def _lm_head(self, x):
-        """[B, T, C] -> float32 logits [B, T, V], weights tied to the embedding."""
+        """[B, T, C] -> float32 logits [B, T, V], weights tied to the embedding
+        (or the separate `lm_head` when `tie_embeddings` is False)."""
+        if self.lm_head is not None:
+            return ops.cast(self.lm_head(x), "float32")
         embeddings = ops.cast(self.token_embedding.embeddings, x.dtype)
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         flat = ops.reshape(x, (-1, self.hidden_dim))
@@ -118,9 +186,10 @@ class GPT(keras.Model):
         return self._lm_head(self.final_norm(x))
 
     def build_cache(self, batch_size, max_length):
-        """Zeros for every layer's keys and values: [B, L, 2, S, H, D]."""
+        """Zeros for every layer's keys and values: [B, L, 2, S, K, D], K the
+        key/value heads (num_kv_heads)."""
         head_dim = self.hidden_dim // self.num_heads
-        shape = (batch_size, self.num_layers, 2, max_length, self.num_heads, head_dim)
+        shape = (batch_size, self.num_layers, 2, max_length, self.num_kv_heads, head_dim)
         return ops.zeros(shape, dtype=self.compute_dtype)
 
     def call_with_cache(self, token_ids, cache, cache_update_index):
@@ -139,7 +208,7 @@ class GPT(keras.Model):
         """Parameter count; by default without position embeddings, as in
         nanoGPT (the token embedding is tied to the head, so it counts)."""
         total = sum(int(math.prod(w.shape)) for w in self.weights)
-        if non_embedding:
+        if non_embedding and self.position_embedding is not None:
             total -= int(math.prod(self.position_embedding.embeddings.shape))
         return total
 
@@ -153,5 +222,18 @@ class GPT(keras.Model):
             intermediate_dim=self.intermediate_dim,
             block_size=self.block_size,
             dropout=self.dropout,
+            norm=self.norm,
+            norm_epsilon=self.norm_epsilon,
+            position=self.position,
+            rope_theta=self.rope_theta,
+            rope_scaling_factor=self.rope_scaling_factor,
+            rope_low_freq_factor=self.rope_low_freq_factor,
+            rope_high_freq_factor=self.rope_high_freq_factor,
+            rope_original_max_positions=self.rope_original_max_positions,
+            mlp=self.mlp,
+            num_kv_heads=self.num_kv_heads,
+            tie_embeddings=self.tie_embeddings,
+            qkv_bias=self.qkv_bias,
+            use_bias=self.use_bias,
         )
         return config

@@ -1,12 +1,20 @@
 """Transformer layers: causal self-attention with a KV cache, and a pre-norm block.
 
+Besides GPT-2's layout (the defaults) the layers take what Llama- and
+Qwen2-style checkpoints need: RMSNorm, rotary position embeddings (with
+Llama 3's frequency scaling), a SwiGLU MLP, grouped-query attention and
+optional biases.
+
 Shape letters used throughout: B batch, T query length, S key length (the
-cache length when generating), H heads, D head width, C = H * D model width.
+cache length when generating), H query heads, K key/value heads (H for
+multi-head attention, fewer for grouped-query), D head width, C = H * D model
+width, F MLP width.
 """
 
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -24,6 +32,114 @@ def _check_heads(num_heads, hidden_dim):
         )
 
 
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "swiglu")
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"{name} must be one of {', '.join(choices)}. Received: {name}={value!r}"
+        )
+
+
+def _check_kv_heads(num_heads, num_kv_heads):
+    if num_kv_heads <= 0 or num_heads % num_kv_heads:
+        raise ValueError(
+            "num_heads must be divisible by num_kv_heads. Received: "
+            f"num_heads={num_heads}, num_kv_heads={num_kv_heads}"
+        )
+
+
+@keras.saving.register_keras_serializable(package="tfchat")
+class RMSNorm(keras.layers.Layer):
+    """Root-mean-square normalization (Llama, Qwen2): x / rms(x) * scale, with
+    no mean subtraction and no bias; computed in float32 under mixed precision.
+
+    Args:
+        epsilon: float. Added to the mean square before the square root.
+
+    Call: x [..., C] -> [..., C] in the compute dtype.
+    """
+
+    def __init__(self, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(
+            name="scale", shape=(input_shape[-1],), initializer="ones",
+            dtype=self.variable_dtype,
+        )
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        mean_square = ops.mean(ops.square(x), axis=-1, keepdims=True)  # [..., 1]
+        x = x * ops.rsqrt(mean_square + self.epsilon)
+        return ops.cast(x * ops.cast(self.scale, "float32"), self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon)
+        return config
+
+
+def make_norm(kind, epsilon, dtype, name):
+    """A `layernorm` (GPT-2) or `rmsnorm` (Llama) layer, not yet built."""
+    check_choice("norm", kind, NORMS)
+    if kind == "rmsnorm":
+        return RMSNorm(epsilon=epsilon, dtype=dtype, name=name)
+    return keras.layers.LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)
+
+
+def rope_inverse_frequencies(
+    head_dim,
+    theta=10000.0,
+    scaling_factor=1.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_positions=8192,
+):
+    """The D/2 rotary inverse frequencies theta^(-2i/D), float32 numpy.
+
+    With `scaling_factor != 1`, Llama 3's rope scaling: frequencies whose
+    wavelength exceeds `original_max_positions / low_freq_factor` are divided
+    by `scaling_factor`, those shorter than `original_max_positions /
+    high_freq_factor` stay, and the ones between are interpolated smoothly
+    (the formula of Llama 3.1 and keras-hub's `LlamaRotaryEmbedding`).
+    """
+    exponent = np.arange(0, head_dim, 2, dtype="float32") / np.float32(head_dim)
+    inverse = (1.0 / np.power(np.float32(theta), exponent)).astype("float32")
+    if scaling_factor == 1.0:
+        return inverse
+    low_freq_wavelength = original_max_positions / low_freq_factor
+    high_freq_wavelength = original_max_positions / high_freq_factor
+    wavelength = 2 * math.pi / inverse
+    scaled = np.where(wavelength > low_freq_wavelength, inverse / scaling_factor, inverse)
+    smooth = (original_max_positions / wavelength - low_freq_factor) / (
+        high_freq_factor - low_freq_factor
+    )
+    smoothed = (1 - smooth) * (scaled / scaling_factor) + smooth * scaled
+    medium = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
+    return np.where(medium, smoothed, scaled).astype("float32")
+
+
+def apply_rope(x, inverse_frequencies, start):
+    """Rotates x [B, T, N, D] by the angles of positions `start .. start+T-1`
+    (the rotate-half convention of Llama/HF/keras-hub: dims i and i + D/2 form
+    a pair). Angles in float32; the result in x's dtype."""
+    length = ops.shape(x)[1]
+    positions = ops.cast(ops.arange(length) + ops.cast(start, "int32"), "float32")
+    freq = positions[:, None] * ops.convert_to_tensor(inverse_frequencies)[None, :]  # [T, D/2]
+    angles = ops.concatenate([freq, freq], axis=-1)[None, :, None, :]  # [1, T, 1, D]
+    cos = ops.cast(ops.cos(angles), x.dtype)
+    sin = ops.cast(ops.sin(angles), x.dtype)
+    x1, x2 = ops.split(x, 2, axis=-1)  # [B, T, N, D/2] each
+    rotated = ops.concatenate([-x2, x1], axis=-1)  # [B, T, N, D]
+    return x * cos + rotated * sin
+
+
 def _in_xla_context():
     # TensorFlow has no public API for this, so this uses a private helper
     # (pinned by setup.py's tensorflow range); tests/test_generate.py runs
@@ -35,7 +151,7 @@ def _in_xla_context():
 
 
 def _write_cache(cache, start, update):
-    """Writes `update` [B, T, H, D] into `cache` [B, S, H, D] at positions
+    """Writes `update` [B, T, K, D] into `cache` [B, S, K, D] at positions
     `start .. start + T - 1`; returns the new cache.
 
     Not `ops.slice_update`: with TensorFlow that is the XLA-only op
@@ -66,23 +182,35 @@ def _write_cache(cache, start, update):
 
 @keras.saving.register_keras_serializable(package="tfchat")
 class CausalSelfAttention(keras.layers.Layer):
-    """Multi-head self-attention with fused QKV and an optional causal mask.
+    """Multi-head (or grouped-query) self-attention with fused QKV and an
+    optional causal mask.
 
     Args:
-        num_heads: int. Number of attention heads H.
+        num_heads: int. Number of query heads H.
         hidden_dim: int. Model width C; must be divisible by `num_heads`.
         dropout: float. Dropout on attention probabilities and the output.
         causal: bool. Mask future positions (GPT); False for BERT.
         output_stddev: float. Init stddev of the output projection (GPT-2
             scales it by 1/sqrt(2 * num_layers) to keep the residual stream
             from growing with depth).
+        num_kv_heads: int or None. Key/value heads K (grouped-query attention:
+            each serves H / K consecutive query heads); None means H.
+        rope: bool. Rotate q and k by their positions (rotary embeddings).
+        rope_theta, rope_scaling_factor, rope_low_freq_factor,
+            rope_high_freq_factor, rope_original_max_positions: the rotary
+            frequencies, see `rope_inverse_frequencies`.
+        qkv_bias: bool. Bias on the fused q/k/v projection.
+        use_bias: bool. Bias on the output projection.
+
+    The fused `qkv` Dense is (H + 2K) * D wide: q, then k, then v.
 
     Call arguments:
         x: [B, T, C] inputs.
-        cache: optional [B, 2, S, H, D] keys and values of positions already
-            seen. When given, this call's keys/values are written into it at
-            `cache_update_index` and attention runs over all S positions
-            (query t may see keys up to `cache_update_index + t`).
+        cache: optional [B, 2, S, K, D] keys and values of positions already
+            seen (keys already rotated). When given, this call's keys/values
+            are written into it at `cache_update_index` and attention runs over
+            all S positions (query t may see keys up to `cache_update_index +
+            t`); rotary positions start at `cache_update_index`.
         cache_update_index: int scalar, position of x's first token.
         padding_mask: optional [B, S] bool/int, 1 for real keys.
 
@@ -103,20 +231,44 @@ class CausalSelfAttention(keras.layers.Layer):
         dropout=0.0,
         causal=True,
         output_stddev=0.02,
+        num_kv_heads=None,
+        rope=False,
+        rope_theta=10000.0,
+        rope_scaling_factor=1.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_positions=8192,
+        qkv_bias=True,
+        use_bias=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check_heads(num_heads, hidden_dim)
+        num_kv_heads = num_kv_heads or num_heads
+        _check_kv_heads(num_heads, num_kv_heads)
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
         self.dropout = dropout
         self.causal = causal
         self.output_stddev = output_stddev
+        self.num_kv_heads = num_kv_heads
+        self.rope = rope
+        self.rope_theta = rope_theta
+        self.rope_scaling_factor = rope_scaling_factor
+        self.rope_low_freq_factor = rope_low_freq_factor
+        self.rope_high_freq_factor = rope_high_freq_factor
+        self.rope_original_max_positions = rope_original_max_positions
+        self.qkv_bias = qkv_bias
+        self.use_bias = use_bias
         self.head_dim = hidden_dim // num_heads
+        if rope and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head width. Received: {self.head_dim}")
 
     def build(self, input_shape):
+        kv_width = self.num_kv_heads * self.head_dim
         self.qkv = keras.layers.Dense(
-            3 * self.hidden_dim,
+            self.hidden_dim + 2 * kv_width,
+            use_bias=self.qkv_bias,
             kernel_initializer=normal(0.02),
             dtype=self.dtype_policy,
             name="qkv",
@@ -124,6 +276,7 @@ class CausalSelfAttention(keras.layers.Layer):
         self.qkv.build(input_shape)
         self.proj = keras.layers.Dense(
             self.hidden_dim,
+            use_bias=self.use_bias,
             kernel_initializer=normal(self.output_stddev),
             dtype=self.dtype_policy,
             name="proj",
@@ -131,6 +284,12 @@ class CausalSelfAttention(keras.layers.Layer):
         self.proj.build(input_shape)
         self.attention_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        if self.rope:
+            self.inverse_frequencies = rope_inverse_frequencies(
+                self.head_dim, self.rope_theta, self.rope_scaling_factor,
+                self.rope_low_freq_factor, self.rope_high_freq_factor,
+                self.rope_original_max_positions,
+            )  # [D/2], a constant, not a weight
 
     def call(
         self,
@@ -141,14 +300,31 @@ class CausalSelfAttention(keras.layers.Layer):
         training=None,
     ):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        qkv = ops.reshape(
-            self.qkv(x), (batch, length, 3, self.num_heads, self.head_dim)
-        )
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, D]
+        qkv = self.qkv(x)  # [B, T, (H + 2K) * D]
+        kv_width = self.num_kv_heads * self.head_dim
+        q = ops.reshape(
+            qkv[..., : self.hidden_dim], (batch, length, self.num_heads, self.head_dim)
+        )  # [B, T, H, D]
+        k = ops.reshape(
+            qkv[..., self.hidden_dim : self.hidden_dim + kv_width],
+            (batch, length, self.num_kv_heads, self.head_dim),
+        )  # [B, T, K, D]
+        v = ops.reshape(
+            qkv[..., self.hidden_dim + kv_width :],
+            (batch, length, self.num_kv_heads, self.head_dim),
+        )  # [B, T, K, D]
+        if self.rope:
+            q = apply_rope(q, self.inverse_frequencies, cache_update_index)
+            k = apply_rope(k, self.inverse_frequencies, cache_update_index)
         if cache is not None:
-            k = _write_cache(cache[:, 0], cache_update_index, k)  # [B, S, H, D]
+            k = _write_cache(cache[:, 0], cache_update_index, k)  # [B, S, K, D]
             v = _write_cache(cache[:, 1], cache_update_index, v)
             cache = ops.stack([k, v], axis=1)
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            # Key/value head j serves query heads j * groups .. (j + 1) * groups - 1.
+            k = ops.repeat(k, groups, axis=2)  # [B, S, H, D]
+            v = ops.repeat(v, groups, axis=2)
         q = ops.transpose(q, (0, 2, 1, 3))  # [B, H, T, D]
         k = ops.transpose(k, (0, 2, 3, 1))  # [B, H, D, S]
         v = ops.transpose(v, (0, 2, 1, 3))  # [B, H, S, D]
@@ -190,19 +366,40 @@ class CausalSelfAttention(keras.layers.Layer):
             dropout=self.dropout,
             causal=self.causal,
             output_stddev=self.output_stddev,
+            num_kv_heads=self.num_kv_heads,
+            rope=self.rope,
+            rope_theta=self.rope_theta,
+            rope_scaling_factor=self.rope_scaling_factor,
+            rope_low_freq_factor=self.rope_low_freq_factor,
+            rope_high_freq_factor=self.rope_high_freq_factor,
+            rope_original_max_positions=self.rope_original_max_positions,
+            qkv_bias=self.qkv_bias,
+            use_bias=self.use_bias,
         )
         return config
 
 
+# The rotary settings a block hands to its attention unchanged.
+ROPE_ARGS = (
+    "rope_theta", "rope_scaling_factor", "rope_low_freq_factor",
+    "rope_high_freq_factor", "rope_original_max_positions",
+)
+
+
 @keras.saving.register_keras_serializable(package="tfchat")
 class TransformerBlock(keras.layers.Layer):
-    """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
+    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
 
     Args:
         num_heads, hidden_dim, dropout, causal: as in `CausalSelfAttention`.
-        intermediate_dim: int. Width of the MLP's hidden layer.
+        intermediate_dim: int. Width F of the MLP's hidden layer.
         output_stddev: float. Init stddev of both residual projections.
-        layer_norm_epsilon: float.
+        layer_norm_epsilon: float. Epsilon of both norms.
+        norm: "layernorm" (GPT-2) | "rmsnorm" (Llama, Qwen2).
+        mlp: "gelu" (GPT-2: mlp_out(gelu(mlp_in(x)))) | "swiglu" (Llama:
+            mlp_out(silu(mlp_gate(x)) * mlp_in(x)), SiLU in float32).
+        num_kv_heads, rope, rope_*, qkv_bias: as in `CausalSelfAttention`.
+        use_bias: bool. Bias on the attention output and the MLP's layers.
 
     Call arguments are those of `CausalSelfAttention`; returns [B, T, C], or
     ([B, T, C], cache) when a cache is given.
@@ -217,11 +414,26 @@ class TransformerBlock(keras.layers.Layer):
         causal=True,
         output_stddev=0.02,
         layer_norm_epsilon=1e-5,
+        norm="layernorm",
+        mlp="gelu",
+        num_kv_heads=None,
+        rope=False,
+        rope_theta=10000.0,
+        rope_scaling_factor=1.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_positions=8192,
+        qkv_bias=True,
+        use_bias=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         # Fail at construction, not at the first call that builds attention.
         _check_heads(num_heads, hidden_dim)
+        num_kv_heads = num_kv_heads or num_heads
+        _check_kv_heads(num_heads, num_kv_heads)
+        check_choice("norm", norm, NORMS)
+        check_choice("mlp", mlp, MLPS)
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
@@ -229,12 +441,21 @@ class TransformerBlock(keras.layers.Layer):
         self.causal = causal
         self.output_stddev = output_stddev
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.norm = norm
+        self.mlp = mlp
+        self.num_kv_heads = num_kv_heads
+        self.rope = rope
+        self.rope_theta = rope_theta
+        self.rope_scaling_factor = rope_scaling_factor
+        self.rope_low_freq_factor = rope_low_freq_factor
+        self.rope_high_freq_factor = rope_high_freq_factor
+        self.rope_original_max_positions = rope_original_max_positions
+        self.qkv_bias = qkv_bias
+        self.use_bias = use_bias
 
     def build(self, input_shape):
         def norm(name):
-            layer = keras.layers.LayerNormalization(
-                epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
-            )
+            layer = make_norm(self.norm, self.layer_norm_epsilon, self.dtype_policy, name)
             layer.build(input_shape)
             return layer
 
@@ -245,24 +466,29 @@ class TransformerBlock(keras.layers.Layer):
             dropout=self.dropout,
             causal=self.causal,
             output_stddev=self.output_stddev,
+            num_kv_heads=self.num_kv_heads,
+            rope=self.rope,
+            qkv_bias=self.qkv_bias,
+            use_bias=self.use_bias,
             dtype=self.dtype_policy,
             name="attention",
+            **{name: getattr(self, name) for name in ROPE_ARGS},
         )
         self.attention.build(input_shape)
         self.mlp_norm = norm("mlp_norm")
-        self.mlp_in = keras.layers.Dense(
-            self.intermediate_dim,
-            kernel_initializer=normal(0.02),
-            dtype=self.dtype_policy,
-            name="mlp_in",
-        )
+
+        def dense(width, stddev, name):
+            return keras.layers.Dense(
+                width, use_bias=self.use_bias, kernel_initializer=normal(stddev),
+                dtype=self.dtype_policy, name=name,
+            )
+
+        if self.mlp == "swiglu":
+            self.mlp_gate = dense(self.intermediate_dim, 0.02, "mlp_gate")
+            self.mlp_gate.build(input_shape)
+        self.mlp_in = dense(self.intermediate_dim, 0.02, "mlp_in")  # SwiGLU's "up"
         self.mlp_in.build(input_shape)
-        self.mlp_out = keras.layers.Dense(
-            self.hidden_dim,
-            kernel_initializer=normal(self.output_stddev),
-            dtype=self.dtype_policy,
-            name="mlp_out",
-        )
+        self.mlp_out = dense(self.hidden_dim, self.output_stddev, "mlp_out")  # "down"
         self.mlp_out.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
         self.mlp_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
@@ -279,8 +505,13 @@ class TransformerBlock(keras.layers.Layer):
         if cache is not None:
             attended, cache = attended
         x = x + attended
-        # GPT-2's tanh approximation of GELU: cheaper, and what GPT-2 trained with.
-        hidden = keras.activations.gelu(self.mlp_in(self.mlp_norm(x)), approximate=True)
+        normed = self.mlp_norm(x)
+        if self.mlp == "swiglu":
+            gate = ops.silu(ops.cast(self.mlp_gate(normed), "float32"))  # [B, T, F]
+            hidden = ops.cast(gate, self.compute_dtype) * self.mlp_in(normed)
+        else:
+            # GPT-2's tanh approximation of GELU: cheaper, and what GPT-2 trained with.
+            hidden = keras.activations.gelu(self.mlp_in(normed), approximate=True)
         x = x + self.mlp_dropout(self.mlp_out(hidden), training=training)
         if cache is not None:
             return x, cache
@@ -296,5 +527,12 @@ class TransformerBlock(keras.layers.Layer):
             causal=self.causal,
             output_stddev=self.output_stddev,
             layer_norm_epsilon=self.layer_norm_epsilon,
+            norm=self.norm,
+            mlp=self.mlp,
+            num_kv_heads=self.num_kv_heads,
+            rope=self.rope,
+            qkv_bias=self.qkv_bias,
+            use_bias=self.use_bias,
+            **{name: getattr(self, name) for name in ROPE_ARGS},
         )
         return config

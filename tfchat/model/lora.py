@@ -28,20 +28,26 @@ _TARGETS = {
     "proj": lambda block: block.attention.proj,
     "mlp_in": lambda block: block.mlp_in,
     "mlp_out": lambda block: block.mlp_out,
+    # SwiGLU's gate projection (blocks with mlp="swiglu" only).
+    "mlp_gate": lambda block: block.mlp_gate,
 }
+# What enable_lora adapts when no targets are named.
+DEFAULT_TARGETS = ("qkv", "proj", "mlp_in", "mlp_out")
 
 
-def target_layers(backbone, targets=tuple(_TARGETS)):
+def target_layers(backbone, targets=DEFAULT_TARGETS):
     """The Dense layers named by `targets` in every block of `backbone`."""
     unknown = [t for t in targets if t not in _TARGETS]
     if unknown:
         raise ValueError(
             f"LoRA targets must be among {', '.join(_TARGETS)}. Received: {unknown}"
         )
+    if "mlp_gate" in targets and any(block.mlp != "swiglu" for block in backbone.blocks):
+        raise ValueError("LoRA target mlp_gate needs a backbone with mlp='swiglu'.")
     return [_TARGETS[t](block) for block in backbone.blocks for t in targets]
 
 
-def enable_lora(backbone, rank, alpha=0.0, targets=tuple(_TARGETS)):
+def enable_lora(backbone, rank, alpha=0.0, targets=DEFAULT_TARGETS):
     """Adds rank-`rank` adapters to the target layers of a built backbone and
     freezes every other weight. Returns the adapter variables."""
     adapters = []

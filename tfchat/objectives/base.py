@@ -72,6 +72,19 @@ def training_texts(corpus):
     return corpus.iter_texts("train")
 
 
+# The decoder options of `config.model` that only the GPT takes.
+DECODER_OPTIONS = (
+    "norm", "norm_epsilon", "position", "rope_theta", "rope_scaling_factor",
+    "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions",
+    "mlp", "num_kv_heads", "tie_embeddings", "qkv_bias", "use_bias",
+)
+
+
+def decoder_args(config):
+    """The GPT's decoder options from `config.model` (defaults: GPT-2)."""
+    return {name: getattr(config.model, name) for name in DECODER_OPTIONS}
+
+
 def backbone_args(config, vocabulary_size):
     """What GPT and BertEncoder both take from `config.model`."""
     m = config.model
@@ -91,7 +104,9 @@ def build_causal_lm(config, vocabulary_size, labels=None, forward_pass=True):
     """A `CausalLM` over a `GPT`, built with weights: by a forward pass on
     zeros, or by `GPT.build` alone (`forward_pass=False`, enough to restore
     weights and generate; `tfchat.run.build_model`)."""
-    backbone = GPT(**backbone_args(config, vocabulary_size), name="gpt")
+    backbone = GPT(
+        **backbone_args(config, vocabulary_size), **decoder_args(config), name="gpt"
+    )
     model = CausalLM(
         backbone, grad_accumulation_steps=config.train.grad_accumulation_steps,
         dtype=config.train.precision, name="causal_lm",
