@@ -30,6 +30,7 @@ from tfchat.data.files import write_json_atomic
 from tfchat.data.tokenizer import load_tokenizer
 from tfchat.errors import TfchatError
 from tfchat.model.lora import enable_lora, merge_lora
+from tfchat.objectives.base import DECODER_OPTIONS
 
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -43,11 +44,7 @@ EVALUATION_FILE = "evaluation.json"
 SCRATCH_DIR = "tmp"
 # The model fields an `init_from` run must share with the run it starts.
 _ARCHITECTURE = (
-    "num_layers", "num_heads", "hidden_dim", "intermediate_dim", "block_size",
-    # The decoder options (tfchat.objectives.base.DECODER_OPTIONS).
-    "norm", "norm_epsilon", "position", "rope_theta", "rope_scaling_factor",
-    "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions",
-    "mlp", "num_kv_heads", "tie_embeddings", "qkv_bias", "use_bias",
+    "num_layers", "num_heads", "hidden_dim", "intermediate_dim", "block_size", *DECODER_OPTIONS,
 )
 
 

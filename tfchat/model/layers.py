@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tfchat.config import MLPS, NORMS, POSITIONS
+
 
 def normal(stddev=0.02):
     """GPT-2's and BERT's initializer for every matmul and embedding."""
@@ -32,9 +34,6 @@ def _check_heads(num_heads, hidden_dim):
         )
 
 
-NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("learned", "rope")
-MLPS = ("gelu", "swiglu")
 
 
 def check_choice(name, value, choices):
