@@ -124,33 +124,6 @@ def test_layout_of_a_llama_style_gpt():
     assert tuple(gpt.build_cache(2, T).shape) == (2, 2, 2, T, 2, 8)  # [B, L, 2, S, K, D]
 
 
-@pytest.mark.parametrize("overrides", [{}, {"num_kv_heads": 1, "rope_scaling_factor": 8.0,
-                                            "rope_original_max_positions": 64}])
-def test_call_with_cache_token_by_token_matches_full_pass(overrides):
-    gpt = make_llama(**overrides)
-    ids = token_ids()
-    full = gpt(ids).numpy()
-    cache = gpt.build_cache(batch_size=2, max_length=T)
-    steps = []
-    for t in range(ids.shape[1]):
-        logits, cache = gpt.call_with_cache(ids[:, t : t + 1], cache, t)
-        steps.append(logits.numpy())
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)
-
-
-def test_call_with_cache_prefill_then_steps_in_tf_function():
-    gpt = make_llama()
-    ids = token_ids(length=10)
-    full = gpt(ids).numpy()
-    step = tf.function(gpt.call_with_cache)
-    cache = gpt.build_cache(batch_size=2, max_length=T)
-    logits, cache = step(ids[:, :6], cache, tf.constant(0))
-    np.testing.assert_allclose(logits.numpy(), full[:, :6], atol=1e-4)
-    for t in range(6, 10):
-        logits, cache = step(ids[:, t : t + 1], cache, tf.constant(t))
-        np.testing.assert_allclose(logits.numpy()[:, 0], full[:, t], atol=1e-4)
-
-
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_cached_greedy_equals_uncached_greedy(jit_compile):
     from tfchat.data.tokenizer import CharTokenizer

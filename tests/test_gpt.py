@@ -12,6 +12,14 @@ KWARGS = dict(vocabulary_size=V, num_layers=2, num_heads=2, hidden_dim=32,
               block_size=T)
 
 
+# The decoder options of Llama-style checkpoints (tests/test_decoder_options.py
+# checks them against keras-hub); the cache tests below run both layouts.
+LLAMA_STYLE = dict(norm="rmsnorm", position="rope", mlp="swiglu", num_kv_heads=1,
+                   tie_embeddings=False, qkv_bias=False, use_bias=False,
+                   rope_scaling_factor=8.0, rope_original_max_positions=8)
+LAYOUTS = pytest.mark.parametrize("layout", [{}, LLAMA_STYLE], ids=["gpt2", "llama"])
+
+
 def make_gpt(seed=0, **kwargs):
     keras.utils.set_random_seed(seed)
     gpt = GPT(**{**KWARGS, **kwargs})
@@ -80,12 +88,14 @@ def test_save_and_load_keras_file(tmp_path):
     np.testing.assert_allclose(loaded(ids).numpy(), gpt(ids).numpy(), atol=1e-5)
 
 
-def test_call_with_cache_token_by_token_matches_full_pass():
-    gpt = make_gpt()
+@LAYOUTS
+def test_call_with_cache_token_by_token_matches_full_pass(layout):
+    gpt = make_gpt(**layout)
     ids = token_ids(length=12)
     full = gpt(ids).numpy()
     cache = gpt.build_cache(batch_size=2, max_length=T)
-    assert tuple(cache.shape) == (2, 2, 2, T, 2, 16)
+    # [layers, B, keys and values, S, key/value heads, D]
+    assert tuple(cache.shape) == (2, 2, 2, T, layout.get("num_kv_heads", 2), 16)
     steps = []
     for t in range(ids.shape[1]):
         logits, cache = gpt.call_with_cache(ids[:, t : t + 1], cache, t)
@@ -93,8 +103,9 @@ def test_call_with_cache_token_by_token_matches_full_pass():
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)
 
 
-def test_call_with_cache_prefill_then_steps_in_tf_function():
-    gpt = make_gpt()
+@LAYOUTS
+def test_call_with_cache_prefill_then_steps_in_tf_function(layout):
+    gpt = make_gpt(**layout)
     ids = token_ids(length=10)
     full = gpt(ids).numpy()
     step = tf.function(gpt.call_with_cache)
