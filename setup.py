@@ -23,6 +23,8 @@ setup(
         "numpy>=1.26",
         "sacrebleu>=2.4,<3",
         "rouge-score>=0.1.2,<0.2",
+        # keras-hub reads and writes Hugging Face checkpoints with it (tfchat.convert).
+        "safetensors>=0.4",
     ],
     extras_require={
         # Only `python -m tfchat.serve_client --grpc` needs it (it pins

@@ -21,7 +21,12 @@ from tfchat.errors import TfchatError
 
 # Where and in what precision training runs (tfchat.train.distribute).
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# bfloat16: weights and math in bfloat16 (half the memory of a converted
+# pretrained model; `tfchat.convert --dtype bfloat16`).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "bfloat16")
+# char, bpe and wordpiece are trained on the corpus; pretrained comes with a
+# converted checkpoint (tfchat.data.tokenizer).
+TOKENIZER_KINDS = ("char", "bpe", "wordpiece", "pretrained")
 # The Dense layers of a block that LoRA can adapt.
 # mlp_gate exists only with model.mlp swiglu, so it is not a default target.
 LORA_TARGETS = ("qkv", "proj", "mlp_in", "mlp_out", "mlp_gate")
@@ -72,7 +77,8 @@ class TokenizerConfig:
     # beat char with 128-token blocks on validation BLEU and ROUGE-L, in half
     # the CPU time (issue 4's benchmarks).
     kind: str = _field(
-        "bpe", "char | bpe (SentencePiece BPE) | wordpiece (for mlm/classify)."
+        "bpe", "char | bpe (SentencePiece BPE) | wordpiece (for mlm/classify) | "
+        "pretrained (a converted checkpoint's own; set by tfchat.convert)."
     )
     vocab_size: int = _field(
         1000,
@@ -119,6 +125,11 @@ class ModelConfig:
     qkv_bias: bool = _field(True, "Bias on the q/k/v projection (GPT-2, Qwen2; not Llama).")
     use_bias: bool = _field(
         True, "Bias on the other Dense layers (GPT-2; not Llama or Qwen2)."
+    )
+    max_positions: int = _field(
+        0,
+        "The longest context a converted pretrained checkpoint was trained "
+        "for (set by tfchat.convert); block_size may not exceed it. 0 = no limit.",
     )
     lora_rank: int = _field(
         0,
@@ -173,7 +184,8 @@ class TrainConfig:
     )
     precision: str = _field(
         "float32",
-        "float32 | mixed_bfloat16 | mixed_float16 (loss-scaled). On a CPU with "
+        "float32 | mixed_bfloat16 | mixed_float16 (loss-scaled) | bfloat16 "
+        "(weights too: half the memory). On a CPU with "
         "AVX512-BF16, mixed_bfloat16 with jit_compile false trained the large "
         "shakespeare shape 1.36x faster than float32 (TensorFlow's oneDNN "
         "kernels; XLA's CPU matmuls gain nothing from bfloat16).",
@@ -250,8 +262,10 @@ class Config:
     )
     init_from: str = _field(
         "",
-        "Start from the weights of this run folder (fine-tuning); its "
-        "tokenizer and model shape are reused.",
+        "Start from the weights of this run folder (fine-tuning), or of a "
+        "pretrained checkpoint (keras-hub preset or Hugging Face directory, "
+        "hf:// or kaggle:// handle; converted into <runs_dir>/pretrained/ "
+        "first); its tokenizer and model shape are reused.",
     )
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -450,7 +464,7 @@ def validate(config):
     an objective needs of the config is checked by `tfchat.objectives.check`."""
     m, t = config.model, config.train
     checks = [
-        (config.tokenizer.kind in ("char", "bpe", "wordpiece"), "tokenizer.kind must be char, bpe or wordpiece"),
+        (config.tokenizer.kind in TOKENIZER_KINDS, f"tokenizer.kind must be one of {', '.join(TOKENIZER_KINDS)}"),
         (t.strategy in STRATEGIES, f"train.strategy must be one of {', '.join(STRATEGIES)}"),
         (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
         (0 < config.mlm.mask_rate < 1, "mlm.mask_rate must be between 0 and 1"),
@@ -467,6 +481,11 @@ def validate(config):
         (m.num_layers > 0 and m.num_heads > 0, "model.num_layers and model.num_heads must be positive"),
         (m.hidden_dim % m.num_heads == 0, "model.hidden_dim must be divisible by model.num_heads"),
         (m.block_size > 0, "model.block_size must be positive"),
+        (
+            not m.max_positions or m.block_size <= m.max_positions,
+            f"model.block_size {m.block_size} exceeds the {m.max_positions} tokens the "
+            "pretrained checkpoint was trained for (model.max_positions)",
+        ),
         (m.norm in NORMS, f"model.norm must be one of {', '.join(NORMS)}"),
         (m.position in POSITIONS, f"model.position must be one of {', '.join(POSITIONS)}"),
         (m.mlp in MLPS, f"model.mlp must be one of {', '.join(MLPS)}"),

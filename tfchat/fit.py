@@ -12,6 +12,12 @@ overrides:
     python -m tfchat.fit --name my_run --resume      # continue a stopped run
     python -m tfchat.fit --init_from runs/my_run --data.path chats.jsonl \\
         --model.lora_rank 8 --name my_chat           # chat fine-tuning, LoRA
+    python -m tfchat.fit --init_from ./SmolLM2-135M --data.path chats.jsonl \
+        --model.lora_rank 8 --model.block_size 256   # from a pretrained model
+
+`--init_from` takes a run folder, or a pretrained checkpoint (a keras-hub
+preset or Hugging Face directory, or an hf:// / kaggle:// handle), which is
+first converted into runs/pretrained/ (`python -m tfchat.convert --help`).
 
 Masked-LM pretraining, then classification fine-tuning from it:
 
@@ -61,9 +67,12 @@ def make_config(args):
     if config.init_from:
         # Fine-tuning keeps the pretrained run's model shape and tokenizer
         # unless the command line says otherwise (then `train` explains).
+        from tfchat.pretrained import init_from_run
         from tfchat.run import load_config
 
-        saved = load_config(config.init_from).to_dict()
+        # A checkpoint that is not a tfchat run yet is converted first.
+        overrides["init_from"] = init_from_run(config.init_from, config.runs_dir)
+        saved = load_config(overrides["init_from"]).to_dict()
         base = {"model": saved["model"], "tokenizer": saved["tokenizer"]}
         config = config_lib.build_config(args.config, overrides, base=base)
     return config

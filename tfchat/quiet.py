@@ -72,6 +72,9 @@ _INFO_NOTICES = (
     _PREFIX + rb"cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized",
     rb"To enable the following instructions: .*rebuild TensorFlow with the appropriate",
     rb"normalizer\.cc\(\d+\) LOG\(INFO\) precompiled_charsmap is empty",
+    # Logged at error level, but only says an int64 op (keras-hub's
+    # tokenizer lookups) runs on Eigen instead of oneDNN.
+    _PREFIX + rb"util\.cc:\d+\] oneDNN supports DT_INT64 only on platforms with AVX-512",
 )
 _NO_DRIVER_NOTICE = _PREFIX + rb"cudart_stub\.cc:\d+\] Could not find cuda drivers"
 _CUINIT_ERROR = _PREFIX + rb"cuda_platform\.cc:\d+\] failed call to cuInit"

@@ -112,7 +112,11 @@ def encode_conversations(tokenizer, conversations, max_tokens=None, add_generati
     # One tokenizer call for all the text: per-message calls would dominate
     # the time to prepare a dialogue corpus.
     content_ids = tokenizer.tokenize(tf.constant(contents, tf.string)).to_list() if contents else []
-    end_id = tokenizer.token_id(END_OF_TURN)
+    end_ids = tokenizer.marker_ids(END_OF_TURN)
+    marker_ids = {role: tokenizer.marker_ids(MARKERS[role]) for role in ROLES}
+    # A pretrained family's start token opens every conversation.
+    start = list(tokenizer.start_ids)
+    budget = None if max_tokens is None else max_tokens - len(start)
     encoded, position = [], 0
     for messages in conversations:
         turns = []
@@ -127,12 +131,23 @@ def encode_conversations(tokenizer, conversations, max_tokens=None, add_generati
                 turns.pop()
         roles = [role for role, _ in turns]
         for index, (role, body) in enumerate(turns):
-            ids = [tokenizer.token_id(MARKERS[role])] + body + [end_id]
+            marker = marker_ids[role]
+            ids = marker + body + end_ids
             learn = int(role == "assistant" and not add_generation_prompt)
-            turns[index] = (ids, [0] + [learn] * (len(ids) - 1))
-        suffix = [tokenizer.token_id(MARKERS["assistant"])] if add_generation_prompt else []
-        encoded.append(_fit(turns, roles, suffix, max_tokens, add_generation_prompt))
+            turns[index] = (ids, [0] * len(marker) + [learn] * (len(ids) - len(marker)))
+        suffix = marker_ids["assistant"] if add_generation_prompt else []
+        fitted = _fit(turns, roles, suffix, budget, add_generation_prompt)
+        fitted.ids, fitted.weights = start + fitted.ids, [0] * len(start) + fitted.weights
+        encoded.append(fitted)
     return encoded
+
+
+def chat_stop_ids(tokenizer):
+    """The ids a reply ends at: the tokenizer's end tokens, and `<|end|>`
+    where it is one token (tfchat's vocabularies; in a pretrained one it is
+    several, and generation stops at its text instead)."""
+    end = tokenizer.marker_ids(END_OF_TURN)
+    return tuple(tokenizer.stop_ids) + (tuple(end) if len(end) == 1 else ())
 
 
 def _fit(turns, roles, suffix, max_tokens, keep_end):

@@ -33,17 +33,31 @@ def tokenize_texts(texts, tokenizer, add_eos=False):
     """Dataset of strings -> dataset of 1-D int32 id chunks.
 
     With `add_eos`, each string is a document and gets `tokenizer.eos_id`
-    after it, so packed blocks show the model where documents end.
+    after it, so packed blocks show the model where documents end (and the
+    family's start token before it, for a pretrained tokenizer that has one).
     """
 
     def tokenize(batch):
-        ids = tokenizer.tokenize(batch)  # [n, None]
         if add_eos:
+            ids = tokenizer.tokenize_prompts(batch)  # [n, None]
             eos = tf.fill([tf.shape(batch)[0], 1], tf.constant(tokenizer.eos_id, tf.int32))
             ids = tf.concat([ids, eos], axis=1)
+        else:
+            ids = tokenizer.tokenize(batch)
         return ids.flat_values
 
-    return texts.batch(_TOKENIZE_BATCH).map(tokenize, num_parallel_calls=AUTOTUNE)
+    chunks = texts.batch(_TOKENIZE_BATCH).map(tokenize, num_parallel_calls=AUTOTUNE)
+    if tokenizer.caches_in_graph:
+        # keras-hub's BPE memoizes each word's pieces in a hash table, a
+        # stateful op that iterator checkpoints refuse by default. The table
+        # only caches a pure function of the text, so nothing is lost when a
+        # checkpoint leaves it out (a restored iterator yields the same ids).
+        options = tf.data.Options()
+        options.experimental_external_state_policy = (
+            tf.data.experimental.ExternalStatePolicy.IGNORE
+        )
+        chunks = chunks.with_options(options)
+    return chunks
 
 
 def _deterministic_prefetch(ds):

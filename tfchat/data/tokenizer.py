@@ -1,6 +1,6 @@
 """Build a vocabulary from the corpus and tokenize inside the TensorFlow graph.
 
-Three tokenizers share one interface (`tokenize`, `detokenize`, `save`, ids
+Four tokenizers share one interface (`tokenize`, `detokenize`, `save`, ids
 of the special tokens):
   * `CharTokenizer`: one id per character seen in training text; lookups are
     a `tf.lookup.StaticHashTable`, so they export with the model.
@@ -12,7 +12,10 @@ of the special tokens):
     and run in-graph by `tensorflow_text.FastBertTokenizer`. It splits text
     into words and punctuation, so `detokenize` gives the words back joined
     by single spaces, not the exact text.
-All reserve the same special tokens at the same ids, so the rest of tfchat
+  * `PretrainedTokenizer`: a pretrained checkpoint's own tokenizer
+    (keras-hub's byte-level BPE or SentencePiece layer), with that family's
+    start and end tokens; made by `python -m tfchat.convert`, never trained.
+tfchat's own three reserve the same special tokens at the same ids, so the rest of tfchat
 never asks which one it has. Char and BPE also read the chat markers
 (`<|user|>`, ...) in text as their single ids; WordPiece, which serves only
 the encoder objectives (mlm, classify), splits them like any punctuation.
@@ -35,9 +38,11 @@ import json
 import os
 import re
 
+import keras
 import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
+from keras_hub.src.utils.tensor_utils import no_convert_scope
 from keras_hub.tokenizers import compute_word_piece_vocabulary
 from tensorflow_text.python.ops import sentencepiece_tokenizer as sp_ops
 
@@ -81,6 +86,39 @@ class Tokenizer(tf.Module):
     def token_id(self, token):
         """The id of a special token, e.g. `token_id("<|user|>")`."""
         return SPECIAL_TOKENS.index(token)
+
+    # Whether tokenizing writes a cache in the graph (keras-hub's BPE does;
+    # tfchat.data.pipeline then lets iterator checkpoints leave it out).
+    caches_in_graph = False
+
+    # What a sequence starts with (a pretrained family's start token; tfchat's
+    # own vocabularies start with nothing) and the ids generation stops at.
+    start_ids = ()
+
+    @property
+    def stop_ids(self):
+        return (self.eos_id,)
+
+    @property
+    def first_id(self):
+        """The id read before a text's first token, so that token is
+        predicted too: the start token where there is one, else the end of
+        a previous document."""
+        return self.start_ids[0] if self.start_ids else self.eos_id
+
+    def tokenize_prompts(self, strings):
+        """[B] strings -> ragged [B, None] ids, each row after `start_ids`:
+        prompts as the model saw text begin in training."""
+        ids = self.tokenize(strings)
+        if not self.start_ids:
+            return ids
+        starts = tf.fill([ids.nrows(), len(self.start_ids)], tf.constant(self.start_ids[0], tf.int32))
+        return tf.concat([tf.RaggedTensor.from_tensor(starts), ids], axis=1)
+
+    def marker_ids(self, marker):
+        """The ids of a chat marker (`<|user|>`, `<|end|>`, ...): one
+        reserved id here, the marker's text pieces in a pretrained vocabulary."""
+        return [self.token_id(marker)]
 
     def special_tokens(self):
         """{name: id} of every special token (for export metadata)."""
@@ -407,6 +445,122 @@ class WordPieceTokenizer(Tokenizer):
         )
 
 
+class PretrainedTokenizer(Tokenizer):
+    """A pretrained checkpoint's own tokenizer: keras-hub's byte-level BPE
+    (GPT-2, Llama 3, Qwen2) or SentencePiece (Llama 2) layer, run inside the
+    graph, as keras-hub's preprocessors run it in `tf.data`.
+
+    Its special tokens are the family's: `bos_id` is the start token (None
+    where the family has none, as Qwen2), `eos_id` the end token, and
+    `stop_ids` every end token (Llama 3 also ends a turn with <|eot_id|>).
+    tfchat's chat markers are not in a pretrained vocabulary; they tokenize
+    as their text (`marker_ids`).
+
+    Saved as keras-hub saves a tokenizer in a preset (its config and assets)
+    in `keras_hub/`, beside tfchat's `tokenizer.json`.
+
+    Example:
+    ```python
+    tokenizer = PretrainedTokenizer(keras_hub.tokenizers.Tokenizer.from_preset(path))
+    tokenizer.tokenize(tf.constant(["Hello"]))        # RaggedTensor [1, None]
+    ```
+    """
+
+    kind = "pretrained"
+    caches_in_graph = True
+    _PRESET_DIR = "keras_hub"
+
+    def __init__(self, hub_tokenizer, name="pretrained_tokenizer"):
+        super().__init__(name=name)
+        # keras-hub runs a tokenizer eagerly through the Hugging Face
+        # `tokenizers` library when it is installed, and in TensorFlow ops
+        # inside a graph. tfchat tokenizes in the graph (tf.data, export), so
+        # it uses the TensorFlow path everywhere, eager calls included: the
+        # ids it trains on are the ids it serves with.
+        hub_tokenizer._allow_python_workflow = False
+        self.hub_tokenizer = hub_tokenizer
+        self.pad_id = int(hub_tokenizer.pad_token_id or 0)
+        start = getattr(hub_tokenizer, "start_token_id", None)
+        self.bos_id = None if start is None else int(start)
+        self.eos_id = int(hub_tokenizer.end_token_id)
+        stops = [self.eos_id]
+        second = getattr(hub_tokenizer, "end_token2_id", None)  # Llama 3's <|eot_id|>
+        if second is not None:
+            stops.append(int(second))
+        self._stop_ids = tuple(stops)
+        self.start_ids = () if self.bos_id is None else (self.bos_id,)
+        self._silent = tf.constant(sorted({*self._stop_ids, *self.start_ids}), tf.int32)
+        self._size = int(hub_tokenizer.vocabulary_size())
+
+    @property
+    def vocabulary_size(self):
+        return self._size
+
+    @property
+    def stop_ids(self):
+        return self._stop_ids
+
+    def token_id(self, token):
+        token_id = self.hub_tokenizer.token_to_id(token) if token in self.special_tokens() else None
+        if token_id is None:
+            raise ValueError(
+                f"Not a special token of this pretrained tokenizer: {token!r} "
+                f"(it has {', '.join(self.special_tokens())})"
+            )
+        return token_id
+
+    def special_tokens(self):
+        names = getattr(self.hub_tokenizer, "special_tokens", None) or []
+        return {name: int(self.hub_tokenizer.token_to_id(name)) for name in names}
+
+    def marker_ids(self, marker):
+        return self.tokenize(tf.constant(marker)).numpy().tolist()
+
+    def tokenize(self, strings):
+        strings = tf.convert_to_tensor(strings, tf.string)
+        flat = tf.reshape(strings, [-1])  # keras-hub takes a string or a vector
+        with no_convert_scope():  # keep keras-hub from turning ids into lists
+            ids = tf.cast(self.hub_tokenizer.tokenize(flat), tf.int32)
+        if strings.shape.rank == 0:
+            return ids[0]
+        for axis in reversed(range(1, strings.shape.rank)):
+            ids = tf.RaggedTensor.from_uniform_row_length(ids, tf.shape(strings, tf.int64)[axis])
+        return ids
+
+    def detokenize(self, ids):
+        # Start and end tokens render as nothing, as tfchat's <bos>/<eos> do.
+        def shown(flat):
+            return tf.reduce_all(tf.not_equal(flat[..., None], self._silent), axis=-1)
+
+        if isinstance(ids, tf.RaggedTensor):
+            ids = tf.ragged.boolean_mask(ids, tf.ragged.map_flat_values(shown, ids))
+        else:
+            ids = tf.convert_to_tensor(ids, tf.int32)
+            ids = tf.ragged.boolean_mask(ids, shown(ids))
+        with no_convert_scope():
+            return self.hub_tokenizer.detokenize(ids)
+
+    def save(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        self.hub_tokenizer.save_to_preset(os.path.join(directory, self._PRESET_DIR))
+        write_json_atomic(
+            os.path.join(directory, _CONFIG_FILE),
+            {"kind": self.kind, "preset": self._PRESET_DIR},
+            indent=None,
+        )
+
+    @classmethod
+    def load(cls, directory):
+        """Reads back what `save` wrote (keras-hub's own tokenizer config and
+        assets: a preset's tokenizer, without the rest of the preset)."""
+        with open(os.path.join(directory, _CONFIG_FILE), encoding="utf-8") as f:
+            preset = os.path.join(directory, json.load(f)["preset"])
+        with open(os.path.join(preset, _CONFIG_FILE), encoding="utf-8") as f:
+            hub_tokenizer = keras.saving.deserialize_keras_object(json.load(f))
+        hub_tokenizer.load_preset_assets(preset)
+        return cls(hub_tokenizer)
+
+
 def train_tokenizer(tokenizer_config, texts):
     """Builds the configured tokenizer from an iterable of training strings."""
     if tokenizer_config.kind == "char":
@@ -416,6 +570,11 @@ def train_tokenizer(tokenizer_config, texts):
     if tokenizer_config.kind == "wordpiece":
         return WordPieceTokenizer.train(
             texts, tokenizer_config.vocab_size, tokenizer_config.lowercase
+        )
+    if tokenizer_config.kind == "pretrained":
+        raise TfchatError(
+            "tokenizer.kind pretrained comes with a pretrained checkpoint; start from one "
+            "with init_from (python -m tfchat.convert --help lists the sources)."
         )
     raise TfchatError(
         f"Unknown tokenizer.kind {tokenizer_config.kind!r}; use char, bpe or wordpiece."
@@ -431,6 +590,8 @@ def load_tokenizer(directory):
         spec = json.load(f)
     if spec["kind"] == "char":
         return CharTokenizer(spec["characters"])
+    if spec["kind"] == "pretrained":
+        return PretrainedTokenizer.load(directory)
     if spec["kind"] == "wordpiece":
         with open(os.path.join(directory, spec["vocab_file"]), encoding="utf-8") as f:
             vocabulary = f.read().split("\n")[:-1]

@@ -19,7 +19,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from tfchat.data.chat_template import END_OF_TURN, encode_conversations
+from tfchat.data.chat_template import END_OF_TURN, chat_stop_ids, encode_conversations
 from tfchat.errors import TfchatError
 
 
@@ -181,7 +181,7 @@ class Generator:
         runs the prompt and the tokens so far through the model again
         (one parallel prefill), so chunks cost little extra."""
         context = self.backbone.block_size
-        rows = [list(p) or [self.tokenizer.eos_id] for p in prompts]
+        rows = [list(p) or [self.tokenizer.first_id] for p in prompts]
         new = [[] for _ in rows]
         done = [False] * len(rows)
         stops = set(stop_token_ids)
@@ -225,7 +225,7 @@ class Generator:
                      stop_token_ids=(), repetition_penalty=1.0):
         """prompts: list of lists of ids. Returns the new ids of each row,
         without the stop token that ended it."""
-        stops = tuple(stop_token_ids) + ((self.tokenizer.eos_id,) if stop_at_eos else ())
+        stops = tuple(stop_token_ids) + (self.tokenizer.stop_ids if stop_at_eos else ())
         new = [[] for _ in prompts]
         for gained in self.iter_generate_ids(
             prompts, max_new_tokens, sampler, stops, repetition_penalty
@@ -249,7 +249,7 @@ class Generator:
         """Strings in, generated continuations (without the prompt) out, each
         cut before the first of `stop_strings` it contains."""
         sampler = self.sampler(temperature, top_k, top_p, seed)
-        ids = self.tokenizer.tokenize(tf.constant(prompts, tf.string)).to_list()
+        ids = self.tokenizer.tokenize_prompts(tf.constant(prompts, tf.string)).to_list()
         new = self.generate_ids(
             ids, max_new_tokens, sampler, stop_at_eos, stop_token_ids, repetition_penalty
         )
@@ -262,7 +262,7 @@ class Generator:
         generated; the pieces join to what `generate` returns. Text that may
         begin a stop string is held back until it is known not to."""
         sampler = self.sampler(temperature, top_k, top_p, seed)
-        stops = tuple(stop_token_ids) + ((self.tokenizer.eos_id,) if stop_at_eos else ())
+        stops = tuple(stop_token_ids) + (self.tokenizer.stop_ids if stop_at_eos else ())
         ids, shown = [], 0
         for gained in self.iter_generate_ids(
             [prompt_ids], max_new_tokens, sampler, stops, repetition_penalty, chunk_tokens
@@ -288,7 +288,7 @@ class Generator:
     # --- chat ---
 
     def chat_stop_ids(self):
-        return (self.tokenizer.token_id(END_OF_TURN), self.tokenizer.eos_id)
+        return chat_stop_ids(self.tokenizer)
 
     def chat_prompts(self, conversations, max_new_tokens=200):
         """The prompts for the replies to `conversations` (`Encoded`s; their
@@ -312,12 +312,15 @@ class Generator:
             prompts, max_new_tokens, sampler, stop_at_eos=False,
             stop_token_ids=self.chat_stop_ids(), repetition_penalty=repetition_penalty,
         )
+        # END_OF_TURN too: in a pretrained vocabulary it is several tokens.
+        stop_strings = (*stop_strings, END_OF_TURN)
         return [cut_at_stop_strings(t, stop_strings)[0] for t in self.decode(new)]
 
     def stream_chat(self, messages, max_new_tokens=200, prompt=None, **sampling):
         """Yields the reply to one conversation as it is generated; pass
         `prompt` (from `chat_prompt`) when it was already rendered."""
         prompt = prompt or self.chat_prompt(messages, max_new_tokens)
+        sampling["stop_strings"] = (*sampling.get("stop_strings", ()), END_OF_TURN)
         yield from self.stream(
             prompt.ids, max_new_tokens, stop_at_eos=False,
             stop_token_ids=self.chat_stop_ids(), **sampling,

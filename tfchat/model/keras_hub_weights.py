@@ -1,7 +1,21 @@
-"""Copies the weights of a keras-hub Llama / Llama 3 or Qwen2 backbone into a
-tfchat `GPT` configured the same way (see `llama_gpt_args` / `qwen2_gpt_args`).
+"""Copies the weights of a keras-hub GPT-2, Llama / Llama 3 or Qwen2 backbone
+into a tfchat `GPT` configured the same way (`FAMILIES`: per family, the GPT
+arguments of a backbone and the weight copy).
 
-One function per family. The mapping, per block (keras-hub name -> tfchat):
+GPT-2, per block (keras-hub name -> tfchat):
+
+    self_attention_layer_norm.{gamma,beta} -> attention_norm.{gamma,beta}
+    self_attention.{query,key,value} kernels [C, H, D], biases [H, D]
+                                       -> attention.qkv.{kernel,bias}
+    self_attention.attention_output [H, D, C] (+ bias) -> attention.proj
+    feedforward_layer_norm              -> mlp_norm
+    feedforward_intermediate_dense      -> mlp_in
+    feedforward_output_dense            -> mlp_out
+
+with position_embedding.embeddings [S, C] -> position_embedding.embeddings
+and layer_norm -> final_norm; the head is tied.
+
+Llama and Qwen2, per block:
 
     self_attention_layernorm.scale      -> attention_norm.scale      [C]
     self_attention.query  [C, H, D]  \\
@@ -31,6 +45,9 @@ llama_weights_to_gpt(backbone, gpt)
 ```
 """
 
+import dataclasses
+import typing
+
 import numpy as np
 
 
@@ -59,7 +76,13 @@ def _common_args(backbone, block_size):
 
 def llama_gpt_args(backbone, block_size):
     """`GPT` keyword arguments for a keras-hub `LlamaBackbone` /
-    `Llama3Backbone` (Llama 3 rope scaling included when it has one)."""
+    `Llama3Backbone` (Llama 3 rope scaling included when it has one; linear
+    position scaling is not supported)."""
+    linear = getattr(backbone, "rope_position_scaling_factor", 1.0)
+    if linear != 1.0:
+        raise ValueError(
+            f"Linear rope scaling is not supported. Received: rope_position_scaling_factor={linear}"
+        )
     args = dict(_common_args(backbone, block_size), qkv_bias=False)
     if backbone.rope_frequency_adjustment_factor is not None:
         args.update(
@@ -84,19 +107,83 @@ def qwen2_gpt_args(backbone, block_size):
     return dict(_common_args(backbone, block_size), qkv_bias=True)
 
 
+def gpt2_gpt_args(backbone, block_size=None):
+    """`GPT` keyword arguments for a keras-hub `GPT2Backbone`. Its context is
+    its position table's length (`block_size` may only shorten it)."""
+    return dict(
+        vocabulary_size=backbone.vocabulary_size,
+        num_layers=backbone.num_layers,
+        num_heads=backbone.num_heads,
+        hidden_dim=backbone.hidden_dim,
+        intermediate_dim=backbone.intermediate_dim,
+        block_size=min(block_size or backbone.max_sequence_length, backbone.max_sequence_length),
+        norm="layernorm",
+        norm_epsilon=1e-5,  # keras-hub's GPT-2 decoder layers
+        position="learned",
+        mlp="gelu",
+        tie_embeddings=True,
+        qkv_bias=True,
+        use_bias=True,
+    )
+
+
 def _check_shapes(backbone, gpt):
+    heads = getattr(backbone, "num_query_heads", None) or backbone.num_heads
+    kv_heads = getattr(backbone, "num_key_value_heads", None) or heads
+    tied = bool(getattr(backbone, "tie_word_embeddings", True))
     mismatched = [
         name for name in ("vocabulary_size", "num_layers", "hidden_dim", "intermediate_dim")
         if getattr(backbone, name) != getattr(gpt, name)
     ]
-    if backbone.num_query_heads != gpt.num_heads:
+    if heads != gpt.num_heads:
         mismatched.append("num_heads")
-    if backbone.num_key_value_heads != gpt.num_kv_heads:
+    if kv_heads != gpt.num_kv_heads:
         mismatched.append("num_kv_heads")
-    if bool(backbone.tie_word_embeddings) != gpt.tie_embeddings:
+    if tied != gpt.tie_embeddings:
         mismatched.append("tie_embeddings")
     if mismatched:
         raise ValueError(f"The GPT differs from the backbone in: {', '.join(mismatched)}")
+
+
+def _fused_qkv(attention, hidden, bias):
+    """q, k, v EinsumDense weights -> one [C, (H + 2K) D] kernel (columns q,
+    then k, then v; head-major) and, with `bias`, its [(H + 2K) D] bias."""
+    denses = (attention._query_dense, attention._key_dense, attention._value_dense)
+    kernel = np.concatenate([_numpy(d.kernel).reshape(hidden, -1) for d in denses], axis=1)
+    if not bias:
+        return kernel, None
+    return kernel, np.concatenate([_numpy(d.bias).reshape(-1) for d in denses])
+
+
+def gpt2_weights_to_gpt(backbone, gpt):
+    """Copies a keras-hub `GPT2Backbone`'s weights into a built
+    `GPT(**gpt2_gpt_args(backbone))`."""
+    _check_shapes(backbone, gpt)
+    hidden = gpt.hidden_dim
+    gpt.token_embedding.embeddings.assign(_numpy(backbone.token_embedding.embeddings))
+    positions = _numpy(backbone.position_embedding.position_embeddings)  # [S, C]
+    gpt.position_embedding.embeddings.assign(positions[: gpt.block_size])
+    for layer, block in zip(backbone.transformer_layers, gpt.blocks):
+        attention = layer._self_attention_layer
+        kernel, bias = _fused_qkv(attention, hidden, bias=True)
+        block.attention.qkv.kernel.assign(kernel)
+        block.attention.qkv.bias.assign(bias)
+        block.attention.proj.kernel.assign(_numpy(attention._output_dense.kernel).reshape(-1, hidden))
+        block.attention.proj.bias.assign(_numpy(attention._output_dense.bias))
+        for theirs, mine in (
+            (layer._self_attention_layer_norm, block.attention_norm),
+            (layer._feedforward_layer_norm, block.mlp_norm),
+        ):
+            mine.gamma.assign(_numpy(theirs.gamma))
+            mine.beta.assign(_numpy(theirs.beta))
+        for theirs, mine in (
+            (layer._feedforward_intermediate_dense, block.mlp_in),
+            (layer._feedforward_output_dense, block.mlp_out),
+        ):
+            mine.kernel.assign(_numpy(theirs.kernel))
+            mine.bias.assign(_numpy(theirs.bias))
+    gpt.final_norm.gamma.assign(_numpy(backbone.layer_norm.gamma))
+    gpt.final_norm.beta.assign(_numpy(backbone.layer_norm.beta))
 
 
 def _copy(backbone, gpt, qkv_bias):
@@ -106,18 +193,10 @@ def _copy(backbone, gpt, qkv_bias):
     gpt.token_embedding.embeddings.assign(_numpy(backbone.token_embedding.embeddings))
     for layer, block in zip(backbone.transformer_layers, gpt.blocks):
         attention = layer._self_attention_layer
-        q = _numpy(attention._query_dense.kernel)  # [C, H, D]
-        k = _numpy(attention._key_dense.kernel)  # [C, K, D]
-        v = _numpy(attention._value_dense.kernel)  # [C, K, D]
-        block.attention.qkv.kernel.assign(
-            np.concatenate([w.reshape(hidden, -1) for w in (q, k, v)], axis=1)
-        )  # [C, (H + 2K) D]
+        kernel, bias = _fused_qkv(attention, hidden, qkv_bias)
+        block.attention.qkv.kernel.assign(kernel)
         if qkv_bias:
-            biases = [
-                _numpy(dense.bias).reshape(-1)
-                for dense in (attention._query_dense, attention._key_dense, attention._value_dense)
-            ]  # [H D], [K D], [K D]
-            block.attention.qkv.bias.assign(np.concatenate(biases))
+            block.attention.qkv.bias.assign(bias)
         output = _numpy(attention._output_dense.kernel)  # [H, D, C]
         block.attention.proj.kernel.assign(output.reshape(-1, hidden))  # [H D, C]
         block.attention_norm.scale.assign(_numpy(layer._self_attention_layernorm.scale))
@@ -140,3 +219,60 @@ def qwen2_weights_to_gpt(backbone, gpt):
     """Copies a keras-hub `Qwen2Backbone`'s weights into a built
     `GPT(**qwen2_gpt_args(backbone, ...))` (biases on q, k and v only)."""
     _copy(backbone, gpt, qkv_bias=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A checkpoint family tfchat can start from.
+
+    name: tfchat's name for it (config `model.family`, `--help`).
+    backbones: the keras-hub backbone classes it reads.
+    model_types: the Hugging Face `config.json` `model_type`s keras-hub
+        converts to those backbones.
+    examples: checkpoints of the family, for `--help`.
+    gpt_args(backbone, block_size) -> `GPT` keyword arguments.
+    copy_weights(backbone, gpt): fills a built GPT with the backbone's weights.
+    """
+
+    name: str
+    backbones: typing.Tuple[str, ...]
+    model_types: typing.Tuple[str, ...]
+    examples: str
+    gpt_args: typing.Callable
+    copy_weights: typing.Callable
+
+
+FAMILIES = (
+    Family("gpt2", ("GPT2Backbone",), ("gpt2",), "GPT-2 (124M to 1.5B), DistilGPT-2",
+           gpt2_gpt_args, gpt2_weights_to_gpt),
+    Family("llama", ("LlamaBackbone", "Llama3Backbone"), ("llama",),
+           "Llama 2/3.x, SmolLM2, TinyLlama (LlamaForCausalLM)",
+           llama_gpt_args, llama_weights_to_gpt),
+    Family("qwen2", ("QwenBackbone",), ("qwen2",), "Qwen2, Qwen2.5 (Qwen2ForCausalLM)",
+           qwen2_gpt_args, qwen2_weights_to_gpt),
+)
+
+
+def family_of_backbone(class_name):
+    """The `Family` that reads keras-hub backbones of `class_name`, or None."""
+    for family in FAMILIES:
+        if class_name in family.backbones:
+            return family
+    return None
+
+
+def family_of_model_type(model_type):
+    """The `Family` of a Hugging Face `model_type`, or None."""
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    return None
+
+
+def supported_families():
+    """One line per family, for `--help` and errors."""
+    return "\n".join(
+        f"  {f.name}: {f.examples}; keras-hub {', '.join(f.backbones)}; "
+        f"Hugging Face model_type {', '.join(f.model_types)}"
+        for f in FAMILIES
+    )

@@ -45,6 +45,7 @@ generate(tf.constant(["ROMEO:"]), tf.constant([50]), tf.constant([0.0]),
 
 import tensorflow as tf
 
+from tfchat.data.chat_template import chat_stop_ids
 from tfchat.data.pipeline import add_cls_and_sep
 from tfchat.data.tokenizer import MASK_TOKEN
 
@@ -294,7 +295,7 @@ def make_generate_function(backbone, tokenizer, defaults=None):
         )
     dtypes = {s.name: s.dtype for s in generate_input_signature()}
     default = {k: tf.constant([v], dtypes[k]) for k, v in values.items()}
-    stop_ids = (tokenizer.eos_id, tokenizer.token_id("<|end|>"))
+    stop_ids = chat_stop_ids(tokenizer)
 
     def generate(
         prompt,
@@ -314,14 +315,14 @@ def make_generate_function(backbone, tokenizer, defaults=None):
         )
         new_ids, prompt_lengths = generate_ids(
             backbone,
-            tokenizer.tokenize(prompt),
+            tokenizer.tokenize_prompts(prompt),
             _per_row(max_new_tokens, batch, "max_new_tokens"),
             _per_row(temperature, batch, "temperature"),
             _per_row(top_k, batch, "top_k"),
             _per_row(top_p, batch, "top_p"),
             seed,
             stop_ids=stop_ids,
-            start_id=tokenizer.eos_id,
+            start_id=tokenizer.first_id,
             pad_id=tokenizer.pad_id,
         )
         return {
@@ -340,7 +341,7 @@ def make_score_function(backbone, tokenizer):
 
     def score(text):
         mean, counts = score_ids(
-            backbone, tokenizer.tokenize(text), tokenizer.eos_id, tokenizer.pad_id
+            backbone, tokenizer.tokenize(text), tokenizer.first_id, tokenizer.pad_id
         )
         return {
             "log_likelihood": mean,

@@ -1,0 +1,140 @@
+"""Tiny random checkpoints made by keras-hub itself, for the pretrained-model
+tests: per family a keras-hub `CausalLM` (the reference), saved as a
+keras-hub preset and exported in Hugging Face form. Nothing is downloaded.
+
+Random weights are redrawn with a larger spread than keras-hub's
+initializers, so greedy decoding writes varied text rather than one token
+over and over (a weak comparison; ../shared/research/verified-pitfalls.md #9).
+"""
+
+import json
+import os
+
+import keras
+import keras_hub
+import numpy as np
+from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+FAMILIES = ("gpt2", "llama", "qwen2")
+# Byte-level BPE: every byte is a token, so any text tokenizes; a few merges
+# make multi-byte tokens, as in a real vocabulary.
+_BYTE_SYMBOLS = list(bytes_to_unicode()[1])
+MERGES = [
+    "Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s", "e d", "Ġ w",
+    "o u", "Ġ h", "l l", "Ġ b", "i s", "Ċ Ċ", "Ġ Ġ",
+]
+_SPECIALS = {
+    "gpt2": ["<|endoftext|>"],
+    "llama": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+              "<|end_header_id|>", "<|eot_id|>"],
+    "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+}
+# What real checkpoints' config.json has and keras-hub 0.32's exporter leaves
+# out (verified-pitfalls #7; Qwen2's loader reads use_sliding_window).
+_HF_CONFIG_EXTRAS = {
+    "gpt2": {"architectures": ["GPT2LMHeadModel"]},
+    "llama": {"architectures": ["LlamaForCausalLM"]},
+    "qwen2": {"architectures": ["Qwen2ForCausalLM"], "use_sliding_window": False,
+              "sliding_window": 4096, "max_window_layers": 2},
+}
+
+
+def vocabulary(family):
+    tokens = list(_BYTE_SYMBOLS)
+    for merge in MERGES:
+        if merge.replace(" ", "") not in tokens:
+            tokens.append(merge.replace(" ", ""))
+    tokens += _SPECIALS[family]
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def make_causal_lm(family, seed=0, scale=0.3, **overrides):
+    """A keras-hub CausalLM of `family` with random weights (std `scale`;
+    norms left at one) and its tokenizer in its preprocessor."""
+    keras.utils.set_random_seed(seed)
+    vocab = vocabulary(family)
+    if family == "gpt2":
+        tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=MERGES)
+        # GPT-2's exporter assumes a 4x MLP (verified-pitfalls #8).
+        backbone = keras_hub.models.GPT2Backbone(**{
+            "vocabulary_size": len(vocab), "num_layers": 2, "num_heads": 2,
+            "hidden_dim": 32, "intermediate_dim": 128, "max_sequence_length": 64,
+            **overrides})
+        preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=32)
+        model = keras_hub.models.GPT2CausalLM(backbone, preprocessor)
+    elif family == "llama":
+        tokenizer = keras_hub.models.Llama3Tokenizer(vocabulary=vocab, merges=MERGES)
+        backbone = keras_hub.models.Llama3Backbone(**{
+            "vocabulary_size": len(vocab), "num_layers": 2, "num_query_heads": 4,
+            "num_key_value_heads": 2, "hidden_dim": 32, "intermediate_dim": 48,
+            "rope_max_wavelength": 500000, "tie_word_embeddings": False, **overrides})
+        preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(tokenizer, sequence_length=32)
+        model = keras_hub.models.Llama3CausalLM(backbone, preprocessor)
+    elif family == "qwen2":
+        tokenizer = keras_hub.models.QwenTokenizer(vocabulary=vocab, merges=MERGES)
+        backbone = keras_hub.models.QwenBackbone(**{
+            "vocabulary_size": len(vocab), "num_layers": 2, "num_query_heads": 4,
+            "num_key_value_heads": 2, "hidden_dim": 32, "intermediate_dim": 48,
+            "tie_word_embeddings": True, **overrides})
+        preprocessor = keras_hub.models.QwenCausalLMPreprocessor(tokenizer, sequence_length=32)
+        model = keras_hub.models.QwenCausalLM(backbone, preprocessor)
+    else:
+        raise ValueError(family)
+    rng = np.random.default_rng(seed)
+    for weight in backbone.weights:
+        if weight.path.endswith(("gamma", "beta", "scale")):
+            continue  # norms stay at identity
+        weight.assign(rng.normal(0.0, scale, weight.shape).astype("float32"))
+    return model
+
+
+def save_checkpoints(model, family, root):
+    """Writes `model` as a keras-hub preset and in Hugging Face form under
+    `root`; returns (preset_dir, hugging_face_dir)."""
+    preset = os.path.join(root, f"{family}_preset")
+    model.save_to_preset(preset)
+    hugging_face = os.path.join(root, f"{family}_hf")
+    model.export_to_transformers(hugging_face)
+    config_path = os.path.join(hugging_face, "config.json")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    config.update(_HF_CONFIG_EXTRAS[family])
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    if family == "qwen2":
+        # keras-hub writes Qwen2's vocab.json and merges.txt; its reader (like
+        # real Qwen2 checkpoints) has tokenizer.json, written here in the
+        # Hugging Face tokenizers layout.
+        with open(os.path.join(hugging_face, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(_qwen2_tokenizer_json(family), f)
+    return preset, hugging_face
+
+
+# Qwen2's pre-tokenizer regex, as in its tokenizer.json.
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _qwen2_tokenizer_json(family):
+    vocab = vocabulary(family)
+    return {
+        "version": "1.0",
+        "added_tokens": [
+            {"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
+             "rstrip": False, "normalized": False, "special": True}
+            for t in _SPECIALS[family]
+        ],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": _QWEN2_SPLIT}, "behavior": "Isolated",
+             "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+             "use_regex": False},
+        ]},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                    "use_regex": False},
+        "model": {"type": "BPE", "vocab": vocab, "merges": MERGES, "dropout": None,
+                  "unk_token": None, "fuse_unk": False, "byte_fallback": False},
+    }

@@ -1,0 +1,85 @@
+"""Start from a pretrained model: convert a checkpoint into a tfchat run.
+
+    python -m tfchat.convert ./SmolLM2-135M --name smollm2          # a Hugging Face directory
+    python -m tfchat.convert ./gpt2_preset --name gpt2               # a keras-hub preset
+    python -m tfchat.convert hf://Qwen/Qwen2.5-0.5B --name qwen      # downloaded when online
+
+writes runs/NAME: the untouched pretrained model (step 0) with the
+checkpoint's own tokenizer, on which generate, chat, evaluate, export and
+`fit --init_from runs/NAME` all work (`fit --init_from SOURCE` also converts
+a source itself, into runs/pretrained/). keras-hub reads the checkpoint;
+tfchat maps its weights into its own decoder, which exports for stock TF
+Serving.
+
+Supported families:
+{families}
+"""
+
+import argparse
+import os
+import sys
+
+from tfchat import quiet
+
+quiet.command_startup(__name__)  # first, before anything imports TensorFlow
+
+from tfchat.errors import TfchatError
+
+
+def _description():
+    from tfchat.model.keras_hub_weights import supported_families  # numpy only
+
+    return __doc__.format(families=supported_families())
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m tfchat.convert",
+        description=_description(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source",
+        help="A keras-hub preset directory, a Hugging Face checkpoint directory "
+             "(config.json, *.safetensors, tokenizer files), or an hf:// / kaggle:// handle.",
+    )
+    parser.add_argument("--name", required=True, help="The run's name: it is written to <runs_dir>/<name>.")
+    parser.add_argument("--runs_dir", default="runs", help="Folder holding all runs (default: runs).")
+    parser.add_argument(
+        "--block_size", type=int, default=0,
+        help="Context length of the run (default 0: the checkpoint's own; GPT-2's position "
+             "table, else the recorded maximum, else 2048). Fine-tuning may use less.",
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"),
+        help="Keep the weights in float32 (default) or bfloat16 (half the memory and disk; "
+             "the run then computes in bfloat16).",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing run of that name.")
+    quiet.add_verbose_flag(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.block_size < 0:
+            raise TfchatError(f"--block_size must be 0 or positive. Received: {args.block_size}")
+        from tfchat.pretrained import convert
+
+        run_path = os.path.join(args.runs_dir, args.name)
+        convert(args.source, run_path, block_size=args.block_size, dtype=args.dtype,
+                overwrite=args.overwrite)
+    except TfchatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"Next: python -m tfchat.generate --run {run_path} --prompt 'Once upon a time'\n"
+        f"      python -m tfchat.fit --init_from {run_path} --data.path chats.jsonl "
+        "--model.lora_rank 8 --name my_chat"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Pretrained checkpoints as tfchat runs: `convert` writes a run folder of an
+untouched pretrained model (step 0) that every command works on.
+
+Sources (`describe_source` says which a string is, before any weights load):
+  * a keras-hub preset directory (`metadata.json`, `config.json`,
+    `model.weights.h5`, `tokenizer.json`, `assets/`);
+  * a Hugging Face checkpoint directory (`config.json` with a `model_type`,
+    `*.safetensors`, the tokenizer's files);
+  * a hub handle, `hf://owner/name` or `kaggle://owner/model/keras/variant`,
+    downloaded by keras-hub when the machine is online.
+
+keras-hub reads every one of them (`Backbone.from_preset` converts Hugging
+Face checkpoints itself); `tfchat.model.keras_hub_weights` then maps its
+weights into tfchat's `GPT`, and the checkpoint's own tokenizer is kept as a
+`PretrainedTokenizer`. The run folder is written beside its final place and
+renamed into it, so a failed conversion leaves nothing behind.
+
+Memory: keras-hub's backbone and tfchat's GPT are alive together (two
+copies of the weights), plus one layer's arrays in flight; the backbone is
+released before the checkpoint is written (benchmarks/RESULTS.md has the
+peak RSS).
+
+Example:
+```python
+convert("hf://HuggingFaceTB/SmolLM2-135M", "runs/smollm2")
+run = tfchat.run.load_run("runs/smollm2")
+```
+"""
+
+import dataclasses
+import gc
+import json
+import os
+import shutil
+import tempfile
+
+from tfchat import config as config_lib
+from tfchat.errors import TfchatError
+from tfchat.model.keras_hub_weights import (
+    family_of_backbone, family_of_model_type, supported_families,
+)
+from tfchat.run import CONFIG_FILE, TOKENIZER_DIR, RunFolder
+
+HANDLE_PREFIXES = ("hf://", "kaggle://", "gs://", "modelscope://")
+# The context given to a rope model whose checkpoint does not record one.
+DEFAULT_ROPE_CONTEXT = 2048
+# Weights stay float32 unless asked (bfloat16 halves the memory and disk).
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """What a source string names: `kind` is "keras-hub", "hugging-face" or
+    "handle"; `family` the `Family` (None for a handle, known only once
+    downloaded); `context` the longest context the config records (0 if none)."""
+
+    path: str
+    kind: str
+    family: object = None
+    context: int = 0
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise TfchatError(f"Cannot read {path}: {e}") from None
+
+
+def is_tfchat_run(path):
+    return os.path.isdir(os.path.join(path, TOKENIZER_DIR)) and os.path.isfile(
+        os.path.join(path, CONFIG_FILE)
+    )
+
+
+def describe_source(source):
+    """The `Source` a string names, checked as far as it can be without
+    loading weights; raises `TfchatError` saying what is wrong."""
+    if source.startswith(HANDLE_PREFIXES):
+        return Source(source, "handle")
+    if "://" in source:
+        raise TfchatError(
+            f"Unknown handle {source!r}: use hf://, kaggle:// or a local directory."
+        )
+    if not os.path.isdir(source):
+        raise TfchatError(f"{source} is not a directory (nor an hf:// or kaggle:// handle).")
+    if is_tfchat_run(source):
+        raise TfchatError(f"{source} is already a tfchat run; use it with --init_from or --run.")
+    config_path = os.path.join(source, "config.json")
+    if not os.path.isfile(config_path):
+        raise TfchatError(
+            f"{source} has no config.json: neither a keras-hub preset nor a Hugging Face checkpoint."
+        )
+    config = _read_json(config_path)
+    if os.path.isfile(os.path.join(source, "metadata.json")):
+        return _keras_hub_source(source, config)
+    return _hugging_face_source(source, config)
+
+
+def _keras_hub_source(source, config):
+    class_name = config.get("class_name", "?")
+    family = family_of_backbone(class_name)
+    if family is None:
+        raise TfchatError(
+            f"{source} holds a keras-hub {class_name}, which tfchat cannot convert. "
+            f"Supported:\n{supported_families()}"
+        )
+    _require(source, ["model.weights.h5", "tokenizer.json"], "keras-hub preset")
+    return Source(source, "keras-hub", family)
+
+
+def _hugging_face_source(source, config):
+    model_type = config.get("model_type")
+    family = family_of_model_type(model_type)
+    if family is None:
+        raise TfchatError(
+            f"{source}/config.json has model_type {model_type!r}, which tfchat cannot "
+            f"convert. Supported:\n{supported_families()}"
+        )
+    architectures = [a for a in config.get("architectures") or [] if not a.endswith("ForCausalLM")
+                     and a != "GPT2LMHeadModel"]
+    if architectures:
+        raise TfchatError(
+            f"{source} is a {architectures[0]}; tfchat converts causal language models "
+            "(LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)."
+        )
+    names = os.listdir(source)
+    if not any(n.endswith(".safetensors") for n in names):
+        raise TfchatError(f"{source} has no *.safetensors weights (PyTorch .bin files are not read).")
+    if "tokenizer.json" not in names and not {"vocab.json", "merges.txt"} <= set(names):
+        raise TfchatError(
+            f"{source} has no tokenizer files (tokenizer.json, or vocab.json and merges.txt)."
+        )
+    context = int(config.get("max_position_embeddings") or config.get("n_positions") or 0)
+    return Source(source, "hugging-face", family, context)
+
+
+def _require(source, names, what):
+    missing = [n for n in names if not os.path.isfile(os.path.join(source, n))]
+    if missing:
+        raise TfchatError(f"{source} is a {what} without {', '.join(missing)}.")
+
+
+def _load_keras_hub(source, dtype):
+    """keras-hub's backbone and tokenizer of `source`, with errors made
+    one-line: a failed download says the machine may be offline."""
+    import keras_hub  # pylint: disable=import-outside-toplevel  (slow; after argument checks)
+
+    try:
+        backbone = keras_hub.models.Backbone.from_preset(source.path, dtype=dtype)
+        tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(source.path)
+    except Exception as e:  # keras-hub, huggingface_hub and h5py raise many kinds
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        if source.kind == "handle":
+            raise TfchatError(
+                f"Could not load {source.path}: {first}. If this machine is offline, download "
+                "the checkpoint where there is a network and pass its local directory."
+            ) from None
+        raise TfchatError(f"Could not load {source.path}: {first}") from None
+    family = family_of_backbone(type(backbone).__name__)
+    if family is None:
+        raise TfchatError(
+            f"{source.path} is a keras-hub {type(backbone).__name__}, which tfchat cannot "
+            f"convert. Supported:\n{supported_families()}"
+        )
+    return backbone, tokenizer, family
+
+
+def run_config(name, runs_dir, gpt_args, vocabulary_size, context, dtype):
+    """The config of a converted run: a causal model of the checkpoint's
+    shape with its own tokenizer."""
+    model_fields = {f.name for f in dataclasses.fields(config_lib.ModelConfig)}
+    model = config_lib.ModelConfig(
+        **{k: v for k, v in gpt_args.items() if k in model_fields},
+        dropout=0.0,
+        max_positions=context,
+    )
+    return config_lib.Config(
+        name=name,
+        runs_dir=runs_dir,
+        objective="causal",
+        tokenizer=config_lib.TokenizerConfig(kind="pretrained", vocab_size=vocabulary_size),
+        model=model,
+        train=config_lib.TrainConfig(precision="float32" if dtype == "float32" else "bfloat16"),
+    )
+
+
+def convert(source, run_path, block_size=0, dtype="float32", overwrite=False, verbose=True):
+    """Writes the run folder `run_path` of the pretrained model `source`
+    (see module docs). `block_size` 0 takes the checkpoint's own context
+    (GPT-2's position table; for rope models the recorded maximum, else
+    DEFAULT_ROPE_CONTEXT). Returns the `Family`."""
+    if dtype not in DTYPES:
+        raise TfchatError(f"--dtype must be one of {', '.join(DTYPES)}. Received: {dtype!r}")
+    described = describe_source(source)
+    if os.path.exists(run_path) and not overwrite:
+        raise TfchatError(f"{run_path} already exists; pass --overwrite to replace it.")
+    backbone, hub_tokenizer, family = _load_keras_hub(described, dtype)
+
+    from tfchat.data.tokenizer import PretrainedTokenizer  # pylint: disable=import-outside-toplevel
+    from tfchat.objectives.base import build_causal_lm  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    context = described.context or getattr(backbone, "max_sequence_length", 0) or 0
+    if block_size and context and block_size > context:
+        raise TfchatError(
+            f"--block_size {block_size} exceeds the checkpoint's context of {context} tokens."
+        )
+    block = block_size or context or DEFAULT_ROPE_CONTEXT
+    try:
+        gpt_args = family.gpt_args(backbone, block)
+    except ValueError as e:
+        raise TfchatError(f"{source}: {e}") from None
+    tokenizer = PretrainedTokenizer(hub_tokenizer)
+    if tokenizer.vocabulary_size > backbone.vocabulary_size:
+        raise TfchatError(
+            f"{source}: the tokenizer has {tokenizer.vocabulary_size} tokens but the model's "
+            f"embedding only {backbone.vocabulary_size}."
+        )
+    parent = os.path.dirname(os.path.abspath(run_path))
+    name = os.path.basename(os.path.normpath(run_path))
+    config = run_config(name, os.path.dirname(os.path.normpath(run_path)), gpt_args,
+                        backbone.vocabulary_size, context, dtype)
+    config_lib.validate(config)
+    model = build_causal_lm(config, backbone.vocabulary_size, forward_pass=False)
+    family.copy_weights(backbone, model.backbone)
+    del backbone  # one copy of the weights fewer before the checkpoint is written
+    gc.collect()
+
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.converting-", dir=parent)
+    try:
+        folder = RunFolder(staging)
+        tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=model), folder.checkpoints, max_to_keep=1
+        ).save(checkpoint_number=0)
+        folder.create(config, tokenizer)
+        if os.path.exists(run_path):
+            shutil.rmtree(run_path)
+        os.replace(staging, run_path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if verbose:
+        print(f"{source}: a {family.name} model, {model.backbone.num_params():,} parameters, "
+              f"context {block}, written to {run_path} (step 0).")
+    return family
+
+
+def init_from_run(source, runs_dir, verbose=True):
+    """The run folder for `init_from` `source`: the source itself when it is
+    a tfchat run, else its conversion into `<runs_dir>/pretrained/<name>`
+    (made on first use, reused after)."""
+    if is_tfchat_run(source):
+        return source
+    if not os.path.isdir(source) and not source.startswith(HANDLE_PREFIXES):
+        raise TfchatError(
+            f"No tfchat run at {source}, nor a pretrained checkpoint (a keras-hub preset or "
+            "Hugging Face directory, or an hf:// / kaggle:// handle)."
+        )
+    described = describe_source(source)
+    slug = described.path.split("://")[-1].rstrip("/").replace("/", "--") if described.kind == "handle" \
+        else os.path.basename(os.path.normpath(described.path))
+    run_path = os.path.join(runs_dir, "pretrained", slug)
+    if not is_tfchat_run(run_path):
+        convert(source, run_path, verbose=verbose)
+    elif verbose:
+        print(f"Starting from {run_path} (converted from {source} earlier).")
+    return run_path
