@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPETITIVE_TEXT, REPO_ROOT, write_text
+from conftest import CHAT_PAIRS, REPETITIVE_TEXT, REPO_ROOT, write_chat_jsonl, write_text
 from pretrained_checkpoints import FAMILIES, make_causal_lm, save_checkpoints
 from serving_calls import session_run
 from tfchat import convert as convert_command
 from tfchat import fit as fit_command
 from tfchat import lora as lora_command
+from tfchat.data.chat_template import Message, encode_conversation
 from tfchat.inference.generator import Generator
 from tfchat.run import load_run
 from tfchat.serving.export import export_run
@@ -123,6 +124,19 @@ def test_converted_model_matches_keras_hub(checkpoints, runs_dir, family, form):
     assert [t.decode("utf-8") for t in texts] == plain
 
 
+def test_tied_llama_preset_converts(tmp_path):
+    """A tied Llama (SmolLM2's layout) as a keras-hub preset: keras-hub 0.32
+    leaves tie_word_embeddings out of its config.json; tfchat reads it from
+    the weights and matches keras-hub's logits."""
+    model = make_causal_lm("llama", tie_word_embeddings=True)
+    preset, _ = save_checkpoints(model, "llama", str(tmp_path))
+    run = load_run(_convert(preset, str(tmp_path / "runs"), "tied"))
+    assert run.config.model.tie_embeddings
+    ids = np.arange(40, dtype="int32").reshape(2, 20)
+    np.testing.assert_allclose(run.backbone(tf.constant(ids)).numpy(),
+                               _keras_hub_logits(model, ids), atol=1e-4, rtol=0)
+
+
 def _keras_hub_ids(source, texts):
     hub = keras_hub.tokenizers.Tokenizer.from_preset(source)
     batches = tf.data.Dataset.from_tensor_slices(texts).batch(len(texts)).map(hub.tokenize)
@@ -198,6 +212,34 @@ def test_lora_fine_tuning_from_a_checkpoint_learns_and_merges(checkpoints, tmp_p
     np.testing.assert_allclose(merged.backbone(ids).numpy(), adapted.backbone(ids).numpy(), atol=1e-4)
     base = load_run(os.path.join(runs, "pretrained", "qwen2_preset"))
     assert np.abs(base.backbone(ids).numpy() - adapted.backbone(ids).numpy()).max() > 1e-2
+
+
+def test_chat_fine_tuning_from_a_checkpoint(checkpoints, runs_dir, tmp_path):
+    """Full chat SFT from a converted Llama: the chat markers are text to a
+    pretrained vocabulary, the loss covers exactly the reply and its
+    end-of-turn marker, and the tuned model answers its training prompts."""
+    _, sources = checkpoints["llama"]
+    source = _convert(sources["preset"], runs_dir, "llama_chat_base", "--block_size", "48")
+    tokenizer = load_run(source, forward_pass=False).tokenizer
+    encoded = encode_conversation(tokenizer, [Message("user", "ping"), Message("assistant", "pong")])
+    assert encoded.ids[0] == tokenizer.bos_id  # the family's start token opens it
+    learnt = [i for i, w in zip(encoded.ids, encoded.weights) if w]
+    assert tokenizer.detokenize(tf.constant([learnt])).numpy()[0] == b"pong<|end|>"
+
+    runs = str(tmp_path / "runs")
+    code = fit_command.main([
+        "--init_from", source, "--objective", "chat",
+        "--data.path", write_chat_jsonl(tmp_path / "chats.jsonl"), "--name", "chat",
+        "--runs_dir", runs, "--model.block_size", "96",  # each marker is several tokens
+        "--train.batch_size", "8", "--train.max_steps", "60",
+        "--train.learning_rate", "3e-3", "--train.warmup_steps", "5",
+        "--train.eval_interval", "60", "--train.log_interval", "10", "--train.jit_compile", "false",
+    ])
+    assert code == 0
+    run = load_run(os.path.join(runs, "chat"))
+    replies = Generator(run.backbone, run.tokenizer).chat(
+        [[Message("user", q)] for q, _ in CHAT_PAIRS], max_new_tokens=24)
+    assert replies == [a for _, a in CHAT_PAIRS]
 
 
 def _fails(args, match, env=None):

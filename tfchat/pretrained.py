@@ -148,7 +148,9 @@ def _load_keras_hub(source, dtype):
     import keras_hub  # pylint: disable=import-outside-toplevel  (slow; after argument checks)
 
     try:
-        backbone = keras_hub.models.Backbone.from_preset(source.path, dtype=dtype)
+        backbone = keras_hub.models.Backbone.from_preset(
+            source.path, dtype=dtype, **_missing_backbone_args(source)
+        )
         tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(source.path)
     except Exception as e:  # keras-hub, huggingface_hub and h5py raise many kinds
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -165,6 +167,28 @@ def _load_keras_hub(source, dtype):
             f"convert. Supported:\n{supported_families()}"
         )
     return backbone, tokenizer, family
+
+
+def _missing_backbone_args(source):
+    """What a keras-hub preset's config.json leaves out and its weights say.
+
+    keras-hub 0.32's `LlamaBackbone.get_config` does not write
+    `tie_word_embeddings`, so a tied Llama (SmolLM2, Llama 3.2 1B) saved as a
+    preset reloads untied and fails, in keras-hub too, for want of
+    `reverse_embeddings`. The weights file tells: a tied embedding has one
+    variable, an untied one two."""
+    if source.kind != "keras-hub" or source.family.name != "llama":
+        return {}
+    config = _read_json(os.path.join(source.path, "config.json")).get("config", {})
+    if "tie_word_embeddings" in config:
+        return {}
+    import h5py  # pylint: disable=import-outside-toplevel  (Keras' own dependency)
+
+    with h5py.File(os.path.join(source.path, "model.weights.h5"), "r") as weights:
+        group = weights.get("layers/reversible_embedding/vars")
+        if group is None:
+            return {}
+        return {"tie_word_embeddings": len(group) == 1}
 
 
 def run_config(name, runs_dir, gpt_args, vocabulary_size, context, dtype):
