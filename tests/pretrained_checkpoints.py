@@ -16,6 +16,9 @@ import numpy as np
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
 FAMILIES = ("gpt2", "llama", "qwen2")
+# Llama 2's layout with its SentencePiece tokenizer (keras-hub's LlamaBackbone
+# and LlamaTokenizer; keras-hub exports it as a preset only).
+SENTENCEPIECE_LLAMA = "llama_sentencepiece"
 # Byte-level BPE: every byte is a token, so any text tokenizes; a few merges
 # make multi-byte tokens, as in a real vocabulary.
 _BYTE_SYMBOLS = list(bytes_to_unicode()[1])
@@ -52,7 +55,7 @@ def make_causal_lm(family, seed=0, scale=0.3, **overrides):
     """A keras-hub CausalLM of `family` with random weights (std `scale`;
     norms left at one) and its tokenizer in its preprocessor."""
     keras.utils.set_random_seed(seed)
-    vocab = vocabulary(family)
+    vocab = vocabulary(family) if family in FAMILIES else None
     if family == "gpt2":
         tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=MERGES)
         # GPT-2's exporter assumes a 4x MLP (verified-pitfalls #8).
@@ -78,6 +81,14 @@ def make_causal_lm(family, seed=0, scale=0.3, **overrides):
             "tie_word_embeddings": True, **overrides})
         preprocessor = keras_hub.models.QwenCausalLMPreprocessor(tokenizer, sequence_length=32)
         model = keras_hub.models.QwenCausalLM(backbone, preprocessor)
+    elif family == SENTENCEPIECE_LLAMA:
+        tokenizer = keras_hub.models.LlamaTokenizer(proto=sentencepiece_proto())
+        backbone = keras_hub.models.LlamaBackbone(**{
+            "vocabulary_size": tokenizer.vocabulary_size(), "num_layers": 2,
+            "num_query_heads": 4, "num_key_value_heads": 2, "hidden_dim": 32,
+            "intermediate_dim": 48, **overrides})
+        preprocessor = keras_hub.models.LlamaCausalLMPreprocessor(tokenizer, sequence_length=32)
+        model = keras_hub.models.LlamaCausalLM(backbone, preprocessor)
     else:
         raise ValueError(family)
     rng = np.random.default_rng(seed)
@@ -138,3 +149,21 @@ def _qwen2_tokenizer_json(family):
         "model": {"type": "BPE", "vocab": vocab, "merges": MERGES, "dropout": None,
                   "unk_token": None, "fuse_unk": False, "byte_fallback": False},
     }
+
+
+def sentencepiece_proto():
+    """A small SentencePiece BPE model in Llama 2's conventions (<unk> 0,
+    <s> 1, </s> 2, byte fallback), trained here on a few sentences."""
+    import io
+
+    import sentencepiece as spm
+
+    text = ["the cat sat on the mat", "hello world, how are you?", "héllo wörld 中文",
+            "a quick brown fox jumps over the lazy dog"] * 20
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text), model_writer=model, model_type="bpe", vocab_size=300,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True,
+        character_coverage=1.0, minloglevel=2,
+    )
+    return model.getvalue()

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import CHAT_PAIRS, REPETITIVE_TEXT, REPO_ROOT, write_chat_jsonl, write_text
-from pretrained_checkpoints import FAMILIES, make_causal_lm, save_checkpoints
+from pretrained_checkpoints import FAMILIES, SENTENCEPIECE_LLAMA, make_causal_lm, save_checkpoints
 from serving_calls import session_run
 from tfchat import convert as convert_command
 from tfchat import fit as fit_command
@@ -137,6 +137,25 @@ def test_tied_llama_preset_converts(tmp_path):
                                _keras_hub_logits(model, ids), atol=1e-4, rtol=0)
 
 
+def test_sentencepiece_llama_preset_converts(tmp_path):
+    """Llama 2's layout and SentencePiece tokenizer, as a keras-hub preset:
+    logits, greedy continuation and token ids as keras-hub's."""
+    model = make_causal_lm(SENTENCEPIECE_LLAMA)
+    preset = str(tmp_path / "preset")
+    model.save_to_preset(preset)
+    run = load_run(_convert(preset, str(tmp_path / "runs"), "llama2"))
+    ids = np.arange(48, dtype="int32").reshape(2, 24) * 6
+    np.testing.assert_allclose(run.backbone(tf.constant(ids)).numpy(),
+                               _keras_hub_logits(model, ids), atol=1e-4, rtol=0)
+    prompt_ids = run.tokenizer.tokenize_prompts(tf.constant([PROMPT]))[0].numpy().tolist()
+    assert prompt_ids[0] == model.preprocessor.tokenizer.start_token_id
+    generator = Generator(run.backbone, run.tokenizer)
+    assert generator.generate_ids([prompt_ids], NEW_TOKENS, generator.sampler(temperature=0),
+                                  stop_at_eos=False)[0] == _keras_hub_greedy(model, prompt_ids, NEW_TOKENS)
+    texts = [t for t in TOKENIZER_TEXTS if "<|" not in t]
+    assert run.tokenizer.tokenize(tf.constant(texts)).to_list() == _keras_hub_ids(preset, texts)
+
+
 def _keras_hub_ids(source, texts):
     hub = keras_hub.tokenizers.Tokenizer.from_preset(source)
     batches = tf.data.Dataset.from_tensor_slices(texts).batch(len(texts)).map(hub.tokenize)
@@ -242,17 +261,18 @@ def test_chat_fine_tuning_from_a_checkpoint(checkpoints, runs_dir, tmp_path):
     assert replies == [a for _, a in CHAT_PAIRS]
 
 
-def _fails(args, match, env=None):
-    """Runs `python -m tfchat.convert ARGS`: exit code 1, one line on stderr."""
-    proc = subprocess.run([sys.executable, "-m", "tfchat.convert", *args], capture_output=True,
-                          text=True, env={**ENV, **(env or {})}, timeout=300)
-    assert proc.returncode == 1, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and match in proc.stderr, proc.stderr
-    return proc.stderr
+def _fails(capsys, args, match):
+    """`python -m tfchat.convert ARGS` fails: exit code 1, one line on stderr."""
+    capsys.readouterr()
+    assert convert_command.main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
+    return err
 
 
-def test_bad_sources_fail_in_one_line_and_write_nothing(checkpoints, tmp_path):
+def test_bad_sources_fail_in_one_line_and_write_nothing(checkpoints, tmp_path, capsys):
     _, sources = checkpoints["llama"]
     runs = str(tmp_path / "runs")
 
@@ -260,7 +280,7 @@ def test_bad_sources_fail_in_one_line_and_write_nothing(checkpoints, tmp_path):
         path = str(tmp_path / name)
         shutil.copytree(sources["hf"], path)
         change(path)
-        return path
+        return [path, "--name", "x", "--runs_dir", runs]
 
     def edit_config(path, **values):
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
@@ -269,22 +289,33 @@ def test_bad_sources_fail_in_one_line_and_write_nothing(checkpoints, tmp_path):
         with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f)
 
-    out = _fails([broken("bert", lambda p: edit_config(p, model_type="bert")), "--name", "x",
-                  "--runs_dir", runs], "model_type 'bert'")
+    out = _fails(capsys, broken("bert", lambda p: edit_config(p, model_type="bert")),
+                 "model_type 'bert'")
     assert "gpt2" in out and "llama" in out and "qwen2" in out  # the supported ones
-    _fails([broken("noweights", lambda p: os.remove(os.path.join(p, "model.safetensors"))),
-            "--name", "x", "--runs_dir", runs], "no *.safetensors")
-    _fails([broken("notok", lambda p: os.remove(os.path.join(p, "tokenizer.json"))),
-            "--name", "x", "--runs_dir", runs], "no tokenizer files")
-    _fails([broken("shape", lambda p: edit_config(p, hidden_size=64)), "--name", "x",
-            "--runs_dir", runs], "Could not load")
-    _fails([str(tmp_path / "nowhere"), "--name", "x", "--runs_dir", runs], "not a directory")
-    _fails(["hf://nobody/no-such-model", "--name", "x", "--runs_dir", runs],
-           "local directory", env={"HF_HUB_OFFLINE": "1"})
+    _fails(capsys, broken("noweights", lambda p: os.remove(os.path.join(p, "model.safetensors"))),
+           "no *.safetensors")
+    _fails(capsys, broken("notok", lambda p: os.remove(os.path.join(p, "tokenizer.json"))),
+           "no tokenizer files")
+    _fails(capsys, broken("shape", lambda p: edit_config(p, hidden_size=64)), "Could not load")
+    _fails(capsys, [str(tmp_path / "nowhere"), "--name", "x", "--runs_dir", runs], "not a directory")
     gpt2 = checkpoints["gpt2"][1]["preset"]  # a 64-position table
-    _fails([gpt2, "--name", "x", "--runs_dir", runs, "--block_size", "100"],
+    _fails(capsys, [gpt2, "--name", "x", "--runs_dir", runs, "--block_size", "100"],
            "exceeds the checkpoint's context of 64")
     assert not os.path.exists(runs) or os.listdir(runs) == []
+
+
+def test_hub_handle_offline_says_so(tmp_path):
+    """Through the command, in a process where the hub is offline."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfchat.convert", "hf://nobody/no-such-model", "--name", "x",
+         "--runs_dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, env={**ENV, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert proc.returncode == 1
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "offline" in errors[0] and "local directory" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "runs" / "x")
 
 
 def test_fine_tuning_context_beyond_the_checkpoints_fails(checkpoints, runs_dir, capsys):

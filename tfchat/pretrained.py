@@ -37,7 +37,7 @@ import tempfile
 from tfchat import config as config_lib
 from tfchat.errors import TfchatError
 from tfchat.model.keras_hub_weights import (
-    family_of_backbone, family_of_model_type, supported_families,
+    family_of_backbone, family_of_model_type, supported_backbones, supported_model_types,
 )
 from tfchat.run import CONFIG_FILE, TOKENIZER_DIR, RunFolder
 
@@ -103,8 +103,8 @@ def _keras_hub_source(source, config):
     family = family_of_backbone(class_name)
     if family is None:
         raise TfchatError(
-            f"{source} holds a keras-hub {class_name}, which tfchat cannot convert. "
-            f"Supported:\n{supported_families()}"
+            f"{source} holds a keras-hub {class_name}, which tfchat cannot convert; "
+            f"it converts {supported_backbones()} (python -m tfchat.convert --help)."
         )
     _require(source, ["model.weights.h5", "tokenizer.json"], "keras-hub preset")
     return Source(source, "keras-hub", family)
@@ -116,7 +116,8 @@ def _hugging_face_source(source, config):
     if family is None:
         raise TfchatError(
             f"{source}/config.json has model_type {model_type!r}, which tfchat cannot "
-            f"convert. Supported:\n{supported_families()}"
+            f"convert; it converts model_type {supported_model_types()} "
+            "(python -m tfchat.convert --help)."
         )
     architectures = [a for a in config.get("architectures") or [] if not a.endswith("ForCausalLM")
                      and a != "GPT2LMHeadModel"]
@@ -164,7 +165,7 @@ def _load_keras_hub(source, dtype):
     if family is None:
         raise TfchatError(
             f"{source.path} is a keras-hub {type(backbone).__name__}, which tfchat cannot "
-            f"convert. Supported:\n{supported_families()}"
+            f"convert; it converts {supported_backbones()} (python -m tfchat.convert --help)."
         )
     return backbone, tokenizer, family
 

@@ -276,3 +276,11 @@ def supported_families():
         f"Hugging Face model_type {', '.join(f.model_types)}"
         for f in FAMILIES
     )
+
+
+def supported_model_types():
+    return ", ".join(t for f in FAMILIES for t in f.model_types)
+
+
+def supported_backbones():
+    return ", ".join(b for f in FAMILIES for b in f.backbones)
