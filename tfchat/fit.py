@@ -51,6 +51,12 @@ def build_parser():
         help="Delete an existing run of the same name and start over.",
     )
     quiet.add_verbose_flag(parser)
+    from tfchat.model.keras_hub_weights import supported_families  # numpy only
+
+    parser.epilog = (parser.epilog or "") + (
+        "\n\nPretrained families --init_from converts (python -m tfchat.convert --help):\n"
+        + supported_families()
+    )
     return parser
 
 
