@@ -112,7 +112,8 @@ def test_weights_cover_exactly_the_replies_and_their_end_markers(tokenizer):
             assert not any(encoded.weights)
             continue
         # The ids are the rendered text's (start token, then the template).
-        start = tokenizer.hub_tokenizer.id_to_token(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
+        start = (tokenizer.hub_tokenizer.id_to_token(tokenizer.bos_id)
+                 if tokenizer.bos_id is not None and template.add_start_token else "")
         text = render_text(messages, template, start=start)
         assert encoded.ids == tokenizer.tokenize(tf.constant(text)).numpy().tolist()
         # Each maximal run of weight-1 tokens is one reply and its marker.

@@ -14,8 +14,8 @@ the end-of-turn marker that closes an assistant reply. `TEMPLATES` holds
 A prompt for generation is the conversation so far followed by the
 assistant's prefix; the model writes the reply and ends it with the
 end-of-turn marker, where generation stops. A conversation starts with the
-tokenizer's start token where it has one (`Tokenizer.start_ids`; Llama's
-<|begin_of_text|>), and with the template's default system message when it
+tokenizer's start token where it has one and the template writes it
+(`Tokenizer.start_ids`; Llama 3's <|begin_of_text|>; ChatML writes none), and with the template's default system message when it
 has one and the conversation none (Qwen2.5 and SmolLM2 do).
 
 Each run's tokenizer carries its template (`tokenizer.chat_template`, set
@@ -75,6 +75,8 @@ class ChatTemplate:
     end_of_turn: the marker the model writes to end its reply.
     strip_content: contents are stripped of surrounding whitespace (Llama 3).
     default_system: the system message of a conversation that has none.
+    add_start_token: a conversation starts with the tokenizer's start token
+        (Llama 3's template writes its bos_token; ChatML's writes none).
     """
 
     name: str
@@ -83,6 +85,7 @@ class ChatTemplate:
     end_of_turn: str
     strip_content: bool = False
     default_system: str = ""
+    add_start_token: bool = True
 
     def content(self, text):
         return text.strip() if self.strip_content else text
@@ -101,6 +104,7 @@ TEMPLATES = {
     ),
     "chatml": ChatTemplate(
         "chatml", *_same_for_roles("<|im_start|>{role}\n", "<|im_end|>\n"), end_of_turn="<|im_end|>",
+        add_start_token=False,
     ),
     "llama3": ChatTemplate(
         "llama3", *_same_for_roles("<|start_header_id|>{role}<|end_header_id|>\n\n", "<|eot_id|>"),
@@ -259,7 +263,7 @@ def encode_prompt_tf(tokenizer, roles, contents):
     suffixes = tokenizer.tokenize(tf.constant([template.suffixes[r] for r in ROLES]))
     body = tokenizer.tokenize(contents)  # [N, None]
     turns = tf.concat([tf.gather(prefixes, index), body, tf.gather(suffixes, index)], axis=1)
-    start = tf.constant(list(tokenizer.start_ids), tf.int32)
+    start = tf.constant(list(tokenizer.start_ids) if template.add_start_token else [], tf.int32)
     assistant = tokenizer.tokenize(tf.constant(template.prefixes["assistant"]))
     return tf.concat([start, turns.flat_values, assistant], axis=0)
 
@@ -284,8 +288,9 @@ def encode_conversations(tokenizer, conversations, max_tokens=None, add_generati
     pieces += [template.end_of_turn]
     piece_ids = dict(zip(pieces, tokenizer.tokenize(tf.constant(pieces)).to_list()))
     end_ids = piece_ids[template.end_of_turn]
-    # A pretrained family's start token opens every conversation.
-    start = list(tokenizer.start_ids)
+    # A pretrained family's start token opens every conversation, where the
+    # template writes one.
+    start = list(tokenizer.start_ids) if template.add_start_token else []
     budget = None if max_tokens is None else max_tokens - len(start)
     encoded, position = [], 0
     for messages in conversations:
