@@ -15,6 +15,8 @@ import keras_hub
 import numpy as np
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
+from tfchat.serving.hub_export import qwen2_tokenizer_json
+
 FAMILIES = ("gpt2", "llama", "qwen2")
 # Llama 2's layout with its SentencePiece tokenizer (keras-hub's LlamaBackbone
 # and LlamaTokenizer; keras-hub exports it as a preset only).
@@ -117,40 +119,33 @@ def save_checkpoints(model, family, root):
     if family == "qwen2":
         # keras-hub writes Qwen2's vocab.json and merges.txt; its reader (like
         # real Qwen2 checkpoints) has tokenizer.json, written here in the
-        # Hugging Face tokenizers layout.
+        # Hugging Face tokenizers layout (as tfchat's export writes it), with
+        # every special token as an added token.
+        tokenizer_json = qwen2_tokenizer_json(vocabulary(family), MERGES, _SPECIALS[family])
         with open(os.path.join(hugging_face, "tokenizer.json"), "w", encoding="utf-8") as f:
-            json.dump(_qwen2_tokenizer_json(family), f)
+            json.dump(tokenizer_json, f)
     return preset, hugging_face
 
 
-# Qwen2's pre-tokenizer regex, as in its tokenizer.json.
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+def keras_hub_logits(model, ids):
+    """keras-hub's own logits of a CausalLM on `ids` [B, T] (no padding)."""
+    hidden = model.backbone({"token_ids": ids, "padding_mask": np.ones_like(ids, bool)})
+    return np.asarray(model.backbone.token_embedding(hidden, reverse=True))
 
 
-def _qwen2_tokenizer_json(family):
-    vocab = vocabulary(family)
-    return {
-        "version": "1.0",
-        "added_tokens": [
-            {"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
-             "rstrip": False, "normalized": False, "special": True}
-            for t in _SPECIALS[family]
-        ],
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": _QWEN2_SPLIT}, "behavior": "Isolated",
-             "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-             "use_regex": False},
-        ]},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                    "use_regex": False},
-        "model": {"type": "BPE", "vocab": vocab, "merges": MERGES, "dropout": None,
-                  "unk_token": None, "fuse_unk": False, "byte_fallback": False},
-    }
+def keras_hub_greedy(model, prompt_ids, new_tokens):
+    """keras-hub's own `CausalLM.generate` with the greedy sampler, on ids
+    (no preprocessor, never stopping early)."""
+    bare = type(model)(backbone=model.backbone, preprocessor=None)
+    bare.compile(sampler="greedy")
+    length = len(prompt_ids) + new_tokens
+    ids = np.zeros((1, length), np.int32)
+    ids[0, : len(prompt_ids)] = prompt_ids
+    mask = np.zeros((1, length), bool)
+    mask[0, : len(prompt_ids)] = True
+    out = bare.generate({"token_ids": ids, "padding_mask": mask}, max_length=length,
+                        stop_token_ids=None)
+    return np.asarray(out["token_ids"])[0, len(prompt_ids):].tolist()
 
 
 def sentencepiece_proto():

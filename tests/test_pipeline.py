@@ -82,10 +82,12 @@ def test_same_seed_same_batches_other_seed_differs(tokenizer):
     assert not np.array_equal(a, c)
 
 
-def _offsets(block, tokens):
-    """Where `block` starts in the token stream (every match)."""
-    n = len(block)
-    return [i for i in range(len(tokens) - n + 1) if np.array_equal(tokens[i:i + n], block)]
+def _window_starts(tokens, n):
+    """{window of n tokens: every position it starts at in the stream}."""
+    starts = {}
+    for i in range(len(tokens) - n + 1):
+        starts.setdefault(tuple(tokens[i:i + n]), []).append(i)
+    return starts
 
 
 def test_each_epoch_is_a_new_cut_of_the_stream(tokenizer):
@@ -94,8 +96,9 @@ def test_each_epoch_is_a_new_cut_of_the_stream(tokenizer):
     ds = dataset(tokenizer, batch_size=per_epoch, shuffle_buffer=10_000, seed=5, repeat=True)
     batches = [np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1) for x, y in ds.take(3)]
     cuts = []
+    windows = _window_starts(list(tokens), BLOCK + 1)
     for block in np.concatenate(batches):
-        starts = _offsets(block, tokens)
+        starts = windows.get(tuple(block.tolist()), [])
         assert starts, "a block that is not a window of the token stream"
         cuts.append({i % (BLOCK + 1) for i in starts})
     # Fixed blocks would all fit one cut; here the cut moves between epochs.

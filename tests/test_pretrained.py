@@ -18,7 +18,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import CHAT_PAIRS, REPETITIVE_TEXT, REPO_ROOT, write_chat_jsonl, write_text
-from pretrained_checkpoints import FAMILIES, SENTENCEPIECE_LLAMA, make_causal_lm, save_checkpoints
+from pretrained_checkpoints import (
+    FAMILIES, SENTENCEPIECE_LLAMA, keras_hub_greedy, keras_hub_logits, make_causal_lm,
+    save_checkpoints,
+)
 from serving_calls import session_run
 from tfchat import convert as convert_command
 from tfchat import fit as fit_command
@@ -67,26 +70,6 @@ def _convert(source, runs_dir, name, *extra):
     return os.path.join(runs_dir, name)
 
 
-def _keras_hub_logits(model, ids):
-    hidden = model.backbone({"token_ids": ids, "padding_mask": np.ones_like(ids, bool)})
-    return np.asarray(model.backbone.token_embedding(hidden, reverse=True))
-
-
-def _keras_hub_greedy(model, prompt_ids, new_tokens):
-    """keras-hub's own `CausalLM.generate` with the greedy sampler, on ids
-    (no preprocessor, never stopping early)."""
-    bare = type(model)(backbone=model.backbone, preprocessor=None)
-    bare.compile(sampler="greedy")
-    length = len(prompt_ids) + new_tokens
-    ids = np.zeros((1, length), np.int32)
-    ids[0, : len(prompt_ids)] = prompt_ids
-    mask = np.zeros((1, length), bool)
-    mask[0, : len(prompt_ids)] = True
-    out = bare.generate({"token_ids": ids, "padding_mask": mask}, max_length=length,
-                        stop_token_ids=None)
-    return np.asarray(out["token_ids"])[0, len(prompt_ids):].tolist()
-
-
 @pytest.mark.parametrize("form", ["preset", "hf"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_converted_model_matches_keras_hub(checkpoints, runs_dir, family, form):
@@ -98,7 +81,7 @@ def test_converted_model_matches_keras_hub(checkpoints, runs_dir, family, form):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.backbone.vocabulary_size, (2, 24)).astype("int32")
     np.testing.assert_allclose(run.backbone(tf.constant(ids)).numpy(),
-                               _keras_hub_logits(model, ids), atol=1e-4, rtol=0)
+                               keras_hub_logits(model, ids), atol=1e-4, rtol=0)
 
     # Prompts start as keras-hub's preprocessor starts them (GPT-2 and Llama
     # with their start token, Qwen2 without), then greedy continuations agree.
@@ -109,7 +92,7 @@ def test_converted_model_matches_keras_hub(checkpoints, runs_dir, family, form):
     generator = Generator(run.backbone, run.tokenizer)
     ours = generator.generate_ids([prompt_ids], NEW_TOKENS, generator.sampler(temperature=0),
                                   stop_at_eos=False)[0]
-    theirs = _keras_hub_greedy(model, prompt_ids, NEW_TOKENS)
+    theirs = keras_hub_greedy(model, prompt_ids, NEW_TOKENS)
     assert ours == theirs
     assert len(set(ours)) > 3  # varied text, not one token repeated
 
@@ -134,7 +117,7 @@ def test_tied_llama_preset_converts(tmp_path):
     assert run.config.model.tie_embeddings
     ids = np.arange(40, dtype="int32").reshape(2, 20)
     np.testing.assert_allclose(run.backbone(tf.constant(ids)).numpy(),
-                               _keras_hub_logits(model, ids), atol=1e-4, rtol=0)
+                               keras_hub_logits(model, ids), atol=1e-4, rtol=0)
 
 
 def test_sentencepiece_llama_preset_converts(tmp_path):
@@ -146,12 +129,12 @@ def test_sentencepiece_llama_preset_converts(tmp_path):
     run = load_run(_convert(preset, str(tmp_path / "runs"), "llama2"))
     ids = np.arange(48, dtype="int32").reshape(2, 24) * 6
     np.testing.assert_allclose(run.backbone(tf.constant(ids)).numpy(),
-                               _keras_hub_logits(model, ids), atol=1e-4, rtol=0)
+                               keras_hub_logits(model, ids), atol=1e-4, rtol=0)
     prompt_ids = run.tokenizer.tokenize_prompts(tf.constant([PROMPT]))[0].numpy().tolist()
     assert prompt_ids[0] == model.preprocessor.tokenizer.start_token_id
     generator = Generator(run.backbone, run.tokenizer)
     assert generator.generate_ids([prompt_ids], NEW_TOKENS, generator.sampler(temperature=0),
-                                  stop_at_eos=False)[0] == _keras_hub_greedy(model, prompt_ids, NEW_TOKENS)
+                                  stop_at_eos=False)[0] == keras_hub_greedy(model, prompt_ids, NEW_TOKENS)
     texts = [t for t in TOKENIZER_TEXTS if "<|" not in t]
     assert run.tokenizer.tokenize(tf.constant(texts)).to_list() == _keras_hub_ids(preset, texts)
 

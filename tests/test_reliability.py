@@ -197,19 +197,23 @@ def _dropout_trainer(make_config, run_dir):
                    folder=RunFolder(str(run_dir)), verbose=0)
 
 
-def test_unreadable_latest_checkpoint_is_skipped(tiny_settings):
+def test_unreadable_latest_checkpoint_is_skipped(tiny_settings, capsys):
+    # In-process: nothing here needs a process of its own (the kill tests do).
+    from tfchat import fit
+
     settings = {**_settings(tiny_settings, "torn"), "train.max_steps": 40}
     run_dir = os.path.join(settings["runs_dir"], "torn")
-    assert _fit(settings).returncode == 0
+    assert fit.main(as_cli_args(settings)) == 0
     # Tear the newest checkpoint's data, as a crash in the middle of a copy
     # or a full disk would.
     data = os.path.join(run_dir, "checkpoints", "ckpt-40.data-00000-of-00001")
     with open(data, "r+b") as f:
         f.truncate(os.path.getsize(data) // 3)
-    resumed = _fit({**settings, "train.max_steps": 60}, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Skipping unreadable checkpoint" in resumed.stdout
-    assert "ckpt-40" in resumed.stdout and "at step 20" in resumed.stdout
+    capsys.readouterr()
+    assert fit.main(as_cli_args({**settings, "train.max_steps": 60}) + ["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "Skipping unreadable checkpoint" in out
+    assert "ckpt-40" in out and "at step 20" in out
     assert _latest_step(run_dir) == 60
 
 

@@ -1,7 +1,27 @@
-"""Export a trained run as a SavedModel that stock TF Serving serves as is.
+"""Export a trained run as a SavedModel that stock TF Serving serves as is
+(the default), or, for runs of a pretrained family, as a Hugging Face
+checkpoint or a keras-hub preset.
 
     python -m tfchat.export --run runs/default                # saved_models/default/<next>/
     python -m tfchat.export --run runs/default --name chat --version 3 --force
+    python -m tfchat.export --run runs/smollm2 --format hf --out exports/smollm2
+    python -m tfchat.export --run runs/smollm2 --format keras-hub --out exports/smollm2_preset
+
+Formats (`--format`):
+
+  * `saved_model` (default): TF Serving's SavedModel, below.
+  * `hf`: a Hugging Face checkpoint in `--out` (config.json with
+    "architectures", model.safetensors, the tokenizer's files) for
+    transformers, vLLM or llama.cpp's convert_hf_to_gguf.py.
+  * `keras-hub`: a keras-hub preset in `--out`, for
+    `keras_hub.models.CausalLM.from_preset`.
+
+`hf` and `keras-hub` take runs of the families keras-hub writes, GPT-2,
+Llama (Llama 2's SentencePiece tokenizer: keras-hub only) and Qwen2, with the
+checkpoint's own tokenizer: runs made by `python -m tfchat.convert` or
+fine-tuned from one (`fit --init_from`). A LoRA run is exported with its
+adapters merged. `--out` is written whole or not at all; an existing one is
+replaced only with `--force`.
 
 The SavedModel lands in TF Serving's base-path layout,
 `saved_models/<name>/<version>/`: point TF Serving's `--model_base_path` at
@@ -57,6 +77,7 @@ quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 from tfchat.errors import TfchatError
 
 DEFAULT_SAVED_MODELS_DIR = "saved_models"
+FORMATS = ("saved_model", "hf", "keras-hub")
 
 
 def build_parser():
@@ -73,13 +94,57 @@ def build_parser():
     parser.add_argument("--saved-models-dir", default=DEFAULT_SAVED_MODELS_DIR,
                         help="Where model folders live (TF Serving's model base paths).")
     parser.add_argument("--force", action="store_true",
-                        help="Replace the version if it already exists.")
+                        help="Replace the version (or --out) if it already exists.")
+    parser.add_argument("--format", default="saved_model", choices=FORMATS,
+                        help="saved_model (default: TF Serving), hf (a Hugging Face checkpoint) "
+                             "or keras-hub (a keras-hub preset).")
+    parser.add_argument("--out", default=None,
+                        help="The folder to write, for --format hf and keras-hub.")
     quiet.add_verbose_flag(parser)
     return parser
 
 
+def export_hub_format(args):
+    """`--format hf|keras-hub`: the run checked from its config first, then
+    loaded, LoRA adapters merged in memory, and written to `--out`."""
+    if args.out is None:
+        raise TfchatError(f"--format {args.format} needs --out DIR, the folder to write.")
+    if args.name is not None or args.version is not None:
+        raise TfchatError("--name and --version are for --format saved_model; "
+                          f"--format {args.format} writes --out.")
+    from tfchat.run import load_config, load_run, merged_run
+    from tfchat.serving.hub_export import check_exportable, check_out, export_hub
+
+    family = check_exportable(load_config(args.run), args.format, args.run)
+    check_out(args.out, args.force)
+    run = load_run(args.run)  # built as merged_run builds its model: the same weight names
+    merged = bool(run.config.model.lora_rank)
+    if merged:
+        run = merged_run(run)
+    export_hub(run, args.out, args.format, overwrite=args.force)
+    what = "a Hugging Face checkpoint" if args.format == "hf" else "a keras-hub preset"
+    print(f"Exported {args.run} (a {family.name} model, step {run.step}"
+          f"{', LoRA adapters merged' if merged else ''}) to {args.out} as {what}.")
+    if args.format == "hf":
+        print("Load it with transformers.AutoModelForCausalLM.from_pretrained"
+              f"({args.out!r}), vLLM, or llama.cpp's convert_hf_to_gguf.py {args.out}")
+    else:
+        print(f"Load it with keras_hub.models.CausalLM.from_preset({args.out!r})")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.format != "saved_model":
+        try:
+            export_hub_format(args)
+        except TfchatError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if args.out is not None:
+        print("error: --out is for --format hf and keras-hub; a SavedModel goes to "
+              "--saved-models-dir/<name>/<version>.", file=sys.stderr)
+        return 1
     # Here, not at the top: --help and argument errors answer without
     # loading TensorFlow.
     from tfchat.run import load_run

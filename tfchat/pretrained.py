@@ -174,14 +174,23 @@ def _load_keras_hub(source, dtype):
 
 
 def _missing_backbone_args(source):
-    """What a keras-hub preset's config.json leaves out and its weights say.
+    """What keras-hub 0.32 drops from a Llama's config when it reads one.
 
-    keras-hub 0.32's `LlamaBackbone.get_config` does not write
+    A Hugging Face Llama: its converter ignores `rms_norm_eps` (every Llama
+    would get keras-hub's default 1e-6; Llama 3 and SmolLM2 use 1e-5), so it
+    is passed here.
+
+    A keras-hub preset: `LlamaBackbone.get_config` does not write
     `tie_word_embeddings`, so a tied Llama (SmolLM2, Llama 3.2 1B) saved as a
     preset reloads untied and fails, in keras-hub too, for want of
     `reverse_embeddings`. The weights file tells: a tied embedding has one
     variable, an untied one two."""
-    if source.kind != "keras-hub" or source.family.name != "llama":
+    if source.family is None or source.family.name != "llama":
+        return {}
+    if source.kind == "hugging-face":
+        eps = _read_json(os.path.join(source.path, "config.json")).get("rms_norm_eps")
+        return {} if eps is None else {"layer_norm_epsilon": float(eps)}
+    if source.kind != "keras-hub":
         return {}
     config = _read_json(os.path.join(source.path, "config.json")).get("config", {})
     if "tie_word_embeddings" in config:

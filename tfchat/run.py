@@ -14,7 +14,9 @@
 
 This module is the one place these names are written down. `RunFolder`
 knows the paths; `load_run` rebuilds a trained model from them;
-`check_init_from` says whether a config may start from a run.
+`merged_run` folds a LoRA run's adapters into its weights in memory
+(`merge_lora_run` writes that as a run); `check_init_from` says whether
+a config may start from a run.
 """
 
 import dataclasses
@@ -276,10 +278,30 @@ def load_run(path, checkpoint="latest", forward_pass=True):
     return Run(path, config, tokenizer, model, step, labels=labels)
 
 
+def merged_run(run, out_path=None):
+    """The LoRA run `run` with its adapters folded into the weights, in
+    memory: a `Run` of an ordinary model (model.lora_rank 0, the same
+    tokenizer and step) that computes what `run` does. Its config names
+    `out_path` when given (where `merge_lora_run` writes it), else the run
+    itself; nothing is written."""
+    if not run.config.model.lora_rank:
+        raise TfchatError(f"The run at {run.path} has no LoRA adapters (model.lora_rank is 0).")
+    path = out_path or run.path
+    config = dataclasses.replace(
+        run.config,
+        name=os.path.basename(os.path.normpath(path)),
+        runs_dir=os.path.dirname(os.path.normpath(path)),
+        model=dataclasses.replace(run.config.model, lora_rank=0),
+    )
+    merged = build_model(config, run.tokenizer.vocabulary_size, run.labels)
+    merge_lora(run.backbone, merged.backbone)
+    return Run(path, config, run.tokenizer, merged, run.step, labels=run.labels)
+
+
 def merge_lora_run(run_path, out_path, overwrite=False):
     """Writes to `out_path` a copy of the LoRA run at `run_path` with its
-    adapters folded into the weights: an ordinary run (model.lora_rank 0,
-    the same tokenizer, one checkpoint at the same step)."""
+    adapters folded into the weights (`merged_run`): an ordinary run
+    (model.lora_rank 0, the same tokenizer, one checkpoint at the same step)."""
     run = load_run(run_path)
     if not run.config.model.lora_rank:
         raise TfchatError(f"The run at {run_path} has no LoRA adapters (model.lora_rank is 0).")
@@ -287,19 +309,12 @@ def merge_lora_run(run_path, out_path, overwrite=False):
         if not overwrite:
             raise TfchatError(f"{out_path} already exists; pass --overwrite to replace it.")
         shutil.rmtree(out_path)
-    config = dataclasses.replace(
-        run.config,
-        name=os.path.basename(os.path.normpath(out_path)),
-        runs_dir=os.path.dirname(os.path.normpath(out_path)),
-        model=dataclasses.replace(run.config.model, lora_rank=0),
-    )
-    merged = build_model(config, run.tokenizer.vocabulary_size, run.labels)
-    merge_lora(run.backbone, merged.backbone)
+    merged = merged_run(run, out_path)
     out = RunFolder(out_path)
     os.makedirs(out.path)
     shutil.copytree(run.folder.tokenizer, out.tokenizer)
-    write_json_atomic(out.config, config.to_dict())
+    write_json_atomic(out.config, merged.config.to_dict())
     tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=merged), out.checkpoints, max_to_keep=1
+        tf.train.Checkpoint(model=merged.model), out.checkpoints, max_to_keep=1
     ).save(checkpoint_number=run.step)
     return out_path

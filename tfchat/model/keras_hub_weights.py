@@ -1,6 +1,8 @@
 """Copies the weights of a keras-hub GPT-2, Llama / Llama 3 or Qwen2 backbone
-into a tfchat `GPT` configured the same way (`FAMILIES`: per family, the GPT
-arguments of a backbone and the weight copy).
+into a tfchat `GPT` configured the same way, and back (`FAMILIES`: per
+family, the GPT arguments of a backbone and the weight copy; the decoder
+options that make a GPT one of the family, the backbone arguments of a GPT
+and the copy back, for export).
 
 GPT-2, per block (keras-hub name -> tfchat):
 
@@ -34,7 +36,9 @@ token_embedding.reverse_embeddings [C, V] -> lm_head.kernel [C, V].
 
 Both use the same rotary convention as tfchat (rotate-half, angles from
 positions times theta^(-2i/D)), so no permutation of q/k columns is needed.
-Only the weights are read; keras-hub itself is not imported.
+The copy back (`gpt_to_*_weights`) is the same table read right to left,
+into a backbone built from `*_hub_args(gpt)`. Only the weights are read and
+written; keras-hub itself is not imported.
 
 Example:
 ```python
@@ -42,6 +46,8 @@ backbone = keras_hub.models.Llama3Backbone.from_preset(...)
 gpt = GPT(**llama_gpt_args(backbone, block_size=2048))
 gpt.build()
 llama_weights_to_gpt(backbone, gpt)
+fresh = keras_hub.models.Llama3Backbone(**llama_hub_args(gpt))
+gpt_to_llama_weights(gpt, fresh)          # fresh computes what gpt does
 ```
 """
 
@@ -221,9 +227,149 @@ def qwen2_weights_to_gpt(backbone, gpt):
     _copy(backbone, gpt, qkv_bias=True)
 
 
+# --- back: a GPT's weights into a fresh keras-hub backbone (export) ---
+
+
+def gpt2_hub_args(gpt):
+    """`GPT2Backbone` keyword arguments for a GPT of the GPT-2 layout (the
+    inverse of `gpt2_gpt_args`: its position table is `block_size` long)."""
+    return dict(
+        vocabulary_size=gpt.vocabulary_size,
+        num_layers=gpt.num_layers,
+        num_heads=gpt.num_heads,
+        hidden_dim=gpt.hidden_dim,
+        intermediate_dim=gpt.intermediate_dim,
+        max_sequence_length=gpt.block_size,
+        dropout=0.0,
+    )
+
+
+def _common_hub_args(gpt):
+    return dict(
+        vocabulary_size=gpt.vocabulary_size,
+        num_layers=gpt.num_layers,
+        num_query_heads=gpt.num_heads,
+        num_key_value_heads=gpt.num_kv_heads,
+        hidden_dim=gpt.hidden_dim,
+        intermediate_dim=gpt.intermediate_dim,
+        rope_max_wavelength=gpt.rope_theta,
+        layer_norm_epsilon=gpt.norm_epsilon,
+        tie_word_embeddings=bool(gpt.tie_embeddings),
+        dropout=0.0,
+    )
+
+
+def llama_hub_args(gpt):
+    """`LlamaBackbone` / `Llama3Backbone` keyword arguments for a GPT of the
+    Llama layout (the inverse of `llama_gpt_args`; Llama 3's rope scaling
+    when `rope_scaling_factor` is above 1)."""
+    args = _common_hub_args(gpt)
+    if gpt.rope_scaling_factor != 1.0:
+        args.update(
+            rope_frequency_adjustment_factor=float(gpt.rope_scaling_factor),
+            rope_low_freq_factor=float(gpt.rope_low_freq_factor),
+            rope_high_freq_factor=float(gpt.rope_high_freq_factor),
+            rope_pretraining_sequence_length=int(gpt.rope_original_max_positions),
+        )
+    return args
+
+
+def qwen2_hub_args(gpt):
+    """`QwenBackbone` keyword arguments for a GPT of the Qwen2 layout (the
+    inverse of `qwen2_gpt_args`: no sliding window, no rope scaling)."""
+    return dict(_common_hub_args(gpt), rope_scaling_factor=1.0,
+                use_sliding_window_attention=False)
+
+
+def _split_qkv(gpt, block):
+    """tfchat's fused qkv kernel [C, (H + 2K) D] (and bias) -> keras-hub's
+    q [C, H, D], k and v [C, K, D] kernels and [H, D] / [K, D] biases."""
+    heads, kv_heads = gpt.num_heads, gpt.num_kv_heads
+    head_dim = gpt.hidden_dim // heads
+    kernel = _numpy(block.attention.qkv.kernel)
+    ends = np.cumsum([heads * head_dim, kv_heads * head_dim])
+    shapes = ((heads, head_dim), (kv_heads, head_dim), (kv_heads, head_dim))
+    kernels = [k.reshape(gpt.hidden_dim, *shape)
+               for k, shape in zip(np.split(kernel, ends, axis=1), shapes)]
+    if not gpt.qkv_bias:
+        return kernels, None
+    bias = _numpy(block.attention.qkv.bias)
+    return kernels, [b.reshape(shape) for b, shape in zip(np.split(bias, ends), shapes)]
+
+
+def _assign_qkv(attention, kernels, biases):
+    denses = (attention._query_dense, attention._key_dense, attention._value_dense)
+    for i, dense in enumerate(denses):
+        dense.kernel.assign(kernels[i])
+        if biases is not None:
+            dense.bias.assign(biases[i])
+
+
+def gpt_to_gpt2_weights(gpt, backbone):
+    """Copies a GPT-2-layout `GPT`'s weights into a built keras-hub
+    `GPT2Backbone(**gpt2_hub_args(gpt))` (the inverse of
+    `gpt2_weights_to_gpt`)."""
+    _check_shapes(backbone, gpt)
+    hidden = gpt.hidden_dim
+    backbone.token_embedding.embeddings.assign(_numpy(gpt.token_embedding.embeddings))
+    backbone.position_embedding.position_embeddings.assign(
+        _numpy(gpt.position_embedding.embeddings))
+    for layer, block in zip(backbone.transformer_layers, gpt.blocks):
+        attention = layer._self_attention_layer
+        _assign_qkv(attention, *_split_qkv(gpt, block))
+        output = attention._output_dense
+        output.kernel.assign(_numpy(block.attention.proj.kernel).reshape(output.kernel.shape))
+        output.bias.assign(_numpy(block.attention.proj.bias))
+        for theirs, mine in (
+            (layer._self_attention_layer_norm, block.attention_norm),
+            (layer._feedforward_layer_norm, block.mlp_norm),
+        ):
+            theirs.gamma.assign(_numpy(mine.gamma))
+            theirs.beta.assign(_numpy(mine.beta))
+        for theirs, mine in (
+            (layer._feedforward_intermediate_dense, block.mlp_in),
+            (layer._feedforward_output_dense, block.mlp_out),
+        ):
+            theirs.kernel.assign(_numpy(mine.kernel))
+            theirs.bias.assign(_numpy(mine.bias))
+    backbone.layer_norm.gamma.assign(_numpy(gpt.final_norm.gamma))
+    backbone.layer_norm.beta.assign(_numpy(gpt.final_norm.beta))
+
+
+def _copy_back(gpt, backbone):
+    """The inverse of `_copy` (q/k/v biases when the GPT has them)."""
+    _check_shapes(backbone, gpt)
+    backbone.token_embedding.embeddings.assign(_numpy(gpt.token_embedding.embeddings))
+    for layer, block in zip(backbone.transformer_layers, gpt.blocks):
+        attention = layer._self_attention_layer
+        _assign_qkv(attention, *_split_qkv(gpt, block))
+        output = attention._output_dense.kernel  # [H, D, C]
+        output.assign(_numpy(block.attention.proj.kernel).reshape(output.shape))
+        layer._self_attention_layernorm.scale.assign(_numpy(block.attention_norm.scale))
+        layer._feedforward_layernorm.scale.assign(_numpy(block.mlp_norm.scale))
+        layer._feedforward_gate_dense.kernel.assign(_numpy(block.mlp_gate.kernel))
+        layer._feedforward_intermediate_dense.kernel.assign(_numpy(block.mlp_in.kernel))
+        layer._feedforward_output_dense.kernel.assign(_numpy(block.mlp_out.kernel))
+    backbone.layer_norm.scale.assign(_numpy(gpt.final_norm.scale))
+    if not gpt.tie_embeddings:
+        backbone.token_embedding.reverse_embeddings.assign(_numpy(gpt.lm_head.kernel))
+
+
+def gpt_to_llama_weights(gpt, backbone):
+    """Copies a Llama-layout `GPT`'s weights into a built keras-hub
+    `Llama3Backbone` / `LlamaBackbone(**llama_hub_args(gpt))`."""
+    _copy_back(gpt, backbone)
+
+
+def gpt_to_qwen2_weights(gpt, backbone):
+    """Copies a Qwen2-layout `GPT`'s weights into a built keras-hub
+    `QwenBackbone(**qwen2_hub_args(gpt))`."""
+    _copy_back(gpt, backbone)
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """A checkpoint family tfchat can start from.
+    """A checkpoint family tfchat can start from, and export back to.
 
     name: tfchat's name for it (config `model.family`, `--help`).
     backbones: the keras-hub backbone classes it reads.
@@ -232,6 +378,15 @@ class Family:
     examples: checkpoints of the family, for `--help`.
     gpt_args(backbone, block_size) -> `GPT` keyword arguments.
     copy_weights(backbone, gpt): fills a built GPT with the backbone's weights.
+    decoder: the GPT decoder options (`model.*`) every model of the family
+        has; a run whose options are these is of the family.
+    hub_args(gpt) -> keyword arguments of the keras-hub backbone it exports to.
+    copy_weights_back(gpt, backbone): fills that built backbone with the
+        GPT's weights (the inverse of `copy_weights`).
+    architecture: the Hugging Face `architectures` entry of its config.json.
+    hub_classes: the keras-hub tokenizer classes of its runs, each with the
+        (backbone, CausalLM, CausalLMPreprocessor) classes it exports with
+        and whether keras-hub writes those in Hugging Face form.
     """
 
     name: str
@@ -240,17 +395,56 @@ class Family:
     examples: str
     gpt_args: typing.Callable
     copy_weights: typing.Callable
+    decoder: typing.Mapping[str, object]
+    hub_args: typing.Callable
+    copy_weights_back: typing.Callable
+    architecture: str
+    hub_classes: typing.Mapping[str, typing.Tuple[str, str, str, bool]]
+
+    def describe_decoder(self):
+        return ", ".join(
+            f"{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in self.decoder.items()
+        ) + ("" if self.name != "gpt2" else ", num_kv_heads = num_heads")
 
 
+_SWIGLU = dict(norm="rmsnorm", position="rope", mlp="swiglu", use_bias=False)
 FAMILIES = (
     Family("gpt2", ("GPT2Backbone",), ("gpt2",), "GPT-2 (124M to 1.5B), DistilGPT-2",
-           gpt2_gpt_args, gpt2_weights_to_gpt),
+           gpt2_gpt_args, gpt2_weights_to_gpt,
+           dict(norm="layernorm", norm_epsilon=1e-5, position="learned", mlp="gelu",
+                tie_embeddings=True, qkv_bias=True, use_bias=True),
+           gpt2_hub_args, gpt_to_gpt2_weights, "GPT2LMHeadModel",
+           {"GPT2Tokenizer": ("GPT2Backbone", "GPT2CausalLM", "GPT2CausalLMPreprocessor", True)}),
     Family("llama", ("LlamaBackbone", "Llama3Backbone"), ("llama",),
            "Llama 2/3.x, SmolLM2, TinyLlama (LlamaForCausalLM)",
-           llama_gpt_args, llama_weights_to_gpt),
+           llama_gpt_args, llama_weights_to_gpt,
+           dict(_SWIGLU, qkv_bias=False),
+           llama_hub_args, gpt_to_llama_weights, "LlamaForCausalLM",
+           {"Llama3Tokenizer": ("Llama3Backbone", "Llama3CausalLM", "Llama3CausalLMPreprocessor", True),
+            # Llama 2's SentencePiece: keras-hub 0.32 writes it as a preset only.
+            "LlamaTokenizer": ("LlamaBackbone", "LlamaCausalLM", "LlamaCausalLMPreprocessor", False)}),
     Family("qwen2", ("QwenBackbone",), ("qwen2",), "Qwen2, Qwen2.5 (Qwen2ForCausalLM)",
-           qwen2_gpt_args, qwen2_weights_to_gpt),
+           qwen2_gpt_args, qwen2_weights_to_gpt,
+           dict(_SWIGLU, qkv_bias=True, rope_scaling_factor=1.0),
+           qwen2_hub_args, gpt_to_qwen2_weights, "Qwen2ForCausalLM",
+           {"QwenTokenizer": ("QwenBackbone", "QwenCausalLM", "QwenCausalLMPreprocessor", True)}),
 )
+
+
+def family_of_decoder(model):
+    """The `Family` whose decoder options `model` has (a `GPT`, or a
+    config's `ModelConfig`), or None."""
+    for family in FAMILIES:
+        if all(getattr(model, k) == v for k, v in family.decoder.items()):
+            if family.name == "gpt2" and (model.num_kv_heads or model.num_heads) != model.num_heads:
+                continue
+            return family
+    return None
+
+
+def exportable_families():
+    """One phrase per family, for errors: its name and decoder options."""
+    return "; ".join(f"{f.name} ({f.describe_decoder()})" for f in FAMILIES)
 
 
 def family_of_backbone(class_name):

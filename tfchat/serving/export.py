@@ -266,7 +266,7 @@ def export_run(run, saved_models_dir, name=None, version=None, force=False):
         metadata = _metadata(run, _signature_summary(tmp))
         with open(os.path.join(extra, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, ensure_ascii=False)
-        _replace(tmp, target, old)
+        replace_dir(tmp, target, old)
     except OSError as e:
         raise TfchatError(f"Cannot write to {base}: {e.strerror or e}.") from None
     finally:
@@ -274,7 +274,7 @@ def export_run(run, saved_models_dir, name=None, version=None, force=False):
     return target
 
 
-def _replace(new, target, old):
+def replace_dir(new, target, old):
     """Renames `new` to `target`; an existing `target` is moved aside first
     and put back if the rename fails."""
     replacing = os.path.exists(target)
