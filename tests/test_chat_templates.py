@@ -91,6 +91,21 @@ def test_renders_as_the_checkpoints_jinja_template(form):
                 assert rendered == expected[len(bos):]
 
 
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_exported_jinja_renders_as_tfchat(name):
+    """What an export to Hugging Face form writes as its chat_template
+    renders, in jinja2, what tfchat renders; and is recognised again."""
+    for system in ("", "You are a helpful assistant."):
+        template = get_template(name, system)
+        bos = "<s>" if template.add_start_token else ""
+        for messages in CONVERSATIONS:
+            for prompt in (False, True):
+                assert jinja_render(template.to_jinja(), messages, prompt, bos_token="<s>") == \
+                    render_text(messages, template, prompt, start=bos)
+        if name in ("chatml", "llama3"):
+            assert template_from_jinja(template.to_jinja()) == (name, system if name == "chatml" else "")
+
+
 def test_unknown_jinja_is_plain():
     assert template_from_jinja("{{ messages[0].content }}") == ("plain", "")
     assert template_from_jinja(None) == ("plain", "")

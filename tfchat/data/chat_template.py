@@ -54,6 +54,7 @@ encoded.ids, encoded.weights  # weights are 1 on "Hello." and its end marker
 """
 
 import dataclasses
+import json
 import re
 import typing
 
@@ -89,6 +90,28 @@ class ChatTemplate:
 
     def content(self, text):
         return text.strip() if self.strip_content else text
+
+    def to_jinja(self):
+        """This template as a Hugging Face `chat_template` (Jinja), for
+        `tokenizer_config.json`: what transformers, vLLM and llama.cpp
+        render from, giving `render_text`'s text (tests check)."""
+        quote = json.dumps  # a JSON string literal is a valid Jinja one
+        prefixes = "{" + ", ".join(f"{quote(r)}: {quote(self.prefixes[r])}" for r in ROLES) + "}"
+        suffixes = "{" + ", ".join(f"{quote(r)}: {quote(self.suffixes[r])}" for r in ROLES) + "}"
+        content = "message['content'] | trim" if self.strip_content else "message['content']"
+        parts = [f"{{%- set prefixes = {prefixes} -%}}{{%- set suffixes = {suffixes} -%}}"]
+        if self.add_start_token:
+            parts.append("{{- bos_token -}}")
+        if self.default_system:
+            system = self.prefixes["system"] + self.content(self.default_system) + self.suffixes["system"]
+            parts.append("{%- if not messages or messages[0]['role'] != 'system' -%}"
+                         f"{{{{- {quote(system)} -}}}}{{%- endif -%}}")
+        parts.append("{%- for message in messages -%}"
+                     f"{{{{- prefixes[message['role']] + {content} + suffixes[message['role']] -}}}}"
+                     "{%- endfor -%}")
+        parts.append("{%- if add_generation_prompt -%}"
+                     f"{{{{- {quote(self.prefixes['assistant'])} -}}}}{{%- endif -%}}")
+        return "".join(parts)
 
 
 def _same_for_roles(prefix, suffix):
