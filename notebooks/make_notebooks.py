@@ -540,6 +540,28 @@ reply = served.chat(roles=tf.constant(["user"]), contents=tf.constant([QUESTIONS
                     temperature=tf.constant([0.0]), max_new_tokens=tf.constant([20]))
 print(saved, "->", reply["text"].numpy()[0].decode())
 assert reply["text"].numpy()[0].decode() == after[0]'''),
+        new_markdown_cell(
+            "**Export to Hugging Face form** (`python -m tfchat.export --run R --format hf --out DIR`; "
+            "`--format keras-hub` writes a keras-hub preset): the adapters are merged into the "
+            "weights, and the ChatML template goes into `tokenizer_config.json`, for transformers, "
+            "vLLM or llama.cpp's converter. keras-hub reads it back and computes the same logits."
+        ),
+        new_code_cell('''import keras_hub
+import numpy as np
+from tfchat.run import merged_run
+from tfchat.serving.hub_export import export_hub
+
+hf_dir = export_hub(merged_run(run), os.path.join(RUNS, "exported_hf"), "hf", overwrite=True)
+print(sorted(os.listdir(hf_dir)))
+with open(os.path.join(hf_dir, "tokenizer_config.json")) as f:
+    print(json.load(f)["chat_template"][:120], "...")
+reloaded = keras_hub.models.CausalLM.from_preset(hf_dir)
+ids = run.tokenizer.tokenize(tf.constant(["the cat sat"])).to_tensor()
+theirs = reloaded.backbone.token_embedding(
+    reloaded.backbone({"token_ids": ids, "padding_mask": tf.ones_like(ids, tf.bool)}), reverse=True)
+difference = np.abs(np.asarray(theirs) - run.backbone(ids).numpy()).max()
+print("largest logit difference, keras-hub reading the export vs tfchat:", difference)
+assert difference < 1e-4'''),
     ]
 
 
