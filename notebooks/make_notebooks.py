@@ -421,11 +421,156 @@ assert difference < 1e-3'''),
     ]
 
 
+def finetune_pretrained():
+    return [
+        new_markdown_cell(
+            "# 5. Fine-tune a pretrained model\n\n"
+            "Convert a pretrained checkpoint (GPT-2, Llama-family or Qwen2; keras-hub preset, "
+            "Hugging Face directory or hub handle) into a tfchat run, chat with it in its own "
+            "chat format, LoRA-fine-tune it on conversations, chat again, then export it for "
+            "TF Serving and back to Hugging Face form."
+        ),
+        new_code_cell(SETUP),
+        new_markdown_cell(
+            "**A checkpoint.** Set `PRETRAINED` to a downloaded one, e.g. "
+            "`huggingface-cli download HuggingFaceTB/SmolLM2-135M-Instruct --local-dir SmolLM2`. "
+            "Without one, this cell makes a tiny SmolLM2-shaped model with random weights in "
+            "keras-hub and writes it in Hugging Face form with a ChatML `chat_template`, as "
+            "instruct checkpoints ship it (so the notebook runs offline)."
+        ),
+        new_code_cell('''import json
+PRETRAINED = os.environ.get("TFCHAT_PRETRAINED", "")
+if not PRETRAINED:
+    import keras_hub
+    import numpy as np
+    from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+    keras.utils.set_random_seed(0)
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eot_id|>", "<|im_start|>", "<|im_end|>"]
+    merges = ["Ġ t", "h e", "Ġt he", "i n", "o u", "Ġ a"]
+    tokens = list(bytes_to_unicode()[1]) + [m.replace(" ", "") for m in merges] + specials
+    vocabulary = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    tokenizer = keras_hub.models.Llama3Tokenizer(
+        vocabulary=vocabulary, merges=merges,
+        misc_special_tokens={"<|start_header_id|>", "<|end_header_id|>", "<|im_start|>", "<|im_end|>"})
+    backbone = keras_hub.models.Llama3Backbone(
+        vocabulary_size=len(vocabulary), num_layers=2, num_query_heads=4, num_key_value_heads=2,
+        hidden_dim=64, intermediate_dim=128, tie_word_embeddings=True)
+    model = keras_hub.models.Llama3CausalLM(
+        backbone, keras_hub.models.Llama3CausalLMPreprocessor(tokenizer, sequence_length=64))
+    PRETRAINED = os.path.join(RUNS, "tiny_smollm2")
+    model.export_to_transformers(PRETRAINED)
+    with open(os.path.join(PRETRAINED, "config.json")) as f:
+        hf_config = json.load(f)
+    hf_config["architectures"] = ["LlamaForCausalLM"]
+    with open(os.path.join(PRETRAINED, "config.json"), "w") as f:
+        json.dump(hf_config, f)
+    with open(os.path.join(PRETRAINED, "tokenizer_config.json")) as f:
+        tokenizer_config = json.load(f)
+    tokenizer_config["chat_template"] = (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\\\n' + message['content']"
+        " + '<|im_end|>' + '\\\\n'}}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|im_start|>assistant\\\\n' }}{% endif %}")
+    with open(os.path.join(PRETRAINED, "tokenizer_config.json"), "w") as f:
+        json.dump(tokenizer_config, f)
+print(PRETRAINED, sorted(os.listdir(PRETRAINED)))'''),
+        new_markdown_cell(
+            "**Convert** (`python -m tfchat.convert PRETRAINED --name base` does the same): keras-hub "
+            "reads the checkpoint, tfchat maps its weights into its own decoder and keeps the "
+            "checkpoint's tokenizer and chat format."
+        ),
+        new_code_cell('''from tfchat.pretrained import convert
+from tfchat.run import load_run
+
+base_dir = os.path.join(RUNS, "pretrained_base")
+convert(PRETRAINED, base_dir, block_size=128 if SMALL else 1024, overwrite=True)
+base = load_run(base_dir)
+print(base.config.objective, "run, chat template:", base.config.tokenizer.chat_template)
+assert base.config.tokenizer.chat_template == "chatml"'''),
+        new_markdown_cell("**Chat** with the untouched model, in its ChatML format."),
+        new_code_cell('''from tfchat.data.chat_template import Message, render_text
+from tfchat.inference.generator import Generator
+
+QUESTIONS = ["ping", "how are you?", "what is your name?"]
+ANSWERS = ["pong", "i am fine, thank you.", "my name is tiny bot."]
+print(render_text([Message("user", "ping")], base.tokenizer.chat_template, add_generation_prompt=True))
+before = Generator(base.backbone, base.tokenizer).chat([[Message("user", q)] for q in QUESTIONS], max_new_tokens=20)
+before'''),
+        new_markdown_cell(
+            "**LoRA fine-tuning** on conversations (messages JSONL, the format most datasets "
+            "come in): only low-rank adapters train; the loss covers the assistant's tokens and "
+            "its `<|im_end|>`."
+        ),
+        new_code_cell('''from tfchat.config import Config
+from tfchat.job import train
+
+chats = os.path.join(RUNS, "chats.jsonl")
+with open(chats, "w") as f:
+    for _ in range(20):
+        for q, a in zip(QUESTIONS, ANSWERS):
+            f.write(json.dumps({"messages": [{"role": "user", "content": q},
+                                             {"role": "assistant", "content": a}]}) + "\\n")
+tuned = Config(name="pretrained_lora", runs_dir=RUNS, objective="chat", init_from=base_dir)
+tuned.model, tuned.tokenizer = base.config.model, base.config.tokenizer
+tuned.data.path = chats
+tuned.model.lora_rank, tuned.model.lora_alpha = 8, 16.0
+tuned.train.batch_size, tuned.train.max_steps = 8, 150 if SMALL else 1000
+tuned.train.learning_rate, tuned.train.warmup_steps = 1e-2, 10
+tuned.train.eval_interval, tuned.train.jit_compile = 150, False
+history = train(tuned, overwrite=True, verbose=0)
+print(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}")
+assert history[-1]["loss"] < history[0]["loss"]'''),
+        new_markdown_cell("**Chat again**: the adapted model answers its training conversations."),
+        new_code_cell('''run = load_run(tuned.run_dir)
+generator = Generator(run.backbone, run.tokenizer)
+after = generator.chat([[Message("user", q)] for q in QUESTIONS], max_new_tokens=20)
+print(after)
+assert sum(a == b for a, b in zip(after, ANSWERS)) >= 2'''),
+        new_markdown_cell(
+            "**Export for TF Serving**: the `chat` signature takes roles and contents and applies "
+            "the ChatML template inside the graph, so a client sends plain messages."
+        ),
+        new_code_cell('''from tfchat.serving.export import export_run
+
+saved = export_run(run, saved_models_dir=os.path.join(RUNS, "saved_models"))
+served = tf.saved_model.load(saved)
+# The restored function keeps the signature's defaults for what a request leaves out.
+reply = served.chat(roles=tf.constant(["user"]), contents=tf.constant([QUESTIONS[0]]),
+                    temperature=tf.constant([0.0]), max_new_tokens=tf.constant([20]))
+print(saved, "->", reply["text"].numpy()[0].decode())
+assert reply["text"].numpy()[0].decode() == after[0]'''),
+        new_markdown_cell(
+            "**Export to Hugging Face form** (`python -m tfchat.export --run R --format hf --out DIR`; "
+            "`--format keras-hub` writes a keras-hub preset): the adapters are merged into the "
+            "weights, and the ChatML template goes into `tokenizer_config.json`, for transformers, "
+            "vLLM or llama.cpp's converter. keras-hub reads it back and computes the same logits."
+        ),
+        new_code_cell('''import keras_hub
+import numpy as np
+from tfchat.run import merged_run
+from tfchat.serving.hub_export import export_hub
+
+hf_dir = export_hub(merged_run(run), os.path.join(RUNS, "exported_hf"), "hf", overwrite=True)
+print(sorted(os.listdir(hf_dir)))
+with open(os.path.join(hf_dir, "tokenizer_config.json")) as f:
+    print(json.load(f)["chat_template"][:120], "...")
+reloaded = keras_hub.models.CausalLM.from_preset(hf_dir)
+ids = run.tokenizer.tokenize(tf.constant(["the cat sat"])).to_tensor()
+theirs = reloaded.backbone.token_embedding(
+    reloaded.backbone({"token_ids": ids, "padding_mask": tf.ones_like(ids, tf.bool)}), reverse=True)
+difference = np.abs(np.asarray(theirs) - run.backbone(ids).numpy()).max()
+print("largest logit difference, keras-hub reading the export vs tfchat:", difference)
+assert difference < 1e-4'''),
+    ]
+
+
 NOTEBOOKS = {
     "01_pretrain_gpt.ipynb": pretrain_gpt,
     "02_masked_lm_bert.ipynb": masked_lm_bert,
     "03_chat_finetune.ipynb": chat_finetune,
     "04_export_and_serve.ipynb": export_and_serve,
+    "05_finetune_pretrained.ipynb": finetune_pretrained,
 }
 
 

@@ -76,7 +76,9 @@ def make_causal_lm(family, seed=0, scale=0.3, **overrides):
         preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(tokenizer, sequence_length=32)
         model = keras_hub.models.Llama3CausalLM(backbone, preprocessor)
     elif family == "qwen2":
-        tokenizer = keras_hub.models.QwenTokenizer(vocabulary=vocab, merges=MERGES)
+        # Its chat markers are single tokens, as in Qwen2's own tokenizer.
+        tokenizer = keras_hub.models.QwenTokenizer(
+            vocabulary=vocab, merges=MERGES, unsplittable_tokens=["<|im_start|>", "<|im_end|>"])
         backbone = keras_hub.models.QwenBackbone(**{
             "vocabulary_size": len(vocab), "num_layers": 2, "num_query_heads": 4,
             "num_key_value_heads": 2, "hidden_dim": 32, "intermediate_dim": 48,

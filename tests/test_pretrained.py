@@ -217,22 +217,24 @@ def test_lora_fine_tuning_from_a_checkpoint_learns_and_merges(checkpoints, tmp_p
 
 
 def test_chat_fine_tuning_from_a_checkpoint(checkpoints, runs_dir, tmp_path):
-    """Full chat SFT from a converted Llama: the chat markers are text to a
-    pretrained vocabulary, the loss covers exactly the reply and its
-    end-of-turn marker, and the tuned model answers its training prompts."""
+    """Full chat SFT from a converted Llama in its own chat format (Llama 3's
+    headers, picked from its special tokens): the loss covers exactly the
+    reply and its <|eot_id|>, and the tuned model answers its training prompts."""
     _, sources = checkpoints["llama"]
     source = _convert(sources["preset"], runs_dir, "llama_chat_base", "--block_size", "48")
-    tokenizer = load_run(source, forward_pass=False).tokenizer
+    run = load_run(source, forward_pass=False)
+    assert (run.config.objective, run.config.tokenizer.chat_template) == ("chat", "llama3")
+    tokenizer = run.tokenizer
     encoded = encode_conversation(tokenizer, [Message("user", "ping"), Message("assistant", "pong")])
     assert encoded.ids[0] == tokenizer.bos_id  # the family's start token opens it
     learnt = [i for i, w in zip(encoded.ids, encoded.weights) if w]
-    assert tokenizer.detokenize(tf.constant([learnt])).numpy()[0] == b"pong<|end|>"
+    assert learnt == tokenizer.tokenize(tf.constant("pong<|eot_id|>")).numpy().tolist()
 
     runs = str(tmp_path / "runs")
     code = fit_command.main([
         "--init_from", source, "--objective", "chat",
         "--data.path", write_chat_jsonl(tmp_path / "chats.jsonl"), "--name", "chat",
-        "--runs_dir", runs, "--model.block_size", "96",  # each marker is several tokens
+        "--runs_dir", runs, "--model.block_size", "64",
         "--train.batch_size", "8", "--train.max_steps", "60",
         "--train.learning_rate", "3e-3", "--train.warmup_steps", "5",
         "--train.eval_interval", "60", "--train.log_interval", "10", "--train.jit_compile", "false",

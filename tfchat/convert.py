@@ -23,6 +23,7 @@ from tfchat import quiet
 
 quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 
+from tfchat.config import CHAT_TEMPLATES
 from tfchat.errors import TfchatError
 
 
@@ -55,6 +56,16 @@ def build_parser():
         help="Keep the weights in float32 (default) or bfloat16 (half the memory and disk; "
              "the run then computes in bfloat16).",
     )
+    parser.add_argument(
+        "--chat_template", default="auto", choices=CHAT_TEMPLATES,
+        help="How the run renders conversations (default auto: the checkpoint's own, from its "
+             "tokenizer_config.json or its special tokens).",
+    )
+    parser.add_argument(
+        "--system_prompt", default=None,
+        help="The system message of conversations without one (default: the checkpoint "
+             "template's, if it has one; '' for none).",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing run of that name.")
     quiet.add_verbose_flag(parser)
     return parser
@@ -69,7 +80,8 @@ def main(argv=None):
 
         run_path = os.path.join(args.runs_dir, args.name)
         convert(args.source, run_path, block_size=args.block_size, dtype=args.dtype,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, chat_template=args.chat_template,
+                system_prompt=args.system_prompt)
     except TfchatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from tfchat import objectives
+from tfchat.data.chat_template import use_chat_template
 from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
 from tfchat.errors import TfchatError
 from tfchat.run import (
@@ -79,6 +80,7 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
         tokenizer = load_tokenizer(init_folder.tokenizer)
     else:
         tokenizer = train_tokenizer(config.tokenizer, objective.tokenizer_texts(data))
+    use_chat_template(tokenizer, config.tokenizer)
     objective.check_data(config, data, tokenizer)
     datasets = objective.datasets(config, data, tokenizer, verbose=verbose and chief)
     labels = data.labels if objective.labelled else None

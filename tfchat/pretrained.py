@@ -34,7 +34,10 @@ import os
 import shutil
 import tempfile
 
+import tensorflow as tf
+
 from tfchat import config as config_lib
+from tfchat.data.chat_template import template_from_jinja
 from tfchat.errors import TfchatError
 from tfchat.model.keras_hub_weights import (
     family_of_backbone, family_of_model_type, supported_backbones, supported_model_types,
@@ -201,9 +204,40 @@ def _missing_backbone_args(source):
         return {"tie_word_embeddings": len(group) == 1}
 
 
-def run_config(name, runs_dir, gpt_args, vocabulary_size, context, dtype):
-    """The config of a converted run: a causal model of the checkpoint's
-    shape with its own tokenizer."""
+def checkpoint_chat_template(source, tokenizer):
+    """(template name, default system message) of a checkpoint: from the Jinja
+    `chat_template` in a Hugging Face directory's tokenizer_config.json, else
+    from the tokenizer's special tokens (a keras-hub preset keeps no
+    template): ChatML's or Llama 3's markers, or `plain`."""
+    config_path = os.path.join(source.path, "tokenizer_config.json")
+    if source.kind == "hugging-face" and os.path.isfile(config_path):
+        jinja = _read_json(config_path).get("chat_template")
+        if isinstance(jinja, list):  # [{"name": "default", "template": ...}, ...]
+            jinja = next((t.get("template") for t in jinja if t.get("name") == "default"), None)
+        if jinja:
+            return template_from_jinja(jinja)
+    def single_tokens(*markers):
+        ids = tokenizer.tokenize(tf.constant(markers)).to_list()
+        return all(len(i) == 1 for i in ids)
+
+    if single_tokens("<|im_start|>", "<|im_end|>"):
+        return "chatml", ""
+    if single_tokens("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"):
+        return "llama3", ""
+    return "plain", ""
+
+
+def _chat_settings(source, tokenizer, chat_template, system_prompt):
+    found, default_system = checkpoint_chat_template(source, tokenizer)
+    name = found if chat_template == "auto" else chat_template
+    return name, default_system if system_prompt is None else system_prompt
+
+
+def run_config(name, runs_dir, gpt_args, vocabulary_size, context, dtype, chat=("plain", "")):
+    """The config of a converted run: a model of the checkpoint's shape with
+    its own tokenizer and chat template; a `chat` run when the checkpoint
+    has a chat format (so chat, evaluate and export treat it as one), else
+    `causal`."""
     model_fields = {f.name for f in dataclasses.fields(config_lib.ModelConfig)}
     model = config_lib.ModelConfig(
         **{k: v for k, v in gpt_args.items() if k in model_fields},
@@ -213,18 +247,24 @@ def run_config(name, runs_dir, gpt_args, vocabulary_size, context, dtype):
     return config_lib.Config(
         name=name,
         runs_dir=runs_dir,
-        objective="causal",
-        tokenizer=config_lib.TokenizerConfig(kind="pretrained", vocab_size=vocabulary_size),
+        objective="causal" if chat[0] == "plain" else "chat",
+        tokenizer=config_lib.TokenizerConfig(
+            kind="pretrained", vocab_size=vocabulary_size, chat_template=chat[0],
+            system_prompt=chat[1],
+        ),
         model=model,
         train=config_lib.TrainConfig(precision="float32" if dtype == "float32" else "bfloat16"),
     )
 
 
-def convert(source, run_path, block_size=0, dtype="float32", overwrite=False, verbose=True):
+def convert(source, run_path, block_size=0, dtype="float32", overwrite=False, verbose=True,
+            chat_template="auto", system_prompt=None):
     """Writes the run folder `run_path` of the pretrained model `source`
     (see module docs). `block_size` 0 takes the checkpoint's own context
     (GPT-2's position table; for rope models the recorded maximum, else
-    DEFAULT_ROPE_CONTEXT). Returns the `Family`."""
+    DEFAULT_ROPE_CONTEXT). `chat_template` auto takes the checkpoint's own
+    (`checkpoint_chat_template`), and `system_prompt` None its default
+    system message. Returns the `Family`."""
     if dtype not in DTYPES:
         raise TfchatError(f"--dtype must be one of {', '.join(DTYPES)}. Received: {dtype!r}")
     described = describe_source(source)
@@ -234,7 +274,6 @@ def convert(source, run_path, block_size=0, dtype="float32", overwrite=False, ve
 
     from tfchat.data.tokenizer import PretrainedTokenizer  # pylint: disable=import-outside-toplevel
     from tfchat.objectives.base import build_causal_lm  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     context = described.context or getattr(backbone, "max_sequence_length", 0) or 0
     if block_size and context and block_size > context:
@@ -255,7 +294,8 @@ def convert(source, run_path, block_size=0, dtype="float32", overwrite=False, ve
     parent = os.path.dirname(os.path.abspath(run_path))
     name = os.path.basename(os.path.normpath(run_path))
     config = run_config(name, os.path.dirname(os.path.normpath(run_path)), gpt_args,
-                        backbone.vocabulary_size, context, dtype)
+                        backbone.vocabulary_size, context, dtype,
+                        chat=_chat_settings(described, tokenizer, chat_template, system_prompt))
     config_lib.validate(config)
     model = build_causal_lm(config, backbone.vocabulary_size, forward_pass=False)
     family.copy_weights(backbone, model.backbone)
@@ -278,7 +318,8 @@ def convert(source, run_path, block_size=0, dtype="float32", overwrite=False, ve
         raise
     if verbose:
         print(f"{source}: a {family.name} model, {model.backbone.num_params():,} parameters, "
-              f"context {block}, written to {run_path} (step 0).")
+              f"context {block}, chat template {config.tokenizer.chat_template}, written to "
+              f"{run_path} (step 0).")
     return family
 
 

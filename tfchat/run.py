@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from tfchat import config as config_lib
 from tfchat import objectives
+from tfchat.data.chat_template import use_chat_template
 from tfchat.data.files import write_json_atomic
 from tfchat.data.tokenizer import load_tokenizer
 from tfchat.errors import TfchatError
@@ -209,6 +210,8 @@ def check_init_from(config):
     # pretrained vocabulary needs no new embedding rows for chat; it must
     # only be the very same vocabulary.
     for field in dataclasses.fields(source.tokenizer):
+        if field.name in ("chat_template", "system_prompt"):
+            continue  # how conversations are rendered, not the vocabulary
         mine, theirs = getattr(config.tokenizer, field.name), getattr(source.tokenizer, field.name)
         if mine != theirs:
             raise TfchatError(
@@ -263,7 +266,7 @@ def load_run(path, checkpoint="latest", forward_pass=True):
     `forward_pass=False`: see `build_model` (for commands that only generate)."""
     folder = RunFolder(path)
     config = folder.read_config()
-    tokenizer = load_tokenizer(folder.tokenizer)
+    tokenizer = use_chat_template(load_tokenizer(folder.tokenizer), config.tokenizer)
     latest, step = folder.latest_checkpoint(checkpoint)
     labels = folder.read_labels() if objectives.get(config.objective).labelled else None
     # A LoRA run's checkpoints hold the adapters beside the frozen weights.

@@ -1,20 +1,37 @@
-"""The chat template: how a conversation becomes tokens, for training and
-for generation alike.
+"""Chat templates: how a conversation becomes tokens, for training and for
+generation alike, in tfchat's own format or a pretrained family's.
 
-    <|system|>Be brief.<|end|><|user|>Hi!<|end|><|assistant|>Hello.<|end|>
+A `ChatTemplate` is data: the text before and after each role's content, and
+the end-of-turn marker that closes an assistant reply. `TEMPLATES` holds
 
-Every message is its role's marker, the content, and `<|end|>`. A prompt for
-generation is the conversation so far followed by `<|assistant|>`; the model
-writes the reply and ends it with `<|end|>`, where generation stops. The
-markers are reserved tokens of both tokenizers (`tfchat.data.tokenizer`), so
-the rendered text tokenizes to exactly the ids `encode_conversation` builds
-(tests check this for char and BPE).
+    tfchat   <|system|>Be brief.<|end|><|user|>Hi!<|end|><|assistant|>Hello.<|end|>
+    chatml   <|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n
+             (Qwen2.5, SmolLM2-Instruct)
+    llama3   <|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>... (Llama 3
+             instruct; contents are trimmed, as its Jinja template does)
+    plain    User:\nHi!\n\nAssistant:\nHello.\n\n (base models without chat tokens)
 
-One function, `encode_conversation`, renders both training examples and
+A prompt for generation is the conversation so far followed by the
+assistant's prefix; the model writes the reply and ends it with the
+end-of-turn marker, where generation stops. A conversation starts with the
+tokenizer's start token where it has one and the template writes it
+(`Tokenizer.start_ids`; Llama 3's <|begin_of_text|>; ChatML writes none), and with the template's default system message when it
+has one and the conversation none (Qwen2.5 and SmolLM2 do).
+
+Each run's tokenizer carries its template (`tokenizer.chat_template`, set
+from `config.tokenizer.chat_template` by `use_chat_template`), so every
+caller renders the same way. `template_from_jinja` recognises a Hugging Face
+checkpoint's Jinja `chat_template`.
+
+One function, `encode_conversations`, renders both training examples and
 prompts, so the two always agree. In training its `weights` are 1 on the
 tokens the model should learn to write: every assistant content token and
-the `<|end|>` closing an assistant turn; everything else (markers, the system
-and user turns) is context with weight 0.
+the end-of-turn marker closing it; everything else (prefixes, the system and
+user turns, what follows the marker) is context with weight 0. The ids are
+the pieces (prefix, content, suffix) tokenized one by one; for tfchat's own
+tokenizers that is what the rendered text (`render_text`) tokenizes to, and
+the exported chat signature builds its prompt ids the same way
+(`encode_prompt_tf`), so serving and training agree for every tokenizer.
 
 A conversation longer than the token budget loses its oldest exchanges (a
 user turn and the replies after it) first; a leading system message is kept.
@@ -23,25 +40,149 @@ first tokens and a prompt its last ones (`cut_tokens` says how many went).
 A training example also sheds the turns after its last assistant reply
 (they teach nothing).
 
-`render_prompt_tf` is the same prompt rendering as TensorFlow ops, for
-exported models (string tensors in, one prompt string out).
+`render_prompt_tf` is the same prompt rendering as TensorFlow ops (string
+tensors in, one prompt string out), and `encode_prompt_tf` the prompt's ids.
 
 Example:
 ```python
 messages = [Message("user", "Hi!"), Message("assistant", "Hello.")]
 render_text(messages)        # "<|user|>Hi!<|end|><|assistant|>Hello.<|end|>"
+render_text(messages, TEMPLATES["chatml"])
 encoded = encode_conversation(tokenizer, messages, max_tokens=129)
-encoded.ids, encoded.weights  # weights are 1 on "Hello." and its <|end|>
+encoded.ids, encoded.weights  # weights are 1 on "Hello." and its end marker
 ```
 """
 
 import dataclasses
+import json
+import re
+import typing
 
 import tensorflow as tf
 
+from tfchat.errors import TfchatError
+
 ROLES = ("system", "user", "assistant")
-MARKERS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
-END_OF_TURN = "<|end|>"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatTemplate:
+    """What surrounds each message.
+
+    name: its name in configs (`tokenizer.chat_template`).
+    prefixes: role -> text before the content.
+    suffixes: role -> text after it; an assistant's starts with
+        `end_of_turn`.
+    end_of_turn: the marker the model writes to end its reply.
+    strip_content: contents are stripped of surrounding whitespace (Llama 3).
+    default_system: the system message of a conversation that has none.
+    add_start_token: a conversation starts with the tokenizer's start token
+        (Llama 3's template writes its bos_token; ChatML's writes none).
+    """
+
+    name: str
+    prefixes: typing.Mapping[str, str]
+    suffixes: typing.Mapping[str, str]
+    end_of_turn: str
+    strip_content: bool = False
+    default_system: str = ""
+    add_start_token: bool = True
+
+    def content(self, text):
+        return text.strip() if self.strip_content else text
+
+    def to_jinja(self):
+        """This template as a Hugging Face `chat_template` (Jinja), for
+        `tokenizer_config.json`: what transformers, vLLM and llama.cpp
+        render from, giving `render_text`'s text (tests check)."""
+        quote = json.dumps  # a JSON string literal is a valid Jinja one
+        prefixes = "{" + ", ".join(f"{quote(r)}: {quote(self.prefixes[r])}" for r in ROLES) + "}"
+        suffixes = "{" + ", ".join(f"{quote(r)}: {quote(self.suffixes[r])}" for r in ROLES) + "}"
+        content = "message['content'] | trim" if self.strip_content else "message['content']"
+        parts = [f"{{%- set prefixes = {prefixes} -%}}{{%- set suffixes = {suffixes} -%}}"]
+        if self.add_start_token:
+            parts.append("{{- bos_token -}}")
+        if self.default_system:
+            system = self.prefixes["system"] + self.content(self.default_system) + self.suffixes["system"]
+            parts.append("{%- if not messages or messages[0]['role'] != 'system' -%}"
+                         f"{{{{- {quote(system)} -}}}}{{%- endif -%}}")
+        parts.append("{%- for message in messages -%}"
+                     f"{{{{- prefixes[message['role']] + {content} + suffixes[message['role']] -}}}}"
+                     "{%- endfor -%}")
+        parts.append("{%- if add_generation_prompt -%}"
+                     f"{{{{- {quote(self.prefixes['assistant'])} -}}}}{{%- endif -%}}")
+        return "".join(parts)
+
+
+def _same_for_roles(prefix, suffix):
+    return {role: prefix.format(role=role) for role in ROLES}, {role: suffix for role in ROLES}
+
+
+TEMPLATES = {
+    "tfchat": ChatTemplate(
+        "tfchat",
+        prefixes={"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"},
+        suffixes={role: "<|end|>" for role in ROLES},
+        end_of_turn="<|end|>",
+    ),
+    "chatml": ChatTemplate(
+        "chatml", *_same_for_roles("<|im_start|>{role}\n", "<|im_end|>\n"), end_of_turn="<|im_end|>",
+        add_start_token=False,
+    ),
+    "llama3": ChatTemplate(
+        "llama3", *_same_for_roles("<|start_header_id|>{role}<|end_header_id|>\n\n", "<|eot_id|>"),
+        end_of_turn="<|eot_id|>", strip_content=True,
+    ),
+    # Newlines around every piece: a byte-level BPE splits text there anyway,
+    # so the pieces tokenize as the whole text does.
+    "plain": ChatTemplate(
+        "plain",
+        prefixes={"system": "System:\n", "user": "User:\n", "assistant": "Assistant:\n"},
+        suffixes={role: "\n\n" for role in ROLES},
+        end_of_turn="\n\n",
+    ),
+}
+# tfchat's own format, read by its tokenizers as single reserved tokens.
+MARKERS = dict(TEMPLATES["tfchat"].prefixes)
+END_OF_TURN = TEMPLATES["tfchat"].end_of_turn
+
+
+def get_template(name, default_system=""):
+    """The template called `name`, with `default_system` if given."""
+    if name not in TEMPLATES:
+        raise TfchatError(
+            f"Unknown chat template {name!r}; use one of {', '.join(TEMPLATES)} (or auto)."
+        )
+    template = TEMPLATES[name]
+    if default_system:
+        template = dataclasses.replace(template, default_system=default_system)
+    return template
+
+
+def template_from_jinja(jinja):
+    """(template name, default system message) for a Hugging Face
+    `chat_template` Jinja string: ChatML and Llama 3's header format are
+    recognised by their markers; anything else is rendered `plain`."""
+    if not jinja:
+        return "plain", ""
+    if "<|im_start|>" in jinja and "<|im_end|>" in jinja:
+        # Qwen2.5 and SmolLM2 write a literal system message for
+        # conversations without one.
+        match = re.search(r"<\|im_start\|>system\\n([^'\"{}]+?)<\|im_end\|>", jinja)
+        return "chatml", (match.group(1) if match else "")
+    if "<|start_header_id|>" in jinja and "<|eot_id|>" in jinja:
+        return "llama3", ""
+    return "plain", ""
+
+
+def use_chat_template(tokenizer, tokenizer_config):
+    """Gives `tokenizer` the template `tokenizer_config` names (`auto`:
+    tfchat's for tfchat's own tokenizers, `plain` for a pretrained one)."""
+    name = tokenizer_config.chat_template
+    if name == "auto":
+        name = "plain" if tokenizer.kind == "pretrained" else "tfchat"
+    tokenizer.chat_template = get_template(name, tokenizer_config.system_prompt)
+    return tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,15 +206,27 @@ class Encoded:
         return bool(self.dropped_messages or self.cut_tokens)
 
 
-def render_text(messages, add_generation_prompt=False):
-    """The conversation as one string; with `add_generation_prompt`, ending
-    in the assistant marker so a model continues with the reply."""
-    text = "".join(MARKERS[m.role] + m.content + END_OF_TURN for m in messages)
-    return text + (MARKERS["assistant"] if add_generation_prompt else "")
+def _with_default_system(messages, template):
+    if template.default_system and not (messages and messages[0].role == "system"):
+        return [Message("system", template.default_system)] + list(messages)
+    return list(messages)
 
 
-def render_prompt_tf(roles, contents):
-    """`render_text(messages, add_generation_prompt=True)` in TensorFlow ops.
+def render_text(messages, template=TEMPLATES["tfchat"], add_generation_prompt=False, start=""):
+    """The conversation as one string (after `start`, the tokenizer's start
+    token's text, if any); with `add_generation_prompt`, ending in the
+    assistant's prefix so a model continues with the reply."""
+    messages = _with_default_system(messages, template)
+    text = start + "".join(
+        template.prefixes[m.role] + template.content(m.content) + template.suffixes[m.role]
+        for m in messages
+    )
+    return text + (template.prefixes["assistant"] if add_generation_prompt else "")
+
+
+def render_prompt_tf(roles, contents, template=TEMPLATES["tfchat"]):
+    """`render_text(messages, template, add_generation_prompt=True)` in
+    TensorFlow ops (the start token is the tokenizer's to add).
 
     Args:
         roles: string tensor [N], each one of `ROLES`.
@@ -93,9 +246,49 @@ def render_prompt_tf(roles, contents):
     )
     with tf.control_dependencies([check]):
         index = tf.argmax(tf.cast(matches, tf.int32), axis=1)
-    markers = tf.gather(tf.constant([MARKERS[r] for r in ROLES]), index)
-    turns = tf.strings.reduce_join(markers + contents + END_OF_TURN)
-    return turns + MARKERS["assistant"]
+    prefixes = tf.gather(tf.constant([template.prefixes[r] for r in ROLES]), index)
+    suffixes = tf.gather(tf.constant([template.suffixes[r] for r in ROLES]), index)
+    if template.strip_content:
+        contents = tf.strings.strip(contents)
+    turns = tf.strings.reduce_join(prefixes + contents + suffixes)
+    if template.default_system:
+        has_system = tf.logical_and(tf.size(roles) > 0, tf.equal(roles[:1], "system"))
+        system = (template.prefixes["system"] + template.content(template.default_system)
+                  + template.suffixes["system"])
+        turns = tf.where(tf.reduce_any(has_system), turns, system + turns)
+    return turns + template.prefixes["assistant"]
+
+
+def encode_prompt_tf(tokenizer, roles, contents):
+    """The ids `encode_conversation(tokenizer, messages,
+    add_generation_prompt=True)` gives (without truncation), in TensorFlow
+    ops: start ids, then each message's prefix, content and suffix tokenized
+    one by one, then the assistant's prefix. Returns int32 [None]."""
+    template = tokenizer.chat_template
+    roles = tf.convert_to_tensor(roles, tf.string)
+    contents = tf.convert_to_tensor(contents, tf.string)
+    if template.default_system:
+        missing = tf.logical_not(tf.reduce_any(tf.equal(roles[:1], "system")))
+        roles = tf.cond(missing, lambda: tf.concat([["system"], roles], 0), lambda: roles)
+        contents = tf.cond(missing, lambda: tf.concat([[template.default_system], contents], 0),
+                           lambda: contents)
+    if template.strip_content:
+        contents = tf.strings.strip(contents)
+    known = tf.constant(ROLES)
+    matches = tf.equal(roles[:, None], known[None, :])  # [N, len(ROLES)]
+    check = tf.debugging.assert_equal(
+        tf.reduce_all(tf.reduce_any(matches, axis=1)), True,
+        message=f"every role must be one of {', '.join(ROLES)}",
+    )
+    with tf.control_dependencies([check]):
+        index = tf.argmax(tf.cast(matches, tf.int32), axis=1)
+    prefixes = tokenizer.tokenize(tf.constant([template.prefixes[r] for r in ROLES]))
+    suffixes = tokenizer.tokenize(tf.constant([template.suffixes[r] for r in ROLES]))
+    body = tokenizer.tokenize(contents)  # [N, None]
+    turns = tf.concat([tf.gather(prefixes, index), body, tf.gather(suffixes, index)], axis=1)
+    start = tf.constant(list(tokenizer.start_ids) if template.add_start_token else [], tf.int32)
+    assistant = tokenizer.tokenize(tf.constant(template.prefixes["assistant"]))
+    return tf.concat([start, turns.flat_values, assistant], axis=0)
 
 
 def encode_conversation(tokenizer, messages, max_tokens=None, add_generation_prompt=False):
@@ -107,15 +300,20 @@ def encode_conversation(tokenizer, messages, max_tokens=None, add_generation_pro
 
 def encode_conversations(tokenizer, conversations, max_tokens=None, add_generation_prompt=False):
     """`encode_conversation` for many conversations, tokenizing every
-    message's content in one batched call."""
-    contents = [m.content for messages in conversations for m in messages]
+    message's content in one batched call, with `tokenizer.chat_template`."""
+    template = tokenizer.chat_template
+    conversations = [_with_default_system(messages, template) for messages in conversations]
+    contents = [template.content(m.content) for messages in conversations for m in messages]
     # One tokenizer call for all the text: per-message calls would dominate
     # the time to prepare a dialogue corpus.
     content_ids = tokenizer.tokenize(tf.constant(contents, tf.string)).to_list() if contents else []
-    end_ids = tokenizer.marker_ids(END_OF_TURN)
-    marker_ids = {role: tokenizer.marker_ids(MARKERS[role]) for role in ROLES}
-    # A pretrained family's start token opens every conversation.
-    start = list(tokenizer.start_ids)
+    pieces = [template.prefixes[r] for r in ROLES] + [template.suffixes[r] for r in ROLES]
+    pieces += [template.end_of_turn]
+    piece_ids = dict(zip(pieces, tokenizer.tokenize(tf.constant(pieces)).to_list()))
+    end_ids = piece_ids[template.end_of_turn]
+    # A pretrained family's start token opens every conversation, where the
+    # template writes one.
+    start = list(tokenizer.start_ids) if template.add_start_token else []
     budget = None if max_tokens is None else max_tokens - len(start)
     encoded, position = [], 0
     for messages in conversations:
@@ -131,11 +329,14 @@ def encode_conversations(tokenizer, conversations, max_tokens=None, add_generati
                 turns.pop()
         roles = [role for role, _ in turns]
         for index, (role, body) in enumerate(turns):
-            marker = marker_ids[role]
-            ids = marker + body + end_ids
+            prefix, suffix = piece_ids[template.prefixes[role]], piece_ids[template.suffixes[role]]
+            ids = prefix + body + suffix
             learn = int(role == "assistant" and not add_generation_prompt)
-            turns[index] = (ids, [0] * len(marker) + [learn] * (len(ids) - len(marker)))
-        suffix = marker_ids["assistant"] if add_generation_prompt else []
+            # The reply and its end-of-turn marker; not what follows it.
+            learnt = len(body) + (len(end_ids) if role == "assistant" else 0)
+            weights = [0] * len(prefix) + [learn] * learnt
+            turns[index] = (ids, weights + [0] * (len(ids) - len(weights)))
+        suffix = piece_ids[template.prefixes["assistant"]] if add_generation_prompt else []
         fitted = _fit(turns, roles, suffix, budget, add_generation_prompt)
         fitted.ids, fitted.weights = start + fitted.ids, [0] * len(start) + fitted.weights
         encoded.append(fitted)
@@ -143,11 +344,15 @@ def encode_conversations(tokenizer, conversations, max_tokens=None, add_generati
 
 
 def chat_stop_ids(tokenizer):
-    """The ids a reply ends at: the tokenizer's end tokens, and `<|end|>`
-    where it is one token (tfchat's vocabularies; in a pretrained one it is
-    several, and generation stops at its text instead)."""
-    end = tokenizer.marker_ids(END_OF_TURN)
+    """The ids a reply ends at: the tokenizer's end tokens, and the
+    template's end-of-turn marker where it is one token (else generation
+    stops at its text, `chat_stop_strings`)."""
+    end = tokenizer.tokenize(tf.constant(tokenizer.chat_template.end_of_turn)).numpy().tolist()
     return tuple(tokenizer.stop_ids) + (tuple(end) if len(end) == 1 else ())
+
+
+def chat_stop_strings(tokenizer):
+    return (tokenizer.chat_template.end_of_turn,)
 
 
 def _fit(turns, roles, suffix, max_tokens, keep_end):

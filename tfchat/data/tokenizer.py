@@ -46,6 +46,7 @@ from keras_hub.src.utils.tensor_utils import no_convert_scope
 from keras_hub.tokenizers import compute_word_piece_vocabulary
 from tensorflow_text.python.ops import sentencepiece_tokenizer as sp_ops
 
+from tfchat.data.chat_template import TEMPLATES
 from tfchat.data.files import write_json_atomic
 from tfchat.errors import TfchatError
 from tfchat.quiet import muted_notices
@@ -118,10 +119,9 @@ class Tokenizer(tf.Module):
         with muted_notices():
             return tf.concat([tf.RaggedTensor.from_tensor(starts), ids], axis=1)
 
-    def marker_ids(self, marker):
-        """The ids of a chat marker (`<|user|>`, `<|end|>`, ...): one
-        reserved id here, the marker's text pieces in a pretrained vocabulary."""
-        return [self.token_id(marker)]
+    # How conversations are rendered (`tfchat.data.chat_template`); a run
+    # sets its own with `use_chat_template`.
+    chat_template = TEMPLATES["tfchat"]
 
     def special_tokens(self):
         """{name: id} of every special token (for export metadata)."""
@@ -456,8 +456,9 @@ class PretrainedTokenizer(Tokenizer):
     Its special tokens are the family's: `bos_id` is the start token (None
     where the family has none, as Qwen2), `eos_id` the end token, and
     `stop_ids` every end token (Llama 3 also ends a turn with <|eot_id|>).
-    tfchat's chat markers are not in a pretrained vocabulary; they tokenize
-    as their text (`marker_ids`).
+    Its chat template is `plain` unless the run names the family's own
+    (`tfchat.data.chat_template`; `tfchat.convert` picks it from the
+    checkpoint).
 
     Saved as keras-hub saves a tokenizer in a preset (its config and assets)
     in `keras_hub/`, beside tfchat's `tokenizer.json`.
@@ -471,6 +472,7 @@ class PretrainedTokenizer(Tokenizer):
 
     kind = "pretrained"
     caches_in_graph = True
+    chat_template = TEMPLATES["plain"]
     _PRESET_DIR = "keras_hub"
 
     def __init__(self, hub_tokenizer, name="pretrained_tokenizer"):
@@ -515,9 +517,6 @@ class PretrainedTokenizer(Tokenizer):
     def special_tokens(self):
         names = getattr(self.hub_tokenizer, "special_tokens", None) or []
         return {name: int(self.hub_tokenizer.token_to_id(name)) for name in names}
-
-    def marker_ids(self, marker):
-        return self.tokenize(tf.constant(marker)).numpy().tolist()
 
     def tokenize(self, strings):
         strings = tf.convert_to_tensor(strings, tf.string)

@@ -19,7 +19,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from tfchat.data.chat_template import END_OF_TURN, chat_stop_ids, encode_conversations
+from tfchat.data.chat_template import chat_stop_ids, chat_stop_strings, encode_conversations
 from tfchat.errors import TfchatError
 
 
@@ -312,15 +312,17 @@ class Generator:
             prompts, max_new_tokens, sampler, stop_at_eos=False,
             stop_token_ids=self.chat_stop_ids(), repetition_penalty=repetition_penalty,
         )
-        # END_OF_TURN too: in a pretrained vocabulary it is several tokens.
-        stop_strings = (*stop_strings, END_OF_TURN)
+        # The end-of-turn text too: in a pretrained vocabulary it may be
+        # several tokens.
+        stop_strings = (*stop_strings, *chat_stop_strings(self.tokenizer))
         return [cut_at_stop_strings(t, stop_strings)[0] for t in self.decode(new)]
 
     def stream_chat(self, messages, max_new_tokens=200, prompt=None, **sampling):
         """Yields the reply to one conversation as it is generated; pass
         `prompt` (from `chat_prompt`) when it was already rendered."""
         prompt = prompt or self.chat_prompt(messages, max_new_tokens)
-        sampling["stop_strings"] = (*sampling.get("stop_strings", ()), END_OF_TURN)
+        sampling["stop_strings"] = (*sampling.get("stop_strings", ()),
+                                    *chat_stop_strings(self.tokenizer))
         yield from self.stream(
             prompt.ids, max_new_tokens, stop_at_eos=False,
             stop_token_ids=self.chat_stop_ids(), **sampling,

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import tfchat
-from tfchat.data.chat_template import render_prompt_tf
+from tfchat.data.chat_template import encode_prompt_tf
 from tfchat.data.tokenizer import MASK_TOKEN
 from tfchat.errors import TfchatError
 from tfchat.serving import graphs
@@ -46,18 +46,23 @@ def add_score_signature(archive, run):
 
 def add_chat_signature(archive, run):
     """`chat`: one conversation, `roles` [N] and `contents` [N] strings, ->
-    the assistant's reply. The chat template is applied in the graph
-    (`render_prompt_tf`, the same text as training's `render_text`); the
-    generation inputs and their defaults are those of `generate`."""
-    generate = graphs.make_generate_function(run.backbone, run.tokenizer)
+    the assistant's reply. The run's chat template is applied in the graph
+    (`encode_prompt_tf`: the ids training's `encode_conversations` gives);
+    the generation inputs and their defaults are those of `generate`."""
+
+    def encode(conversation):
+        roles, contents = conversation
+        ids = encode_prompt_tf(run.tokenizer, roles, contents)[None]  # [1, None]
+        # The sampling loop keeps a batch of unknown size; forget the 1.
+        ids = tf.compat.v1.placeholder_with_default(ids, [None, None])
+        return tf.RaggedTensor.from_tensor(ids)
+
+    generate = graphs.make_generate_function(run.backbone, run.tokenizer, encode=encode)
     options = graphs.generate_input_signature()[1:]
     defaults = inspect.signature(generate).parameters
 
     def chat(roles, contents, *settings):
-        prompt = tf.reshape(render_prompt_tf(roles, contents), [1])
-        # The sampling loop keeps a batch of unknown size; forget the 1.
-        prompt = tf.compat.v1.placeholder_with_default(prompt, [None])
-        return generate(prompt, *settings)
+        return generate((roles, contents), *settings)
 
     # Give `chat` the same optional inputs, with the same defaults, so TF
     # Serving requests may leave them out.
@@ -186,6 +191,7 @@ def _metadata(run, signatures):
             "vocabulary_size": tokenizer.vocabulary_size,
             "special_tokens": special_tokens,
             "files": "tokenizer/",
+            "chat_template": tokenizer.chat_template.name,
         },
         "block_size": run.config.model.block_size,
         **extra,

@@ -278,7 +278,7 @@ def score_ids(backbone, token_ids, start_id, pad_id=0):
     return total / tf.maximum(tf.cast(counts, tf.float32), 1.0), counts
 
 
-def make_generate_function(backbone, tokenizer, defaults=None):
+def make_generate_function(backbone, tokenizer, defaults=None, encode=None, stop_ids=None):
     """The generate signature: strings in, strings out.
 
     Returns `generate(prompt, max_new_tokens, temperature, top_k, top_p,
@@ -286,7 +286,10 @@ def make_generate_function(backbone, tokenizer, defaults=None):
     "num_tokens": [B] int32 generated, "num_prompt_tokens": [B] int32 of the
     prompt used}. All but `prompt` have defaults (`GENERATE_DEFAULTS`,
     overridden by `defaults`), written into the SignatureDef so TF Serving
-    requests may leave them out.
+    requests may leave them out. `encode(prompt)` makes the prompt's ragged
+    [B, None] ids (default: `tokenizer.tokenize_prompts`; the chat signature
+    passes its template's) and `stop_ids` what ends a row (default: the end
+    tokens and the chat template's end-of-turn).
     """
     values = {**GENERATE_DEFAULTS, **(defaults or {})}
     if not (defaults and "max_new_tokens" in defaults):
@@ -295,7 +298,8 @@ def make_generate_function(backbone, tokenizer, defaults=None):
         )
     dtypes = {s.name: s.dtype for s in generate_input_signature()}
     default = {k: tf.constant([v], dtypes[k]) for k, v in values.items()}
-    stop_ids = chat_stop_ids(tokenizer)
+    stop_ids = chat_stop_ids(tokenizer) if stop_ids is None else stop_ids
+    encode = encode or tokenizer.tokenize_prompts
 
     def generate(
         prompt,
@@ -305,7 +309,8 @@ def make_generate_function(backbone, tokenizer, defaults=None):
         top_p=default["top_p"],
         seed=default["seed"],
     ):
-        batch = tf.shape(prompt)[0]
+        token_ids = encode(prompt)
+        batch = token_ids.nrows(out_type=tf.int32)
         seed = _per_row(seed, batch, "seed")
         # A negative seed asks for fresh randomness.
         seed = tf.where(
@@ -315,7 +320,7 @@ def make_generate_function(backbone, tokenizer, defaults=None):
         )
         new_ids, prompt_lengths = generate_ids(
             backbone,
-            tokenizer.tokenize_prompts(prompt),
+            token_ids,
             _per_row(max_new_tokens, batch, "max_new_tokens"),
             _per_row(temperature, batch, "temperature"),
             _per_row(top_k, batch, "top_k"),

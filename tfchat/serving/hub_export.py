@@ -206,6 +206,11 @@ def _complete_hugging_face(path, run, causal_lm):
                       max_window_layers=run.backbone.num_layers)
     _write(config_path, config)
     tokenizer = causal_lm.preprocessor.tokenizer
+    # The run's chat template, as the Jinja that Hugging Face tools render.
+    tokenizer_config_path = os.path.join(path, "tokenizer_config.json")
+    tokenizer_config = _read(tokenizer_config_path) if os.path.isfile(tokenizer_config_path) else {}
+    tokenizer_config["chat_template"] = run.tokenizer.chat_template.to_jinja()
+    _write(tokenizer_config_path, tokenizer_config)
     if family.name == "qwen2" and not os.path.exists(os.path.join(path, "tokenizer.json")):
         _write(os.path.join(path, "tokenizer.json"), qwen2_tokenizer_json(
             tokenizer.vocabulary, tokenizer.merges, _special_tokens(tokenizer)))

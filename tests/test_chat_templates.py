@@ -1,0 +1,181 @@
+"""Chat templates of pretrained families (issue 16): tfchat's ChatML and
+Llama 3 renderings against `jinja2` rendering the kind of `chat_template`
+Hugging Face checkpoints ship (the strings below are written here in that
+form, as transformers renders them), the assistant-only weights, and the
+in-graph prompt against the Python one."""
+
+import jinja2
+import jinja2.sandbox
+import pytest
+import tensorflow as tf
+
+from pretrained_checkpoints import make_causal_lm
+from tfchat.data.chat_template import (
+    TEMPLATES, Message, encode_conversation, encode_prompt_tf, get_template,
+    render_prompt_tf, render_text, template_from_jinja,
+)
+from tfchat.data.tokenizer import PretrainedTokenizer
+
+# Qwen2.5-Instruct's form (without its tools branch): a default system message.
+QWEN_CHATML = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+# SmolLM2-Instruct's form.
+SMOLLM_CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# A ChatML form without a default system message.
+PLAIN_CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Llama 3 Instruct's form.
+LLAMA3 = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+JINJA = {"qwen": QWEN_CHATML, "smollm": SMOLLM_CHATML, "chatml": PLAIN_CHATML, "llama3": LLAMA3}
+BOS = {"llama3": "<|begin_of_text|>"}
+
+CONVERSATIONS = [
+    [Message("user", "Hi!")],
+    [Message("system", "Be brief."), Message("user", "Hi!"), Message("assistant", "Hello.")],
+    [Message("user", "How are you?"), Message("assistant", "Fine, thanks."),
+     Message("user", "And the weather\nthere?"), Message("assistant", "Sunny; café open. 🙂")],
+    [Message("user", ""), Message("assistant", "")],
+    [Message("system", "Réponds en français."), Message("user", "  spaced out  \n"),
+     Message("assistant", "中文 and 日本語\n\nlines")],
+]
+
+
+def jinja_render(source, messages, add_generation_prompt, bos_token=""):
+    """As transformers renders a chat_template."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(source).render(
+        messages=[{"role": m.role, "content": m.content} for m in messages],
+        add_generation_prompt=add_generation_prompt, bos_token=bos_token,
+    )
+
+
+@pytest.mark.parametrize("form", sorted(JINJA))
+def test_renders_as_the_checkpoints_jinja_template(form):
+    name, system = template_from_jinja(JINJA[form])
+    assert name == ("llama3" if form == "llama3" else "chatml")
+    template = get_template(name, system)
+    bos = BOS.get(form, "")
+    for messages in CONVERSATIONS:
+        for prompt in (False, True):
+            expected = jinja_render(JINJA[form], messages, prompt, bos_token=bos)
+            assert render_text(messages, template, prompt, start=bos) == expected
+            if prompt:  # the in-graph rendering (the start token is the tokenizer's)
+                rendered = render_prompt_tf([m.role for m in messages], [m.content for m in messages],
+                                            template).numpy().decode("utf-8")
+                assert rendered == expected[len(bos):]
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_exported_jinja_renders_as_tfchat(name):
+    """What an export to Hugging Face form writes as its chat_template
+    renders, in jinja2, what tfchat renders; and is recognised again."""
+    for system in ("", "You are a helpful assistant."):
+        template = get_template(name, system)
+        bos = "<s>" if template.add_start_token else ""
+        for messages in CONVERSATIONS:
+            for prompt in (False, True):
+                assert jinja_render(template.to_jinja(), messages, prompt, bos_token="<s>") == \
+                    render_text(messages, template, prompt, start=bos)
+        if name in ("chatml", "llama3"):
+            assert template_from_jinja(template.to_jinja()) == (name, system if name == "chatml" else "")
+
+
+def test_unknown_jinja_is_plain():
+    assert template_from_jinja("{{ messages[0].content }}") == ("plain", "")
+    assert template_from_jinja(None) == ("plain", "")
+
+
+@pytest.fixture(scope="module", params=["chatml", "llama3"])
+def tokenizer(request):
+    family = {"chatml": "qwen2", "llama3": "llama"}[request.param]
+    tokenizer = PretrainedTokenizer(make_causal_lm(family).preprocessor.tokenizer)
+    tokenizer.chat_template = TEMPLATES[request.param]
+    return tokenizer
+
+
+def test_weights_cover_exactly_the_replies_and_their_end_markers(tokenizer):
+    template = tokenizer.chat_template
+    for messages in CONVERSATIONS:
+        encoded = encode_conversation(tokenizer, messages)
+        if not any(m.role == "assistant" for m in messages):
+            assert not any(encoded.weights)
+            continue
+        # The ids are the rendered text's (start token, then the template).
+        start = (tokenizer.hub_tokenizer.id_to_token(tokenizer.bos_id)
+                 if tokenizer.bos_id is not None and template.add_start_token else "")
+        text = render_text(messages, template, start=start)
+        assert encoded.ids == tokenizer.tokenize(tf.constant(text)).numpy().tolist()
+        # Each maximal run of weight-1 tokens is one reply and its marker.
+        spans, current = [], []
+        for token, weight in zip(encoded.ids, encoded.weights):
+            if weight:
+                current.append(token)
+            elif current:
+                spans.append(current)
+                current = []
+        if current:
+            spans.append(current)
+        replies = [tokenizer.tokenize(tf.constant(template.content(m.content) + template.end_of_turn))
+                   .numpy().tolist() for m in messages if m.role == "assistant"]
+        assert spans == replies
+
+
+def test_in_graph_prompt_ids_are_the_python_ones(tokenizer):
+    for system in ("", "You are a helpful assistant."):
+        tokenizer.chat_template = get_template(tokenizer.chat_template.name, system)
+        for messages in CONVERSATIONS:
+            expected = encode_conversation(tokenizer, messages, add_generation_prompt=True).ids
+            ids = encode_prompt_tf(tokenizer, [m.role for m in messages], [m.content for m in messages])
+            assert ids.numpy().tolist() == expected
+
+
+def test_chatml_run_chat_signature_serves_the_keras_reply(tmp_path):
+    """A converted Qwen2 checkpoint renders ChatML (picked from its special
+    tokens); its exported `chat` signature, through TF Serving's v1 Session
+    path, gives the Keras model's greedy reply."""
+    from pretrained_checkpoints import save_checkpoints
+    from serving_calls import session_run
+    from tfchat.inference.generator import Generator
+    from tfchat.pretrained import convert
+    from tfchat.run import load_run
+    from tfchat.serving.export import export_run
+
+    model = make_causal_lm("qwen2")
+    preset, _ = save_checkpoints(model, "qwen2", str(tmp_path))
+    convert(preset, str(tmp_path / "runs" / "qwen"), block_size=64, verbose=False)
+    run = load_run(str(tmp_path / "runs" / "qwen"))
+    assert run.config.tokenizer.chat_template == "chatml"
+    messages = [Message("system", "Be brief."), Message("user", "the cat sat")]
+    expected = Generator(run.backbone, run.tokenizer).chat([messages], max_new_tokens=10)[0]
+    assert expected
+    path = export_run(run, saved_models_dir=str(tmp_path / "saved"))
+    out = session_run(path, "chat", {"roles": [m.role for m in messages],
+                                     "contents": [m.content for m in messages],
+                                     "max_new_tokens": [10], "temperature": [0.0]})
+    assert out["text"][0].decode("utf-8", "replace") == expected
