@@ -95,17 +95,18 @@ class Generator:
         self._steps = {}
         self._samplers = {}
 
-    def _step(self, token_ids, padding_mask, sampler, stop_ids, repetition_penalty):
+    def _step(self, token_ids, padding_mask, needed, sampler, stop_ids, repetition_penalty):
         key = (id(sampler), stop_ids, repetition_penalty)
         if key not in self._steps:
-            spec = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.bool)]
+            spec = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.bool),
+                    tf.TensorSpec([], tf.int32)]
             # No AutoGraph: the step's loop is the sampler's own `while_loop`
             # and every Python `if` in it is on Python values, so there is
             # nothing to convert, and converting the model and sampler code
             # was half of the first call's tracing (0.7-0.9 s of ~1.6 s).
             step = tf.function(
-                lambda ids, mask: self._generate_step(
-                    ids, mask, sampler, stop_ids, repetition_penalty
+                lambda ids, mask, needed: self._generate_step(
+                    ids, mask, needed, sampler, stop_ids, repetition_penalty
                 ),
                 input_signature=spec,
                 jit_compile=self.jit_compile,
@@ -113,11 +114,14 @@ class Generator:
             )
             # The sampler is kept with its step, so its id is never reused.
             self._steps[key] = (step, sampler)
-        return self._steps[key][0](token_ids, padding_mask)
+        return self._steps[key][0](token_ids, padding_mask, tf.constant(needed, tf.int32))
 
     # --- the compiled step ---
 
-    def _generate_step(self, token_ids, padding_mask, sampler, stop_ids, repetition_penalty):
+    def _generate_step(self, token_ids, padding_mask, needed, sampler, stop_ids,
+                       repetition_penalty):
+        """Fills positions from the shortest prompt's end up to `needed` (the
+        rest of the buffer, there to keep XLA's shapes few, stays as it was)."""
         batch, length = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
         cache = self.backbone.build_cache(batch, length)
         # Prefill: one pass over the whole (padded) prompt seeds the cache.
@@ -150,14 +154,29 @@ class Generator:
             logits = penalize_repetition(logits, seen, repetition_penalty)
             return logits, None, (cache, seen)
 
-        return sampler(
-            next_token,
-            token_ids,
-            cache=state,
-            index=start,
-            mask=padding_mask,
-            stop_token_ids=stop_ids,
-        )
+        # keras-hub's sampler loops to the end of the buffer; under XLA that is
+        # the length rounded up to _XLA_LENGTH_STEP, and decoding the padding
+        # cost up to half the steps (benchmarks/RESULTS.md, issue 15). Its loop
+        # is capped at `needed` instead (keras-hub has no argument for it).
+        run_loop = sampler.run_loop
+
+        def capped_loop(cond, body, model=None, loop_vars=None, maximum_iterations=None):
+            index = loop_vars[2]
+            return run_loop(cond, body, model=model, loop_vars=loop_vars,
+                            maximum_iterations=tf.minimum(maximum_iterations, needed - index))
+
+        sampler.run_loop = capped_loop
+        try:
+            return sampler(
+                next_token,
+                token_ids,
+                cache=state,
+                index=start,
+                mask=padding_mask,
+                stop_token_ids=stop_ids,
+            )
+        finally:
+            del sampler.run_loop
 
     # --- token ids ---
 
@@ -194,9 +213,11 @@ class Generator:
             room = context - 1 if max(len(r) for r in rows) < context else context // 2
             window = [r[-room:] for r in rows]
             longest = max(len(w) for w in window)
-            length = longest + min(step, context - longest)
+            needed = longest + min(step, context - longest)
+            length = needed
             if self.jit_compile:
-                # Tokens past `step` are real continuations, kept like the rest.
+                # A few buffer shapes, so a few compilations; only the first
+                # `needed` positions are decoded.
                 length = min(-(-length // _XLA_LENGTH_STEP) * _XLA_LENGTH_STEP, context)
             ids = np.zeros((len(rows), length), np.int32)
             mask = np.zeros((len(rows), length), bool)
@@ -204,12 +225,12 @@ class Generator:
                 ids[i, : len(w)] = w
                 mask[i, : len(w)] = True
             out = self._step(
-                tf.constant(ids), tf.constant(mask), sampler, stop_ids,
+                tf.constant(ids), tf.constant(mask), needed, sampler, stop_ids,
                 float(repetition_penalty),
             ).numpy()
             gained = [[] for _ in rows]
             for i, w in enumerate(window):
-                for token in out[i, len(w):]:
+                for token in out[i, len(w):needed]:
                     if done[i]:
                         break
                     if int(token) in stops:
