@@ -34,6 +34,9 @@ setup(
             "tensorflow-serving-api>=2.21,<2.22",
             "pytest>=8",
             "hypothesis>=6",
+            # tests/test_chat_templates.py renders checkpoints' chat templates
+            # as transformers does.
+            "jinja2>=3",
             # The test suite executes the notebooks.
             "nbclient>=0.10",
             "nbformat>=5.9",
