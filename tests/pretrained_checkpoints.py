@@ -21,6 +21,8 @@ FAMILIES = ("gpt2", "llama", "qwen2")
 # Llama 2's layout with its SentencePiece tokenizer (keras-hub's LlamaBackbone
 # and LlamaTokenizer; keras-hub exports it as a preset only).
 SENTENCEPIECE_LLAMA = "llama_sentencepiece"
+# SmolLM2-Instruct's layout: a Llama with ChatML's markers as special tokens.
+CHATML_LLAMA = "llama_chatml"
 # Byte-level BPE: every byte is a token, so any text tokenizes; a few merges
 # make multi-byte tokens, as in a real vocabulary.
 _BYTE_SYMBOLS = list(bytes_to_unicode()[1])
@@ -34,6 +36,7 @@ _SPECIALS = {
               "<|end_header_id|>", "<|eot_id|>"],
     "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
 }
+_SPECIALS[CHATML_LLAMA] = _SPECIALS["llama"] + ["<|im_start|>", "<|im_end|>"]
 # What real checkpoints' config.json has and keras-hub 0.32's exporter leaves
 # out (verified-pitfalls #7; Qwen2's loader reads use_sliding_window).
 _HF_CONFIG_EXTRAS = {
@@ -57,7 +60,7 @@ def make_causal_lm(family, seed=0, scale=0.3, **overrides):
     """A keras-hub CausalLM of `family` with random weights (std `scale`;
     norms left at one) and its tokenizer in its preprocessor."""
     keras.utils.set_random_seed(seed)
-    vocab = vocabulary(family) if family in FAMILIES else None
+    vocab = vocabulary(family) if family in _SPECIALS else None
     if family == "gpt2":
         tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=MERGES)
         # GPT-2's exporter assumes a 4x MLP (verified-pitfalls #8).
@@ -76,15 +79,27 @@ def make_causal_lm(family, seed=0, scale=0.3, **overrides):
         preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(tokenizer, sequence_length=32)
         model = keras_hub.models.Llama3CausalLM(backbone, preprocessor)
     elif family == "qwen2":
-        # Its chat markers are single tokens, as in Qwen2's own tokenizer.
+        # Every special token is one token, chat markers included, as keras-hub
+        # reads Qwen2's own tokenizer (its added tokens are unsplittable).
         tokenizer = keras_hub.models.QwenTokenizer(
-            vocabulary=vocab, merges=MERGES, unsplittable_tokens=["<|im_start|>", "<|im_end|>"])
+            vocabulary=vocab, merges=MERGES, unsplittable_tokens=_SPECIALS["qwen2"])
         backbone = keras_hub.models.QwenBackbone(**{
             "vocabulary_size": len(vocab), "num_layers": 2, "num_query_heads": 4,
             "num_key_value_heads": 2, "hidden_dim": 32, "intermediate_dim": 48,
             "tie_word_embeddings": True, **overrides})
         preprocessor = keras_hub.models.QwenCausalLMPreprocessor(tokenizer, sequence_length=32)
         model = keras_hub.models.QwenCausalLM(backbone, preprocessor)
+    elif family == CHATML_LLAMA:
+        tokenizer = keras_hub.models.Llama3Tokenizer(
+            vocabulary=vocab, merges=MERGES,
+            misc_special_tokens={"<|start_header_id|>", "<|end_header_id|>", "<|im_start|>",
+                                 "<|im_end|>"})
+        backbone = keras_hub.models.Llama3Backbone(**{
+            "vocabulary_size": len(vocab), "num_layers": 2, "num_query_heads": 4,
+            "num_key_value_heads": 2, "hidden_dim": 32, "intermediate_dim": 48,
+            "tie_word_embeddings": True, **overrides})
+        preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(tokenizer, sequence_length=32)
+        model = keras_hub.models.Llama3CausalLM(backbone, preprocessor)
     elif family == SENTENCEPIECE_LLAMA:
         tokenizer = keras_hub.models.LlamaTokenizer(proto=sentencepiece_proto())
         backbone = keras_hub.models.LlamaBackbone(**{

@@ -155,27 +155,36 @@ def test_in_graph_prompt_ids_are_the_python_ones(tokenizer):
             assert ids.numpy().tolist() == expected
 
 
-def test_chatml_run_chat_signature_serves_the_keras_reply(tmp_path):
-    """A converted Qwen2 checkpoint renders ChatML (picked from its special
-    tokens); its exported `chat` signature, through TF Serving's v1 Session
-    path, gives the Keras model's greedy reply."""
-    from pretrained_checkpoints import save_checkpoints
+def test_exported_chatml_llama_serves_the_keras_text_and_replies(tmp_path):
+    """A converted Llama-family checkpoint in SmolLM2-Instruct's layout
+    (ChatML markers as special tokens, so a ChatML chat run), exported once
+    and run through TF Serving's v1 Session SignatureDef path: `generate`
+    writes the Keras model's greedy text (issue 15) and `chat` its greedy
+    reply (issue 16)."""
+    from pretrained_checkpoints import CHATML_LLAMA
     from serving_calls import session_run
     from tfchat.inference.generator import Generator
     from tfchat.pretrained import convert
     from tfchat.run import load_run
     from tfchat.serving.export import export_run
 
-    model = make_causal_lm("qwen2")
-    preset, _ = save_checkpoints(model, "qwen2", str(tmp_path))
-    convert(preset, str(tmp_path / "runs" / "qwen"), block_size=64, verbose=False)
-    run = load_run(str(tmp_path / "runs" / "qwen"))
-    assert run.config.tokenizer.chat_template == "chatml"
+    model = make_causal_lm(CHATML_LLAMA)
+    preset = str(tmp_path / "preset")
+    model.save_to_preset(preset)
+    convert(preset, str(tmp_path / "runs" / "smol"), block_size=48, verbose=False)
+    run = load_run(str(tmp_path / "runs" / "smol"))
+    assert (run.config.objective, run.config.tokenizer.chat_template) == ("chat", "chatml")
+    generator = Generator(run.backbone, run.tokenizer)
+    prompts = ["the cat sat", "hé 中"]
+    texts = generator.generate(prompts, 10, temperature=0)
     messages = [Message("system", "Be brief."), Message("user", "the cat sat")]
-    expected = Generator(run.backbone, run.tokenizer).chat([messages], max_new_tokens=10)[0]
-    assert expected
+    reply = generator.chat([messages], max_new_tokens=10)[0]
+    assert any(len(t) > 3 for t in texts) and reply
     path = export_run(run, saved_models_dir=str(tmp_path / "saved"))
+    out = session_run(path, "serving_default",
+                      {"prompt": prompts, "max_new_tokens": [10], "temperature": [0.0]})
+    assert [t.decode("utf-8", "replace") for t in out["text"].tolist()] == texts
     out = session_run(path, "chat", {"roles": [m.role for m in messages],
                                      "contents": [m.content for m in messages],
                                      "max_new_tokens": [10], "temperature": [0.0]})
-    assert out["text"][0].decode("utf-8", "replace") == expected
+    assert out["text"][0].decode("utf-8", "replace") == reply

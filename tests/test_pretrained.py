@@ -22,14 +22,12 @@ from pretrained_checkpoints import (
     FAMILIES, SENTENCEPIECE_LLAMA, keras_hub_greedy, keras_hub_logits, make_causal_lm,
     save_checkpoints,
 )
-from serving_calls import session_run
 from tfchat import convert as convert_command
 from tfchat import fit as fit_command
 from tfchat import lora as lora_command
 from tfchat.data.chat_template import Message, encode_conversation
 from tfchat.inference.generator import Generator
 from tfchat.run import load_run
-from tfchat.serving.export import export_run
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
 TOKENIZER_TEXTS = [
@@ -173,20 +171,6 @@ def test_stop_tokens_are_the_familys(checkpoints, runs_dir):
         tokenizer = load_run(run_dir, forward_pass=False).tokenizer
         hub = model.preprocessor.tokenizer
         assert sorted(tokenizer.stop_ids) == sorted(hub.token_to_id(t) for t in expected)
-
-
-def test_exported_llama_run_serves_the_same_greedy_text(checkpoints, runs_dir, tmp_path):
-    """The SavedModel of a converted Llama-family run, through TF Serving's
-    v1 Session SignatureDef path, writes the Keras model's greedy text."""
-    _, sources = checkpoints["llama"]
-    run = load_run(_convert(sources["hf"], runs_dir, "llama_export", "--block_size", "48"))
-    prompts = [PROMPT, "hé 中"]
-    expected = Generator(run.backbone, run.tokenizer).generate(prompts, 10, temperature=0)
-    path = export_run(run, saved_models_dir=str(tmp_path))
-    out = session_run(path, "serving_default",
-                      {"prompt": prompts, "max_new_tokens": [10], "temperature": [0.0]})
-    assert [t.decode("utf-8", "replace") for t in out["text"].tolist()] == expected
-    assert any(len(t) > 3 for t in expected)
 
 
 def test_lora_fine_tuning_from_a_checkpoint_learns_and_merges(checkpoints, tmp_path, capsys):

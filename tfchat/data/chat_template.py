@@ -282,12 +282,18 @@ def encode_prompt_tf(tokenizer, roles, contents):
     )
     with tf.control_dependencies([check]):
         index = tf.argmax(tf.cast(matches, tf.int32), axis=1)
-    prefixes = tokenizer.tokenize(tf.constant([template.prefixes[r] for r in ROLES]))
-    suffixes = tokenizer.tokenize(tf.constant([template.suffixes[r] for r in ROLES]))
+    # The template's pieces are constants: tokenized once, eagerly, rather
+    # than traced into the graph (a byte-level BPE's graph is large, and
+    # exporting traced it once per piece).
+    with tf.init_scope():
+        pieces = [template.prefixes[r] for r in ROLES] + [template.suffixes[r] for r in ROLES]
+        piece_ids = tokenizer.tokenize(tf.constant(pieces)).to_list()
+    prefixes = tf.ragged.constant(piece_ids[: len(ROLES)], dtype=tf.int32)
+    suffixes = tf.ragged.constant(piece_ids[len(ROLES):], dtype=tf.int32)
     body = tokenizer.tokenize(contents)  # [N, None]
     turns = tf.concat([tf.gather(prefixes, index), body, tf.gather(suffixes, index)], axis=1)
     start = tf.constant(list(tokenizer.start_ids) if template.add_start_token else [], tf.int32)
-    assistant = tokenizer.tokenize(tf.constant(template.prefixes["assistant"]))
+    assistant = tf.constant(piece_ids[ROLES.index("assistant")], tf.int32)
     return tf.concat([start, turns.flat_values, assistant], axis=0)
 
 
