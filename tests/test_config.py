@@ -178,3 +178,11 @@ def test_precision_advice_only_for_bfloat16_with_xla_on_a_cpu():
     assert advice(precision="mixed_bfloat16", jit_compile=False) is None
     assert advice(precision="mixed_bfloat16", jit_compile=True, gpus=1) is None
     assert advice(precision="float32", jit_compile=True) is None
+
+
+def test_chat_template_choices_are_the_templates():
+    """config.CHAT_TEMPLATES (validated before TensorFlow loads) names
+    exactly tfchat.data.chat_template.TEMPLATES, plus auto."""
+    from tfchat.data.chat_template import TEMPLATES
+
+    assert set(config_lib.CHAT_TEMPLATES) == {"auto", *TEMPLATES}

@@ -224,6 +224,18 @@ def render_text(messages, template=TEMPLATES["tfchat"], add_generation_prompt=Fa
     return text + (template.prefixes["assistant"] if add_generation_prompt else "")
 
 
+def _role_index(roles):
+    """[N] role strings -> [N] indices into ROLES; an unknown role fails with
+    an InvalidArgumentError naming the valid ones."""
+    matches = tf.equal(roles[:, None], tf.constant(ROLES)[None, :])  # [N, len(ROLES)]
+    check = tf.debugging.assert_equal(
+        tf.reduce_all(tf.reduce_any(matches, axis=1)), True,
+        message=f"every role must be one of {', '.join(ROLES)}",
+    )
+    with tf.control_dependencies([check]):
+        return tf.argmax(tf.cast(matches, tf.int32), axis=1)
+
+
 def render_prompt_tf(roles, contents, template=TEMPLATES["tfchat"]):
     """`render_text(messages, template, add_generation_prompt=True)` in
     TensorFlow ops (the start token is the tokenizer's to add).
@@ -238,14 +250,7 @@ def render_prompt_tf(roles, contents, template=TEMPLATES["tfchat"]):
     """
     roles = tf.convert_to_tensor(roles, tf.string)
     contents = tf.convert_to_tensor(contents, tf.string)
-    known = tf.constant(ROLES)
-    matches = tf.equal(roles[:, None], known[None, :])  # [N, len(ROLES)]
-    check = tf.debugging.assert_equal(
-        tf.reduce_all(tf.reduce_any(matches, axis=1)), True,
-        message=f"every role must be one of {', '.join(ROLES)}",
-    )
-    with tf.control_dependencies([check]):
-        index = tf.argmax(tf.cast(matches, tf.int32), axis=1)
+    index = _role_index(roles)
     prefixes = tf.gather(tf.constant([template.prefixes[r] for r in ROLES]), index)
     suffixes = tf.gather(tf.constant([template.suffixes[r] for r in ROLES]), index)
     if template.strip_content:
@@ -274,14 +279,7 @@ def encode_prompt_tf(tokenizer, roles, contents):
                            lambda: contents)
     if template.strip_content:
         contents = tf.strings.strip(contents)
-    known = tf.constant(ROLES)
-    matches = tf.equal(roles[:, None], known[None, :])  # [N, len(ROLES)]
-    check = tf.debugging.assert_equal(
-        tf.reduce_all(tf.reduce_any(matches, axis=1)), True,
-        message=f"every role must be one of {', '.join(ROLES)}",
-    )
-    with tf.control_dependencies([check]):
-        index = tf.argmax(tf.cast(matches, tf.int32), axis=1)
+    index = _role_index(roles)
     # The template's pieces are constants: tokenized once, eagerly, rather
     # than traced into the graph (a byte-level BPE's graph is large, and
     # exporting traced it once per piece).

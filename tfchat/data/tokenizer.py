@@ -274,6 +274,19 @@ class SentencePieceTokenizer(Tokenizer):
         )
 
 
+def _tokenize_as_vector(tokenize_vector, strings):
+    """Tokenizes a string tensor of any rank with a tokenizer that takes a
+    vector [N] -> ragged [N, None]: the result has the input's shape plus a
+    ragged last dimension."""
+    strings = tf.convert_to_tensor(strings, tf.string)
+    ids = tokenize_vector(tf.reshape(strings, [-1]))
+    if strings.shape.rank == 0:
+        return ids[0]
+    for axis in reversed(range(1, strings.shape.rank)):
+        ids = tf.RaggedTensor.from_uniform_row_length(ids, tf.shape(strings, tf.int64)[axis])
+    return ids
+
+
 def _shared_sentencepiece_resource(proto):
     """The SentencePiece model resource for `proto`, created under a
     `shared_name` that is a digest of the proto.
@@ -414,14 +427,8 @@ class WordPieceTokenizer(Tokenizer):
         raise ValueError(f"Not a special token: {token!r}")
 
     def tokenize(self, strings):
-        strings = tf.convert_to_tensor(strings, tf.string)
         # FastBertTokenizer takes a vector of strings only.
-        ids = self._bert.tokenize(tf.reshape(strings, [-1]))
-        if strings.shape.rank == 0:
-            return ids[0]
-        for axis in reversed(range(1, strings.shape.rank)):
-            ids = tf.RaggedTensor.from_uniform_row_length(ids, tf.shape(strings, tf.int64)[axis])
-        return ids
+        return _tokenize_as_vector(self._bert.tokenize, strings)
 
     def detokenize(self, ids):
         # Padding, [CLS] and [SEP] render as nothing, as <pad>/<bos>/<eos> do.
@@ -519,15 +526,12 @@ class PretrainedTokenizer(Tokenizer):
         return {name: int(self.hub_tokenizer.token_to_id(name)) for name in names}
 
     def tokenize(self, strings):
-        strings = tf.convert_to_tensor(strings, tf.string)
-        flat = tf.reshape(strings, [-1])  # keras-hub takes a string or a vector
-        with no_convert_scope():  # keep keras-hub from turning ids into lists
-            ids = tf.cast(self.hub_tokenizer.tokenize(flat), tf.int32)
-        if strings.shape.rank == 0:
-            return ids[0]
-        for axis in reversed(range(1, strings.shape.rank)):
-            ids = tf.RaggedTensor.from_uniform_row_length(ids, tf.shape(strings, tf.int64)[axis])
-        return ids
+        def tokenize_vector(flat):
+            with no_convert_scope():  # keep keras-hub from turning ids into lists
+                return tf.cast(self.hub_tokenizer.tokenize(flat), tf.int32)
+
+        # keras-hub takes a string or a vector.
+        return _tokenize_as_vector(tokenize_vector, strings)
 
     def detokenize(self, ids):
         # Start and end tokens render as nothing, as tfchat's <bos>/<eos> do.
