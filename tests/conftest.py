@@ -52,6 +52,7 @@ TINY = {
     "data.format": "auto",
     "data.text_field": "text",
     "data.val_fraction": 0.1,
+    "data.packing": True,
 }
 
 

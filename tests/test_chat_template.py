@@ -143,7 +143,8 @@ def test_chat_dataset_aligns_weights_with_targets():
     tokenizer = CharTokenizer.train(TEXTS)
     conversations = [CONVERSATION[1:3], CONVERSATION]
     encoded = encode_conversations(tokenizer, conversations, max_tokens=65)
-    x, y, w = next(iter(chat_dataset(encoded, 64, 2, drop_remainder=False)))
+    x, y, w = next(iter(chat_dataset(encoded, 64, 2, drop_remainder=False, packing=False)))
+    x = x["token_ids"]
     assert x.shape == y.shape == w.shape == (2, 64)
     for row, e in enumerate(encoded):
         n = len(e.ids)

@@ -66,6 +66,14 @@ class DataConfig:
         "Bytes that are not UTF-8: strict (stop, naming the file and byte "
         "offset) or replace (with U+FFFD).",
     )
+    packing: bool = _field(
+        True,
+        "Pack several conversations (chat) or documents (causal LM on JSONL or "
+        "chatterbot transcripts) into each block, best-fit decreasing, each "
+        "seeing only itself (block-diagonal attention, positions from 0), "
+        "instead of one conversation per padded row or documents running into "
+        "each other. Plain text files are always one contiguous stream.",
+    )
     val_fraction: float = _field(
         0.1,
         "Share held out for validation: the last part of each text file, "

@@ -7,7 +7,12 @@ with it, beside the assistant-token loss):
   * the same scores on the `unseen` replies only: those whose prompt
     (the conversation before the reply) never occurs in the training split.
     Corpora like chatterbot repeat conversations, so the scores on all
-    replies partly measure recall of training data.
+    replies partly measure recall of training data;
+  * training-prompt recall: the share of the training split's one-message
+    prompts (a user message that opens a conversation) whose greedy reply
+    is, exactly, one of the replies training gave that message. It asks
+    whether the model learnt its own conversations, which BLEU on
+    validation replies mixes with how it answers new ones.
 
 Replies are scored in any language (chatterbot-corpus has 28), each in
 words that fit its script; `bleu_tokenization` picks BLEU's from the
@@ -29,6 +34,8 @@ no word segmentation. All three compare NFC-normalized text.
 import functools
 import statistics
 import unicodedata
+
+from tfchat.data.chat_template import Message
 
 
 def reply_prompts(conversations):
@@ -185,12 +192,38 @@ def greedy_replies(generator, prompts, max_new_tokens, batch_size):
     return replies
 
 
+def opening_exchanges(conversations):
+    """{user message that opens a conversation: set of the replies that
+    follow it}, over conversations that start user, assistant."""
+    replies = {}
+    for messages in conversations:
+        if len(messages) >= 2 and messages[0].role == "user" and messages[1].role == "assistant":
+            replies.setdefault(messages[0].content, set()).add(messages[1].content.strip())
+    return replies
+
+
+def training_prompt_recall(generator, train_conversations, batch_size=32, max_new_tokens=128,
+                           limit=0):
+    """The share of the first `limit` (0 = all; alphabetical order) opening
+    user messages of `train_conversations` whose greedy reply, stripped,
+    equals one of that message's training replies. Returns (recall, number
+    of prompts, [(message, reply, was it recalled)])."""
+    exchanges = opening_exchanges(train_conversations)
+    messages = sorted(exchanges)[: limit or None]
+    replies = greedy_replies(generator, [[Message("user", m)] for m in messages],
+                             max_new_tokens, batch_size)
+    outcomes = [(m, r, r.strip() in exchanges[m]) for m, r in zip(messages, replies)]
+    recalled = sum(hit for _, _, hit in outcomes)
+    return recalled / max(len(outcomes), 1), len(outcomes), outcomes
+
+
 def evaluate_replies(generator, conversations, train_conversations, data_path, batch_size=32,
                      max_new_tokens=128, examples=3):
     """BLEU, ROUGE-L and chrF of `generator`'s greedy reply to every
     assistant turn of `conversations`, given the conversation before it; the
     same on the replies whose prompt never occurs in `train_conversations`
-    (`_unseen`); and the first `examples` replies. `data_path` may name the
+    (`_unseen`); the training-prompt recall on `train_conversations`
+    (`training_prompt_recall`); and the first `examples` replies. `data_path` may name the
     language (`chatterbot:<language>`)."""
     pairs = reply_prompts(conversations)
     prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
@@ -208,6 +241,11 @@ def evaluate_replies(generator, conversations, train_conversations, data_path, b
         scores = score_replies([replies[i] for i in unseen], [references[i] for i in unseen],
                                tokenize=tokenize)
         results.update({f"{k}_unseen": v for k, v in scores.items()})
+    recall, recall_prompts, _ = training_prompt_recall(
+        generator, train_conversations, batch_size, max_new_tokens
+    )
+    results["training_prompt_recall"] = recall
+    results["training_prompts"] = recall_prompts
     results["examples"] = [
         {"user": prompts[i][-1].content, "reference": references[i], "reply": replies[i]}
         for i in range(min(examples, len(replies)))

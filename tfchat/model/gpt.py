@@ -11,6 +11,7 @@ from keras import ops
 
 from tfchat.model.layers import (
     MLPS, NORMS, POSITIONS, ROPE_ARGS, TransformerBlock, check_choice, make_norm, normal,
+    segment_positions,
 )
 
 
@@ -44,7 +45,11 @@ class GPT(keras.Model):
         use_bias: bool. Bias on every other Dense layer (GPT-2; not Llama or
             Qwen2).
 
-    Call: token_ids [B, T] int -> logits [B, T, V] float32.
+    Call: token_ids [B, T] int -> logits [B, T, V] float32. With
+    `segment_ids` [B, T] int (a packed block: several sequences per row, see
+    `tfchat.data.pipeline.pack_segments`), attention stays within each
+    segment and positions restart at 0 in each, so every sequence's logits
+    are those it would get alone in a row.
 
     Example:
     ```python
@@ -157,13 +162,16 @@ class GPT(keras.Model):
             self.lm_head.build((None, None, self.hidden_dim))
         self.built = True
 
-    def _embed(self, token_ids, start, training):
+    def _embed(self, token_ids, start, training, segment_ids=None):
         x = self.token_embedding(token_ids)  # [B, T, C]
         if self.position_embedding is not None:
             # With rope, positions enter each block's attention instead.
-            length = ops.shape(token_ids)[1]
-            positions = ops.arange(length) + ops.cast(start, "int32")
-            x = x + self.position_embedding(positions)[None]
+            if segment_ids is None:
+                length = ops.shape(token_ids)[1]
+                positions = (ops.arange(length) + ops.cast(start, "int32"))[None]  # [1, T]
+            else:
+                positions = segment_positions(segment_ids)  # [B, T]
+            x = x + self.position_embedding(positions)
         return self.embedding_dropout(x, training=training)
 
     def _lm_head(self, x):
@@ -179,10 +187,10 @@ class GPT(keras.Model):
             ops.reshape(logits, (batch, length, self.vocabulary_size)), "float32"
         )
 
-    def call(self, token_ids, training=None):
-        x = self._embed(token_ids, 0, training)
+    def call(self, token_ids, segment_ids=None, training=None):
+        x = self._embed(token_ids, 0, training, segment_ids)
         for block in self.blocks:
-            x = block(x, training=training)
+            x = block(x, segment_ids=segment_ids, training=training)
         return self._lm_head(self.final_norm(x))
 
     def build_cache(self, batch_size, max_length):

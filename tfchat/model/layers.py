@@ -124,14 +124,38 @@ def rope_inverse_frequencies(
     return np.where(medium, smoothed, scaled).astype("float32")
 
 
-def apply_rope(x, inverse_frequencies, start):
-    """Rotates x [B, T, N, D] by the angles of positions `start .. start+T-1`
-    (the rotate-half convention of Llama/HF/keras-hub: dims i and i + D/2 form
-    a pair). Angles in float32; the result in x's dtype."""
-    length = ops.shape(x)[1]
-    positions = ops.cast(ops.arange(length) + ops.cast(start, "int32"), "float32")
-    freq = positions[:, None] * ops.convert_to_tensor(inverse_frequencies)[None, :]  # [T, D/2]
-    angles = ops.concatenate([freq, freq], axis=-1)[None, :, None, :]  # [1, T, 1, D]
+def segment_positions(segment_ids):
+    """Each token's position within its segment: [B, T] int -> [B, T] int32,
+    0 at every segment's first token.
+
+    Segments are runs of equal ids (a packed block, `tfchat.data.pipeline`);
+    a token's position is the number of earlier tokens of its run. Counted
+    with a [B, T, T] comparison rather than a cumulative scan, so the shape
+    is static and XLA compiles it; it costs 1 / (H * D) of attention's
+    own [B, H, T, T] work.
+    """
+    same = _same_segment(segment_ids)  # [B, T, T]
+    length = ops.shape(segment_ids)[1]
+    earlier = ops.arange(length)[None, :] <= ops.arange(length)[:, None]  # [T, T]
+    return ops.sum(ops.cast(ops.logical_and(same, earlier[None]), "int32"), axis=-1) - 1
+
+
+def _same_segment(segment_ids):
+    """[B, T] -> [B, T, T] bool: query t and key s are in one segment."""
+    return segment_ids[:, :, None] == segment_ids[:, None, :]
+
+
+def apply_rope(x, inverse_frequencies, start, positions=None):
+    """Rotates x [B, T, N, D] by the angles of positions `start .. start+T-1`,
+    or of `positions` [B, T] when given (packed segments restart at 0), in
+    the rotate-half convention of Llama/HF/keras-hub: dims i and i + D/2
+    form a pair. Angles in float32; the result in x's dtype."""
+    if positions is None:
+        length = ops.shape(x)[1]
+        positions = (ops.arange(length) + ops.cast(start, "int32"))[None, :]  # [1, T]
+    positions = ops.cast(positions, "float32")
+    freq = positions[..., None] * ops.convert_to_tensor(inverse_frequencies)  # [B, T, D/2]
+    angles = ops.concatenate([freq, freq], axis=-1)[:, :, None, :]  # [B, T, 1, D]
     cos = ops.cast(ops.cos(angles), x.dtype)
     sin = ops.cast(ops.sin(angles), x.dtype)
     x1, x2 = ops.split(x, 2, axis=-1)  # [B, T, N, D/2] each
@@ -212,6 +236,11 @@ class CausalSelfAttention(keras.layers.Layer):
             t`); rotary positions start at `cache_update_index`.
         cache_update_index: int scalar, position of x's first token.
         padding_mask: optional [B, S] bool/int, 1 for real keys.
+        segment_ids: optional [B, T] int, without a cache: the sequence
+            each token belongs to in a packed block. A query sees only keys
+            of its own segment (with `causal`, a block-diagonal causal
+            mask), and rotary positions restart at 0 in each segment, so
+            every segment is computed as if it had the row to itself.
 
     Returns:
         [B, T, C], or ([B, T, C], updated cache) when `cache` is given.
@@ -296,8 +325,12 @@ class CausalSelfAttention(keras.layers.Layer):
         cache=None,
         cache_update_index=0,
         padding_mask=None,
+        segment_ids=None,
         training=None,
     ):
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids are for packed training blocks; "
+                             "generation with a cache runs one sequence per row")
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         qkv = self.qkv(x)  # [B, T, (H + 2K) * D]
         kv_width = self.num_kv_heads * self.head_dim
@@ -313,8 +346,9 @@ class CausalSelfAttention(keras.layers.Layer):
             (batch, length, self.num_kv_heads, self.head_dim),
         )  # [B, T, K, D]
         if self.rope:
-            q = apply_rope(q, self.inverse_frequencies, cache_update_index)
-            k = apply_rope(k, self.inverse_frequencies, cache_update_index)
+            positions = None if segment_ids is None else segment_positions(segment_ids)
+            q = apply_rope(q, self.inverse_frequencies, cache_update_index, positions)
+            k = apply_rope(k, self.inverse_frequencies, cache_update_index, positions)
         if cache is not None:
             k = _write_cache(cache[:, 0], cache_update_index, k)  # [B, S, K, D]
             v = _write_cache(cache[:, 1], cache_update_index, v)
@@ -332,7 +366,7 @@ class CausalSelfAttention(keras.layers.Layer):
         # Softmax in float32 even under mixed precision, for stability.
         scores = ops.cast(scores, "float32")
         mask = self._attention_mask(
-            length, ops.shape(k)[-1], cache_update_index, padding_mask
+            length, ops.shape(k)[-1], cache_update_index, padding_mask, segment_ids
         )
         if mask is not None:
             scores = ops.where(mask, scores, -1e9)
@@ -345,7 +379,7 @@ class CausalSelfAttention(keras.layers.Layer):
             return y, cache
         return y
 
-    def _attention_mask(self, length, key_length, start, padding_mask):
+    def _attention_mask(self, length, key_length, start, padding_mask, segment_ids=None):
         """[T, S] or [B, 1, T, S] bool mask of the keys each query may see."""
         mask = None
         if self.causal:
@@ -355,6 +389,9 @@ class CausalSelfAttention(keras.layers.Layer):
         if padding_mask is not None:
             keys = ops.cast(padding_mask, "bool")[:, None, None, :]  # [B,1,1,S]
             mask = keys if mask is None else ops.logical_and(mask, keys)
+        if segment_ids is not None:
+            same = _same_segment(segment_ids)[:, None]  # [B, 1, T, S]
+            mask = same if mask is None else ops.logical_and(mask, same)
         return mask
 
     def get_config(self):
@@ -492,13 +529,15 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def call(
-        self, x, cache=None, cache_update_index=0, padding_mask=None, training=None
+        self, x, cache=None, cache_update_index=0, padding_mask=None, segment_ids=None,
+        training=None,
     ):
         attended = self.attention(
             self.attention_norm(x),
             cache=cache,
             cache_update_index=cache_update_index,
             padding_mask=padding_mask,
+            segment_ids=segment_ids,
             training=training,
         )
         if cache is not None:

@@ -42,6 +42,21 @@ def token_sums(targets, logits, weight):
     )
 
 
+def useful_tokens(inputs):
+    """(non-padding input tokens, all input tokens), float32 scalars: a
+    packed batch's segment ids or an encoder batch's padding mask say which
+    are padding; a plain [B, T] batch has none."""
+    if isinstance(inputs, dict) and "segment_ids" in inputs:
+        real = inputs["segment_ids"] > 0
+    elif isinstance(inputs, dict) and "padding_mask" in inputs:
+        real = tf.cast(inputs["padding_mask"], tf.bool)
+    else:
+        tokens = inputs["token_ids"] if isinstance(inputs, dict) else inputs
+        total = tf.cast(tf.size(tokens), tf.float32)
+        return total, total
+    return tf.reduce_sum(tf.cast(real, tf.float32)), tf.cast(tf.size(real), tf.float32)
+
+
 def token_loss_and_accuracy(targets, logits, sample_weight=None):
     """Token-weighted mean loss and accuracy, and the token count."""
     if sample_weight is None:
@@ -56,8 +71,9 @@ class Task(keras.Model):
     float32 logits whose leading dimensions match the targets').
 
     Data: (inputs, targets) or (inputs, targets, weights); inputs a tensor or
-    a dict of tensors. Metrics: `loss` and `accuracy`, weighted means, and
-    `perplexity`.
+    a dict of tensors. Metrics: `loss` and `accuracy`, weighted means,
+    `perplexity`, and in training `useful_fraction`, the share of input
+    tokens that are not padding (`useful_tokens`).
     """
 
     def __init__(self, backbone, grad_accumulation_steps=1, **kwargs):
@@ -69,10 +85,12 @@ class Task(keras.Model):
         # Steps whose loss was NaN or infinite; they are left out of the
         # loss and accuracy above, and the trainer stops or skips on them.
         self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_steps")
+        self.useful_tracker = keras.metrics.Mean(name="useful_fraction")
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker, self.nonfinite_tracker]
+        return [self.loss_tracker, self.accuracy_tracker, self.nonfinite_tracker,
+                self.useful_tracker]
 
     def train_step(self, data):
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -96,6 +114,8 @@ class Task(keras.Model):
             # (see `tfchat.train.optim.AdamW`).
             gradients = tf.distribute.get_replica_context().all_reduce("SUM", gradients)
         self.optimizer.apply(gradients, self.trainable_variables)
+        useful, total = useful_tokens(x)
+        self.useful_tracker.update_state(useful / total, sample_weight=total)
         safe = tf.maximum(count, 1.0)
         return self._update_metrics(loss_sum / safe, correct_sum / safe, count)
 
@@ -148,6 +168,7 @@ class Task(keras.Model):
             "perplexity": tf.exp(tf.minimum(loss, 80.0)),
             "accuracy": self.accuracy_tracker.result(),
             "nonfinite_steps": self.nonfinite_tracker.result(),
+            "useful_fraction": self.useful_tracker.result(),
         }
 
     def get_config(self):
@@ -167,7 +188,8 @@ class Task(keras.Model):
 class CausalLM(Task):
     """Next-token prediction on a backbone that maps token ids to logits.
 
-    Data: (inputs [B, T], targets [B, T]) or (inputs, targets, weights [B, T]).
+    Data: (inputs [B, T], targets [B, T]) or (inputs, targets, weights [B, T]);
+    inputs may be {"token_ids", "segment_ids"} [B, T] each, a packed batch.
     Metrics: `loss` and `accuracy`, token-weighted means, and `perplexity`.
 
     Example:
@@ -179,8 +201,12 @@ class CausalLM(Task):
     ```
     """
 
-    def call(self, token_ids, training=None):
-        return self.backbone(token_ids, training=training)
+    def call(self, inputs, training=None):
+        # A packed batch is {"token_ids", "segment_ids"}; see GPT.
+        if isinstance(inputs, dict):
+            return self.backbone(inputs["token_ids"], segment_ids=inputs["segment_ids"],
+                                 training=training)
+        return self.backbone(inputs, training=training)
 
 
 @keras.saving.register_keras_serializable(package="tfchat")

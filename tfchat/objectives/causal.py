@@ -1,6 +1,8 @@
 """`objective: causal`: next-token language modelling on plain text (a file,
 a folder, a glob, JSONL documents, chatterbot transcripts)."""
 
+import tensorflow as tf
+
 from tfchat.data.pipeline import causal_lm_dataset, pack_sequences, tokenize_texts
 from tfchat.errors import TfchatError
 from tfchat.evaluation.language_model import evaluate_loss
@@ -14,11 +16,17 @@ def check_config(config):
 
 
 def check_data(config, corpus, tokenizer):
-    """Fails early, and clearly, when a split cannot fill one block."""
+    """Fails early, and clearly, when a split cannot fill one block (packed
+    documents: when it has no document of two tokens, one target)."""
     block_size = config.model.block_size
+    packed = corpus.is_documents and config.data.packing
     for split in ("train", "val"):
         tokens = tokenize_texts(corpus.texts(split), tokenizer, corpus.is_documents)
-        if not any(True for _ in pack_sequences(tokens, block_size + 1).take(1)):
+        if packed:
+            if not any(True for _ in tokens.filter(lambda ids: tf.size(ids) > 1).take(1)):
+                raise TfchatError(f"The {split} split of {corpus.path} has no document "
+                                  "of two or more tokens.")
+        elif not any(True for _ in pack_sequences(tokens, block_size + 1).take(1)):
             raise TfchatError(
                 f"The {split} split of {corpus.path} has fewer than model.block_size + 1 "
                 f"= {block_size + 1} tokens. Lower model.block_size or add text."
@@ -33,6 +41,7 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
             add_eos=corpus.is_documents,
             shuffle_buffer=t.shuffle_buffer if split == "train" else 0,
             seed=t.seed, repeat=split == "train", drop_remainder=split == "train",
+            packing=config.data.packing,
         )
         for split in splits
     }

@@ -70,7 +70,7 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
         result[split] = chat_dataset(
             usable, m.block_size, batch_size or t.batch_size,
             shuffle_buffer=t.shuffle_buffer if train else 0, seed=t.seed,
-            repeat=train, drop_remainder=train,
+            repeat=train, drop_remainder=train, packing=config.data.packing,
         )
     return result
 

@@ -7,7 +7,8 @@ TensorFlow trainer does, but without `model.fit`, which fails under
 default strategy, `MirroredStrategy` and `MultiWorkerMirroredStrategy`.
 
 Every `log_interval` steps it reads the metrics, prints progress and writes
-TensorBoard scalars; every `eval_interval` steps it evaluates, logs a text
+TensorBoard scalars (tokens/s counts every position of every block;
+useful_tokens/s only those that are not padding, useful_fraction of them); every `eval_interval` steps it evaluates, logs a text
 sample and saves a checkpoint holding the model, the optimizer (its step
 counter included) and the input pipeline's position.
 """
@@ -176,7 +177,8 @@ class Trainer:
         t = self.train_config
         progbar = keras.utils.Progbar(
             t.max_steps, verbose=self.verbose if self.is_chief else 0,
-            stateful_metrics=["loss", "perplexity", "accuracy", "lr", "tokens/s", "skipped_steps"],
+            stateful_metrics=["loss", "perplexity", "accuracy", "lr", "tokens/s", "useful_fraction",
+                             "useful_tokens/s", "skipped_steps"],
         )
         history = []
         step = self.step
@@ -220,6 +222,8 @@ class Trainer:
                         print(f"\nSkipped {skipped:.0f} step(s) with a non-finite loss before step {step}.")
                 metrics["lr"] = float(self.optimizer.learning_rate)
                 metrics["tokens/s"] = steps * self.tokens_per_step / seconds
+                # The tokens that are not padding: what packing raises.
+                metrics["useful_tokens/s"] = metrics["useful_fraction"] * metrics["tokens/s"]
                 history.append({"step": step, **metrics})
                 self._write_scalars("train", metrics, step)
                 self._append_metrics_line({"step": step, **metrics})
@@ -249,6 +253,7 @@ class Trainer:
         self._evaluate(self.val_dataset)
         results = self._read_metrics()
         results.pop("nonfinite_steps", None)
+        results.pop("useful_fraction", None)  # counted in training only
         return {f"val_{k}": v for k, v in results.items()}
 
     def evaluate_and_save(self):
