@@ -125,6 +125,9 @@ def test_evaluate_reports_perplexity_bleu_and_rouge(chat_run, capsys):
     assert results["replies_unseen"] == 0  # every validation prompt is in training
     assert results["bleu"] > 99 and results["rouge_l"] > 99
     assert 1.0 <= results["val_perplexity"] < 1.5
+    # And it answers every training prompt with its training reply.
+    assert "training_prompt_recall: 1" in printed
+    assert results["training_prompt_recall"] == 1.0 and results["training_prompts"] == 3
 
 
 def test_evaluate_scores_unseen_prompts_apart(chat_run, tmp_path):
@@ -135,6 +138,9 @@ def test_evaluate_scores_unseen_prompts_apart(chat_run, tmp_path):
 
     pairs = [CHAT_PAIRS[i % 3] for i in range(20)]
     pairs[9] = ("who made you?", "a test made me.")  # held out, never trained on
+    # In the training split, but not in what the run trained on: a prompt
+    # it cannot recall.
+    pairs[0] = ("who are you?", "nobody you would know.")
     path = write_jsonl(tmp_path / "chats.jsonl", [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
         for q, a in pairs
@@ -153,3 +159,6 @@ def test_evaluate_scores_unseen_prompts_apart(chat_run, tmp_path):
     # The seen one is answered perfectly, so the overall scores differ.
     assert results["examples"][1]["reply"] == results["examples"][1]["reference"]
     assert results["rouge_l"] > results["rouge_l_unseen"]
+    # Four single-exchange training prompts, three of them learnt.
+    assert results["training_prompts"] == 4
+    assert results["training_prompt_recall"] == 0.75

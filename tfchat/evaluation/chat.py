@@ -8,9 +8,10 @@ with it, beside the assistant-token loss):
     (the conversation before the reply) never occurs in the training split.
     Corpora like chatterbot repeat conversations, so the scores on all
     replies partly measure recall of training data;
-  * training-prompt recall: the share of the training split's one-message
-    prompts (a user message that opens a conversation) whose greedy reply
-    is, exactly, one of the replies training gave that message. It asks
+  * training-prompt recall: the share of the training split's
+    single-exchange prompts (a conversation of one user message and its
+    reply) whose greedy reply is, exactly, one of the replies training gave
+    that message. It asks
     whether the model learnt its own conversations, which BLEU on
     validation replies mixes with how it answers new ones.
 
@@ -35,7 +36,6 @@ import functools
 import statistics
 import unicodedata
 
-from tfchat.data.chat_template import Message
 
 
 def reply_prompts(conversations):
@@ -192,27 +192,31 @@ def greedy_replies(generator, prompts, max_new_tokens, batch_size):
     return replies
 
 
-def opening_exchanges(conversations):
-    """{user message that opens a conversation: set of the replies that
-    follow it}, over conversations that start user, assistant."""
+def single_exchanges(conversations):
+    """{prompt: set of its replies} over the conversations that are one
+    exchange: a user message and the assistant's reply (after a system
+    message, if any). The prompt is the messages before the reply, a tuple."""
     replies = {}
     for messages in conversations:
-        if len(messages) >= 2 and messages[0].role == "user" and messages[1].role == "assistant":
-            replies.setdefault(messages[0].content, set()).add(messages[1].content.strip())
+        roles = [m.role for m in messages]
+        if roles[-2:] == ["user", "assistant"] and set(roles[:-2]) <= {"system"} \
+                and len(roles) <= 3:
+            replies.setdefault(tuple(messages[:-1]), set()).add(messages[-1].content.strip())
     return replies
 
 
 def training_prompt_recall(generator, train_conversations, batch_size=32, max_new_tokens=128,
                            limit=0):
-    """The share of the first `limit` (0 = all; alphabetical order) opening
-    user messages of `train_conversations` whose greedy reply, stripped,
-    equals one of that message's training replies. Returns (recall, number
-    of prompts, [(message, reply, was it recalled)])."""
-    exchanges = opening_exchanges(train_conversations)
-    messages = sorted(exchanges)[: limit or None]
-    replies = greedy_replies(generator, [[Message("user", m)] for m in messages],
-                             max_new_tokens, batch_size)
-    outcomes = [(m, r, r.strip() in exchanges[m]) for m, r in zip(messages, replies)]
+    """The share of the single-exchange prompts of `train_conversations`
+    (`single_exchanges`; the first `limit` in alphabetical order of the user
+    message, 0 = all) whose greedy reply, stripped, is exactly one of that
+    prompt's training replies. Returns (recall, number of prompts,
+    [(user message, reply, whether it was recalled)])."""
+    exchanges = single_exchanges(train_conversations)
+    prompts = sorted(exchanges, key=lambda p: [(m.content, m.role) for m in p[::-1]])
+    prompts = prompts[: limit or None]
+    replies = greedy_replies(generator, [list(p) for p in prompts], max_new_tokens, batch_size)
+    outcomes = [(p[-1].content, r, r.strip() in exchanges[p]) for p, r in zip(prompts, replies)]
     recalled = sum(hit for _, _, hit in outcomes)
     return recalled / max(len(outcomes), 1), len(outcomes), outcomes
 

@@ -97,11 +97,16 @@ class Task(keras.Model):
         if weight is None:
             weight = tf.ones_like(y, tf.float32)
         count = tf.reduce_sum(tf.cast(weight, tf.float32))
-        # Each token's loss is divided by this replica's token count (a mean)
-        # and by the number of replicas, because gradients are summed across
-        # replicas.
+        # Each token's loss is divided by the weighted tokens of the whole
+        # global batch, summed over replicas (gradients are summed across
+        # replicas too): the global token-weighted mean, whatever share of
+        # the weighted tokens each replica's rows hold (chat rows and packed
+        # blocks hold different numbers).
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        normalizer = tf.maximum(count, 1.0) * replicas
+        global_count = count
+        if replicas > 1:
+            global_count = tf.distribute.get_replica_context().all_reduce("SUM", count)
+        normalizer = tf.maximum(global_count, 1.0)
         micro_batches = self.grad_accumulation_steps
         if micro_batches == 1:
             gradients, loss_sum, correct_sum = self._gradients(x, y, weight, normalizer)

@@ -73,6 +73,13 @@ def evaluate(run, batch_size=32, **unused):
     return evaluate_loss(run.model, val["val"])
 
 
+def describe(config, corpus, model):
+    if not corpus.is_documents:
+        return ""
+    return ("documents packed several to a block, each seeing only itself"
+            if config.data.packing else "documents in one running stream")
+
+
 def next_steps(config):
     prompt = "User: Hello\\nBot:" if config.data.path.startswith("chatterbot:") else "\\n"
     return ("Sample from it with:\n"
@@ -90,6 +97,7 @@ OBJECTIVE = Objective(
     datasets=datasets,
     build_model=build_causal_lm,
     sampler=sampler,
+    describe=describe,
     evaluate=evaluate,
     signatures=(add_generate_signature, add_score_signature),
     next_steps=next_steps,

@@ -110,6 +110,11 @@ def evaluate(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, jit_co
     return results
 
 
+def describe(config, corpus, model):
+    return ("conversations packed several to a block" if config.data.packing
+            else "one conversation per block")
+
+
 def next_steps(config):
     return ("Chat with it:\n"
             f"  python -m tfchat.chat --run {config.run_dir}\n"
@@ -128,6 +133,7 @@ OBJECTIVE = Objective(
     datasets=datasets,
     build_model=build_causal_lm,
     sampler=sampler,
+    describe=describe,
     evaluate=evaluate,
     signatures=(add_generate_signature, add_chat_signature, add_score_signature),
     next_steps=next_steps,
