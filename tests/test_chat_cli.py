@@ -99,6 +99,21 @@ def test_chat_session_keeps_history_and_truncates(chat_run, capsys):
     assert "the oldest" in session.truncation_note(prompt)
 
 
+def test_a_long_last_message_keeps_its_start_while_old_turns_go(chat_run):
+    run = load_run(chat_run)
+    generator = Generator(run.backbone, run.tokenizer)
+    context = run.config.model.block_size  # 48
+    question = "x" * (context // 2)  # with its markers, more than half the context
+    alone = generator.chat_prompt([Message("user", question)], max_new_tokens=24)
+    assert not alone.truncated and len(alone.ids) > context // 2
+    assert len(alone.ids) <= context - context // 4
+    # After earlier turns, those go first; the long message stays whole.
+    history = [Message("user", "ping"), Message("assistant", "pong")] * 2
+    prompt = generator.chat_prompt(history + [Message("user", question)], max_new_tokens=24)
+    assert prompt.dropped_messages > 0 and not prompt.cut_tokens
+    assert prompt.ids[-len(alone.ids):] == alone.ids
+
+
 def test_one_message_from_stdin_or_arguments(chat_run, capsys):
     proc = subprocess.run(
         [sys.executable, "-m", "tfchat.chat", "--run", chat_run, "--temperature", "0"],
