@@ -22,6 +22,7 @@ REPETITIVE_TEXT = "the quick brown fox jumps over the lazy dog.\n" * 120
 # `--key value` command lines (`as_cli_args`).
 TINY = {
     "tokenizer.kind": "char",
+    "tokenizer.vocab_size": 1000,
     "model.num_layers": 2,
     "model.num_heads": 2,
     "model.hidden_dim": 32,
