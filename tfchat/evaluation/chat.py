@@ -11,9 +11,8 @@ with it, beside the assistant-token loss):
   * training-prompt recall: the share of the training split's
     single-exchange prompts (a conversation of one user message and its
     reply) whose greedy reply is, exactly, one of the replies training gave
-    that message. It asks
-    whether the model learnt its own conversations, which BLEU on
-    validation replies mixes with how it answers new ones.
+    that message. It asks whether the model learnt its own conversations,
+    which BLEU on validation replies mixes with how it answers new ones.
 
 Replies are scored in any language (chatterbot-corpus has 28), each in
 words that fit its script; `bleu_tokenization` picks BLEU's from the
@@ -227,7 +226,8 @@ def evaluate_replies(generator, conversations, train_conversations, data_path, b
     assistant turn of `conversations`, given the conversation before it; the
     same on the replies whose prompt never occurs in `train_conversations`
     (`_unseen`); the training-prompt recall on `train_conversations`
-    (`training_prompt_recall`); and the first `examples` replies. `data_path` may name the
+    (`training_prompt_recall`); and the first `examples` replies.
+    `data_path` may name the
     language (`chatterbot:<language>`)."""
     pairs = reply_prompts(conversations)
     prompts, references = [p for p, _ in pairs], [r for _, r in pairs]

@@ -17,15 +17,15 @@ def check_config(config):
 
 def check_data(config, corpus, tokenizer):
     """Fails early, and clearly, when a split cannot fill one block (packed
-    documents: when it has no document of two tokens, one target)."""
+    documents: when it has fewer than two tokens, one target)."""
     block_size = config.model.block_size
     packed = corpus.is_documents and config.data.packing
     for split in ("train", "val"):
         tokens = tokenize_texts(corpus.texts(split), tokenizer, corpus.is_documents)
         if packed:
             if not any(True for _ in tokens.filter(lambda ids: tf.size(ids) > 1).take(1)):
-                raise TfchatError(f"The {split} split of {corpus.path} has no document "
-                                  "of two or more tokens.")
+                raise TfchatError(f"The {split} split of {corpus.path} has fewer than two "
+                                  "tokens: nothing to predict.")
         elif not any(True for _ in pack_sequences(tokens, block_size + 1).take(1)):
             raise TfchatError(
                 f"The {split} split of {corpus.path} has fewer than model.block_size + 1 "

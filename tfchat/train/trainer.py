@@ -8,7 +8,8 @@ default strategy, `MirroredStrategy` and `MultiWorkerMirroredStrategy`.
 
 Every `log_interval` steps it reads the metrics, prints progress and writes
 TensorBoard scalars (tokens/s counts every position of every block;
-useful_tokens/s only those that are not padding, useful_fraction of them); every `eval_interval` steps it evaluates, logs a text
+useful_tokens/s only those that are not padding, useful_fraction of them);
+every `eval_interval` steps it evaluates, logs a text
 sample and saves a checkpoint holding the model, the optimizer (its step
 counter included) and the input pipeline's position.
 """
