@@ -28,6 +28,8 @@ from tfchat.job import train  # noqa: E402
 ARMS = [
     ("default job (chat)", {"objective": "chat"}),
     ("chatterbot as documents (causal)", {"objective": "causal"}),
+    ("default job at the old 64-token blocks (chat)",
+     {"objective": "chat", "model": {"block_size": 64}}),
 ]
 
 
@@ -53,11 +55,14 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--arms", default="", help="Comma-separated arm numbers (0-based); "
+                        "default all.")
     args = parser.parse_args()
+    arms = [ARMS[int(i)] for i in args.arms.split(",")] if args.arms else ARMS
     runs_dir = tempfile.mkdtemp(prefix="packing_")
     results = {}
     for round_ in range(args.rounds):
-        for label, overrides in ARMS:
+        for label, overrides in arms:
             for packing in (True, False):
                 row = measure(runs_dir, f"r{round_}", {**overrides, "data": {"packing": packing}},
                               args.steps)
@@ -65,7 +70,7 @@ def main():
                 print(round_, label, packing, row, flush=True)
     print("\n| data | packing | useful fraction | tokens/s | useful tokens/s | packed ÷ unpacked |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for label, _ in ARMS:
+    for label, _ in arms:
         medians = {p: {k: statistics.median(r[k] for r in results[(label, p)])
                        for k in results[(label, p)][0]} for p in (True, False)}
         ratio = medians[True]["useful_tokens/s"] / medians[False]["useful_tokens/s"]
