@@ -276,6 +276,30 @@ class MlmConfig:
     )
 
 
+# The preference losses of objective dpo (tfchat.model.preference).
+DPO_LOSSES = ("sigmoid", "ipo")
+
+
+@dataclass
+class DpoConfig:
+    beta: float = _field(
+        0.1,
+        "How far the policy may move from the reference (its starting "
+        "weights): the DPO temperature; lower lets it move further.",
+    )
+    loss: str = _field(
+        "sigmoid",
+        "sigmoid (DPO: -log sigmoid(beta * reward margin)) | ipo (IPO: the "
+        "squared distance of the margin of length-averaged log-probabilities "
+        "from 1 / (2 beta)).",
+    )
+    label_smoothing: float = _field(
+        0.0,
+        "Sigmoid loss only: the assumed share of pairs labelled the wrong way "
+        "round (conservative DPO); 0 = plain DPO, below 0.5.",
+    )
+
+
 @dataclass
 class Config:
     name: str = _field("default", "Run name: the run lives in <runs_dir>/<name>.")
@@ -285,8 +309,9 @@ class Config:
         "What to train: causal (next-token language model), chat (supervised "
         "fine-tuning, loss on assistant tokens only), mlm (masked-LM encoder "
         "pretraining), classify (text classification, usually with init_from "
-        "an mlm run), or auto (chat for dialogue data: chatterbot:*, YAML, "
-        "messages JSONL; else causal).",
+        "an mlm run), dpo (preference tuning of a chat run given as init_from, "
+        "on chosen/rejected reply pairs), or auto (dpo for preference JSONL, "
+        "chat for dialogue data: chatterbot:*, YAML, messages JSONL; else causal).",
     )
     init_from: str = _field(
         "",
@@ -300,6 +325,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlm: MlmConfig = field(default_factory=MlmConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -504,6 +530,13 @@ def validate(config):
             "mlm.mask_token_rate and mlm.random_token_rate must be non-negative and sum to at most 1",
         ),
         (config.mlm.max_predictions >= 0, "mlm.max_predictions must be 0 or positive"),
+        (config.dpo.loss in DPO_LOSSES, f"dpo.loss must be one of {', '.join(DPO_LOSSES)}"),
+        (config.dpo.beta > 0, "dpo.beta must be positive"),
+        (0 <= config.dpo.label_smoothing < 0.5, "dpo.label_smoothing must be in [0, 0.5)"),
+        (
+            config.dpo.loss == "sigmoid" or not config.dpo.label_smoothing,
+            "dpo.label_smoothing applies to dpo.loss sigmoid only",
+        ),
         (t.early_stopping_patience >= 0, "train.early_stopping_patience must be 0 or positive"),
         (config.data.format in ("auto", "text", "jsonl", "csv"), "data.format must be auto, text, jsonl or csv"),
         (0 < config.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),

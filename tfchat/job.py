@@ -145,7 +145,7 @@ def _banner(config, objective, data, model, tokenizer, replicas):
         f"{model.backbone.num_params() / 1e6:.2f}M parameters, "
         f"vocabulary {tokenizer.vocabulary_size} ({config.tokenizer.kind}), "
         f"{t.precision}; global batch {t.batch_size} = {replicas} replica(s) x "
-        f"{t.batch_size // replicas} sequences"
+        f"{t.batch_size // replicas} {'pairs' if getattr(model, 'sequences_per_example', 1) == 2 else 'sequences'}"
         + (f" in {t.grad_accumulation_steps} micro-batches" if t.grad_accumulation_steps > 1 else "")
         + f", {m.block_size} tokens each."
         + (f" LoRA rank {m.lora_rank}: {trainable} trainable parameters." if m.lora_rank else "")

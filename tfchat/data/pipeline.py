@@ -383,6 +383,82 @@ def chat_dataset(
     return _deterministic_prefetch(ds)
 
 
+def preference_dataset(
+    encoded_pairs,
+    block_size,
+    batch_size,
+    reference_logps=None,
+    shuffle_buffer=0,
+    seed=None,
+    repeat=False,
+    drop_remainder=True,
+):
+    """Encoded preference pairs -> batches of ({"token_ids", "padding_mask"[,
+    "reference_logps"]}, targets, weights), a pair per row.
+
+    Args:
+        encoded_pairs: list of (chosen, rejected) `Encoded`s, each at most
+            `block_size + 1` ids (`tfchat.data.preferences.encode_pairs`).
+        reference_logps: float32 [N, 2] or None: the reference model's
+            summed log-probabilities of each pair's chosen and rejected
+            reply, carried with the pair through the shuffle.
+
+    Yields:
+        token_ids int32 [B, 2, block_size] (chosen, then rejected; right-
+        padded with id 0), padding_mask bool [B, 2, block_size], targets
+        int32 [B, 2, block_size] (token_ids shifted left by one), weights
+        float32 [B, 2, block_size] (1 on the reply's assistant tokens), and
+        reference_logps float32 [B, 2]. Pairs are not packed: a pair's two
+        rows are scored side by side, one forward pass for both.
+    """
+    sequences = [e for pair in encoded_pairs for e in pair]
+    lengths = np.array([len(e.ids) for e in sequences], np.int64)
+    if lengths.size and lengths.max() > block_size + 1:
+        raise ValueError(
+            "Every reply must fit in block_size + 1 tokens. Received: "
+            f"{lengths.max()} tokens, block_size={block_size}"
+        )
+
+    def ragged(values, dtype):
+        rows = tf.RaggedTensor.from_row_lengths(np.array(values, dtype), lengths)
+        return tf.RaggedTensor.from_uniform_row_length(rows, 2)  # [N, 2, None]
+
+    columns = {
+        "ids": ragged([t for e in sequences for t in e.ids], np.int32),
+        "weights": ragged([w for e in sequences for w in e.weights], np.float32),
+    }
+    if reference_logps is not None:
+        columns["reference_logps"] = np.asarray(reference_logps, np.float32).reshape(-1, 2)
+    rows = tf.data.Dataset.from_tensor_slices(columns)
+    if shuffle_buffer:
+        rows = rows.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        rows = rows.repeat()
+    capacity = block_size + 1
+
+    def pad(row):
+        # [2, None] ragged -> [2, block_size + 1], and which ids are real.
+        ids, weights = row["ids"], row["weights"]
+        padded = {
+            "ids": ids.to_tensor(0, shape=[2, capacity]),
+            "weights": weights.to_tensor(0.0, shape=[2, capacity]),
+            "real": tf.sequence_mask(ids.row_lengths(), capacity),
+        }
+        if "reference_logps" in row:
+            padded["reference_logps"] = row["reference_logps"]
+        return padded
+
+    def shift(batch):
+        inputs, targets = shift_for_causal_lm(batch["ids"])
+        x = {"token_ids": inputs, "padding_mask": batch["real"][..., :-1]}
+        if "reference_logps" in batch:
+            x["reference_logps"] = batch["reference_logps"]
+        return x, targets, batch["weights"][..., 1:]
+
+    ds = rows.map(pad, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=drop_remainder)
+    return _deterministic_prefetch(ds.map(shift, num_parallel_calls=AUTOTUNE))
+
+
 # --- Encoder inputs: masked-LM pretraining and text classification ---
 #
 # The encoder reads `[CLS] tokens [SEP]`, padded to `block_size` with

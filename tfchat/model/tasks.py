@@ -96,12 +96,12 @@ class Task(keras.Model):
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
         if weight is None:
             weight = tf.ones_like(y, tf.float32)
-        count = tf.reduce_sum(tf.cast(weight, tf.float32))
-        # Each token's loss is divided by the weighted tokens of the whole
-        # global batch, summed over replicas (gradients are summed across
-        # replicas too): the global token-weighted mean, whatever share of
-        # the weighted tokens each replica's rows hold (chat rows and packed
-        # blocks hold different numbers).
+        count = self.loss_count(y, weight)
+        # Each example's loss (a token's, or a preference pair's) is divided
+        # by the count of the whole global batch, summed over replicas
+        # (gradients are summed across replicas too): the global weighted
+        # mean, whatever share of the weighted tokens each replica's rows
+        # hold (chat rows and packed blocks hold different numbers).
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         global_count = count
         if replicas > 1:
@@ -109,11 +109,9 @@ class Task(keras.Model):
         normalizer = tf.maximum(global_count, 1.0)
         micro_batches = self.grad_accumulation_steps
         if micro_batches == 1:
-            gradients, loss_sum, correct_sum = self._gradients(x, y, weight, normalizer)
+            gradients, sums = self._gradients(x, y, weight, normalizer)
         else:
-            gradients, loss_sum, correct_sum = self._accumulated_gradients(
-                x, y, weight, normalizer, micro_batches
-            )
+            gradients, sums = self._accumulated_gradients(x, y, weight, normalizer, micro_batches)
         if replicas > 1:
             # Sum across replicas here, so clipping sees the real gradient
             # (see `tfchat.train.optim.AdamW`).
@@ -121,15 +119,33 @@ class Task(keras.Model):
         self.optimizer.apply(gradients, self.trainable_variables)
         useful, total = useful_tokens(x)
         self.useful_tracker.update_state(useful / total, sample_weight=total)
+        return self.record(sums, count)
+
+    # What a subclass with another loss (`tfchat.model.preference`) changes:
+    # `loss_sums`, `loss_count` and `record`; the step around them stays.
+
+    def loss_sums(self, x, y, weight, training):
+        """A tuple of float32 scalars summed over the batch's examples, the
+        loss first: here the weighted token losses and correct tokens."""
+        logits = self(x, training=training)
+        loss_sum, correct_sum, _ = token_sums(y, logits, weight)
+        return loss_sum, correct_sum
+
+    def loss_count(self, y, weight):
+        """What the summed loss is divided by: the weighted tokens."""
+        return tf.reduce_sum(tf.cast(weight, tf.float32))
+
+    def record(self, sums, count):
+        """Updates the metrics with one batch's `loss_sums` over `count`."""
+        loss_sum, correct_sum = sums
         safe = tf.maximum(count, 1.0)
         return self._update_metrics(loss_sum / safe, correct_sum / safe, count)
 
     def _gradients(self, x, y, weight, normalizer):
         with tf.GradientTape() as tape:
-            logits = self(x, training=True)
-            loss_sum, correct_sum, _ = token_sums(y, logits, weight)
-            scaled = self.optimizer.scale_loss(loss_sum / normalizer)
-        return tape.gradient(scaled, self.trainable_variables), loss_sum, correct_sum
+            sums = self.loss_sums(x, y, weight, training=True)
+            scaled = self.optimizer.scale_loss(sums[0] / normalizer)
+        return tape.gradient(scaled, self.trainable_variables), sums
 
     def _accumulated_gradients(self, x, y, weight, normalizer, micro_batches):
         """Sums the gradients of `micro_batches` slices of the batch, one at a
@@ -141,20 +157,24 @@ class Task(keras.Model):
 
         # tf.nest: encoder tasks' inputs are dicts of tensors.
         xs, ys, ws = tf.nest.map_structure(split, (x, y, weight))
-        gradients = [tf.zeros_like(v) for v in self.trainable_variables]
-        loss_sum = correct_sum = tf.constant(0.0)
-        for i in tf.range(micro_batches):
+        def slice_gradients(i):
             x_i, y_i, w_i = tf.nest.map_structure(lambda t: t[i], (xs, ys, ws))
-            g, l, c = self._gradients(x_i, y_i, w_i, normalizer)
+            return self._gradients(x_i, y_i, w_i, normalizer)
+
+        # The first slice outside the loop gives the loop its variables.
+        gradients, sums = slice_gradients(0)
+        for i in tf.range(1, micro_batches):
+            g, s = slice_gradients(i)
             gradients = [a + b for a, b in zip(gradients, g)]
-            loss_sum += l
-            correct_sum += c
-        return gradients, loss_sum, correct_sum
+            sums = tuple(a + b for a, b in zip(sums, s))
+        return gradients, tuple(sums)
 
     def test_step(self, data):
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
-        logits = self(x, training=False)
-        return self._update_metrics(*token_loss_and_accuracy(y, logits, weight))
+        if weight is None:
+            weight = tf.ones_like(y, tf.float32)
+        return self.record(self.loss_sums(x, y, weight, training=False),
+                           self.loss_count(y, weight))
 
     def _update_metrics(self, loss, accuracy, count):
         # The unscaled loss, weighted by tokens, so the reported value is the

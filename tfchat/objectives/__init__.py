@@ -10,14 +10,17 @@ import dataclasses
 from tfchat import config as config_lib
 from tfchat.data.dialogues import is_dialogue_data
 from tfchat.errors import TfchatError
-from tfchat.objectives import causal, chat, classify, mlm
+from tfchat.data.preferences import is_preference_data
+from tfchat.objectives import causal, chat, classify, dpo, mlm
 
 REGISTRY = {
     objective.name: objective
-    for objective in (causal.OBJECTIVE, chat.OBJECTIVE, mlm.OBJECTIVE, classify.OBJECTIVE)
+    for objective in (causal.OBJECTIVE, chat.OBJECTIVE, mlm.OBJECTIVE, classify.OBJECTIVE,
+                      dpo.OBJECTIVE)
 }
-# `objective: auto` (the default) becomes chat for dialogue data and causal
-# otherwise; a run's saved config holds the objective it resolved to.
+# `objective: auto` (the default) becomes dpo for preference pairs, chat for
+# dialogue data and causal otherwise; a run's saved config holds the
+# objective it resolved to.
 AUTO = "auto"
 
 
@@ -34,7 +37,8 @@ def resolve(config):
     """`config` with `objective: auto` made concrete, after checking that
     the objective can use the config's settings (`check`)."""
     if config.objective == AUTO:
-        objective = "chat" if is_dialogue_data(config.data) else "causal"
+        objective = ("dpo" if is_preference_data(config.data)
+                     else "chat" if is_dialogue_data(config.data) else "causal")
         config = dataclasses.replace(config, objective=objective)
     check(config)
     return config

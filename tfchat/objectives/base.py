@@ -1,6 +1,6 @@
 """What every objective module provides, and the model builders they share.
 
-An objective (`causal`, `chat`, `mlm`, `classify`) is one module under
+An objective (`causal`, `chat`, `dpo`, `mlm`, `classify`) is one module under
 `tfchat/objectives/` that defines an `Objective`: how to read its data,
 which datasets and model it trains, how its text sample is drawn during
 training, how a trained run is evaluated, which signatures it exports, and
@@ -60,6 +60,7 @@ class Objective:
     # Printed after training from the best checkpoint (classify's report).
     report_best: typing.Optional[typing.Callable] = None
     labelled: bool = False  # the run keeps labels.json
+    chats: bool = False  # trained on the chat template: `python -m tfchat.chat` fits it
 
 
 def read_corpus(config, labels=None):

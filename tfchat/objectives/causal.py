@@ -88,7 +88,7 @@ def next_steps(config):
 
 OBJECTIVE = Objective(
     name="causal",
-    init_from=("causal", "chat"),
+    init_from=("causal", "chat", "dpo"),
     generates=True,
     check_config=check_config,
     read_data=read_corpus,

@@ -124,8 +124,9 @@ def next_steps(config):
 
 OBJECTIVE = Objective(
     name="chat",
-    init_from=("causal", "chat"),
+    init_from=("causal", "chat", "dpo"),
     generates=True,
+    chats=True,
     check_config=check_config,
     read_data=read_data,
     tokenizer_texts=training_texts,

@@ -46,7 +46,9 @@ class Trainer:
         self.verbose = verbose
         self.is_chief = is_chief(strategy)
         t = self.train_config
-        self.tokens_per_step = t.batch_size * config.model.block_size
+        # Every position of every row the model reads (a preference pair is two).
+        self.tokens_per_step = (t.batch_size * config.model.block_size
+                                * getattr(task, "sequences_per_example", 1))
 
         # A plain iterator over global batches, not a distributed one: its
         # position can be checkpointed (a DistributedIterator's cannot), and
@@ -178,8 +180,9 @@ class Trainer:
         t = self.train_config
         progbar = keras.utils.Progbar(
             t.max_steps, verbose=self.verbose if self.is_chief else 0,
-            stateful_metrics=["loss", "perplexity", "accuracy", "lr", "tokens/s", "useful_fraction",
-                             "useful_tokens/s", "skipped_steps"],
+            # Every value is the interval's own, not to be averaged again.
+            stateful_metrics=[*self.task.metric_results(), "lr", "tokens/s", "useful_tokens/s",
+                              "skipped_steps"],
         )
         history = []
         step = self.step

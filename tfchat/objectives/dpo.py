@@ -1,0 +1,180 @@
+"""`objective: dpo`: preference tuning (Direct Preference Optimisation) of a
+chat model on pairs of a chosen and a rejected reply to the same prompt.
+
+The policy starts from `init_from` (a chat run, or a converted pretrained
+checkpoint) and the reference is those same starting weights, frozen. The
+reference only ever scores the fixed pairs, so its log-probabilities are
+computed once, before training, and travel with each pair through the
+input pipeline (`reference_logps`): no second model is held while the
+policy trains, with or without LoRA, and a resumed run computes the same
+values again from `init_from`. The result is a chat run: it chats,
+generates, evaluates and exports as one.
+"""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfchat.data.pipeline import preference_dataset
+from tfchat.data.preferences import PreferenceCorpus, encode_pairs
+from tfchat.model.preference import PreferenceLM, pair_logps
+from tfchat.objectives import chat
+from tfchat.objectives.base import Objective, build_causal_lm, training_texts
+
+
+def check_config(config):
+    problems = []
+    if not config.init_from:
+        problems.append(
+            "objective dpo needs init_from: the chat run (or pretrained checkpoint) to tune; "
+            "the policy starts from its weights, which stay the reference"
+        )
+    if config.tokenizer.kind == "wordpiece":
+        problems.append("objective dpo needs tokenizer.kind char, bpe or pretrained "
+                        "(WordPiece splits the chat markers)")
+    return problems
+
+
+def read_data(config, labels=None):
+    return PreferenceCorpus(config.data)
+
+
+def check_data(config, corpus, tokenizer):
+    """Nothing beyond `datasets`, which renders every pair and fails on a
+    prompt that leaves no room for its reply."""
+
+
+def reference_logps(config, vocabulary_size, encoded, batch_size):
+    """The summed log-probabilities [N, 2] of each encoded pair's chosen and
+    rejected reply under `config.init_from`'s weights, in inference mode."""
+    # Here, not at the top: tfchat.run imports the objectives.
+    from tfchat.run import RunFolder, restore_backbone
+
+    checkpoint, _ = RunFolder(config.init_from).latest_checkpoint()
+    reference = build_causal_lm(config, vocabulary_size)
+    restore_backbone(reference, checkpoint, config.init_from)
+    pairs = preference_dataset(encoded, config.model.block_size, batch_size,
+                               drop_remainder=False)
+    score = tf.function(
+        lambda x, y, w: tf.stack(pair_logps(reference.backbone, x, y, w)[0], axis=1),
+        jit_compile=config.train.jit_compile, reduce_retracing=True,
+    )
+    return np.concatenate([score(*batch).numpy() for batch in pairs])
+
+
+def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("train", "val"),
+             pairs=None):
+    """Each split's pairs, encoded, with their reference log-probabilities,
+    as batches of `tfchat.data.pipeline.preference_dataset`. `pairs`
+    ({split: [PreferencePair]}) replaces the corpus' own."""
+    m, t = config.model, config.train
+    batch_size = batch_size or t.batch_size
+    encoded = {}
+    for split in splits:
+        rows = pairs[split] if pairs and split in pairs else corpus.pairs(split)
+        encoded[split] = encode_pairs(tokenizer, rows, m.block_size + 1)
+    start = time.perf_counter()
+    # One pass of the reference over every split's pairs.
+    everything = [pair for split in splits for pair in encoded[split]]
+    reference = reference_logps(config, tokenizer.vocabulary_size, everything, batch_size)
+    seconds = time.perf_counter() - start
+    result, offset = {}, 0
+    for split in splits:
+        n = len(encoded[split])
+        if verbose:
+            cut = sum(e.cut_tokens > 0 for pair in encoded[split] for e in pair)
+            print(
+                f"{split}: {n} preference pairs"
+                + (f", {cut} replies cut to {m.block_size + 1} tokens" if cut else "")
+                + (f", {corpus.unpaired} labelled replies without an opposite left out"
+                   if split == "train" and getattr(corpus, "unpaired", 0) else "")
+                + "."
+            )
+        train = split == "train"
+        result[split] = preference_dataset(
+            encoded[split], m.block_size, batch_size,
+            reference_logps=reference[offset:offset + n],
+            shuffle_buffer=t.shuffle_buffer if train else 0, seed=t.seed, repeat=train,
+            drop_remainder=train,
+        )
+        offset += n
+    if verbose:
+        print(f"Reference log-probabilities of {len(everything)} pairs from "
+              f"{config.init_from} in {seconds:.1f} s.")
+    return result
+
+
+def build_model(config, vocabulary_size, labels=None, forward_pass=True):
+    """A `PreferenceLM` over a `GPT`: a `CausalLM` with the DPO step, the
+    same weights and checkpoint layout (`build_causal_lm`)."""
+    causal = build_causal_lm(config, vocabulary_size, forward_pass=forward_pass)
+    d = config.dpo
+    model = PreferenceLM(
+        causal.backbone, beta=d.beta, loss=d.loss, label_smoothing=d.label_smoothing,
+        grad_accumulation_steps=config.train.grad_accumulation_steps,
+        dtype=config.train.precision, name="preference_lm",
+    )
+    model.built = True  # no weights of its own; the backbone is built
+    return model
+
+
+def evaluate(run, batch_size=32, limit=0, **unused):
+    """On the first `limit` (0 = all) validation pairs: the DPO loss and the
+    rewards against `init_from`'s weights (reward accuracy: the share of
+    pairs the tuning moved towards the chosen reply), and
+    `val_chosen_likelier`, the share whose chosen reply the model now finds
+    likelier than the rejected one outright (no reference)."""
+    corpus = read_data(run.config)
+    pairs = corpus.pairs("val")[: limit or None]
+    val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"],
+                   pairs={"val": pairs})["val"]
+    model = run.model
+    for metric in model.metrics:
+        metric.reset_state()
+    step = tf.function(model.test_step, reduce_retracing=True)
+    score = tf.function(lambda x, y, w: pair_logps(model.backbone, x, y, w)[0],
+                        reduce_retracing=True)
+    likelier = []
+    for batch in val:
+        step(batch)
+        chosen, rejected = score(*batch)
+        likelier.append((chosen > rejected).numpy())
+    results = {f"val_{k}": float(v) for k, v in model.metric_results().items()
+               if k not in ("nonfinite_steps", "useful_fraction")}
+    results["val_chosen_likelier"] = float(np.concatenate(likelier).mean())
+    results["val_pairs"] = len(pairs)
+    return results
+
+
+def describe(config, corpus, model):
+    d = config.dpo
+    smoothing = f", label smoothing {d.label_smoothing}" if d.label_smoothing else ""
+    return (f"{corpus.num_pairs} preference pairs, {d.loss} loss, beta {d.beta}{smoothing}; "
+            f"the reference is {config.init_from}'s weights")
+
+
+def next_steps(config):
+    return ("Chat with it:\n"
+            f"  python -m tfchat.chat --run {config.run_dir}\n"
+            "Rewards and reward accuracy on its held-out pairs:\n"
+            f"  python -m tfchat.evaluate --run {config.run_dir}")
+
+
+OBJECTIVE = Objective(
+    name="dpo",
+    init_from=("chat", "causal", "dpo"),
+    generates=True,
+    chats=True,
+    check_config=check_config,
+    read_data=read_data,
+    tokenizer_texts=training_texts,
+    check_data=check_data,
+    datasets=datasets,
+    build_model=build_model,
+    sampler=chat.sampler,
+    describe=describe,
+    evaluate=evaluate,
+    signatures=chat.OBJECTIVE.signatures,
+    next_steps=next_steps,
+)
