@@ -349,7 +349,8 @@ def chat_finetune():
         new_markdown_cell(
             "# 3. Fine-tune a chat model\n\n"
             "Supervised fine-tuning on dialogues: a chat template with role tokens, and a loss "
-            "on the assistant's tokens only. Then chatting in cells, and LoRA adapters."
+            "on the assistant's tokens only. Then chatting in cells, LoRA adapters, and "
+            "preference tuning (DPO) from the SFT run."
         ),
         new_code_cell(SETUP),
         new_markdown_cell(
@@ -418,6 +419,57 @@ ids = run.tokenizer.tokenize(tf.constant(["<|user|>Hello<|end|><|assistant|>"]))
 difference = np.abs(adapted.backbone(ids).numpy() - merged.backbone(ids).numpy()).max()
 print("largest logit difference after merging:", difference)
 assert difference < 1e-3'''),
+        new_markdown_cell(
+            "**Preference tuning (DPO).** Pairs of a better and a worse reply to the same prompt. "
+            "Here they come from the corpus itself: the chosen reply is the conversation's own, "
+            "the rejected one another conversation's (off the subject). The policy starts from "
+            "the SFT run and the reference is its weights, frozen; rewards are how much likelier "
+            "the policy makes each reply than the reference, times `dpo.beta`."
+        ),
+        new_code_cell('''import json
+from tfchat.data.dialogues import DialogueCorpus
+
+exchanges = [(c[0].content, c[1].content) for c in DialogueCorpus(config.data).conversations("train")
+             if len(c) >= 2 and c[0].role == "user"]
+prefs = os.path.join(RUNS, "notebook_prefs.jsonl")
+with open(prefs, "w", encoding="utf-8") as f:
+    for i, (prompt, reply) in enumerate(exchanges[:200 if SMALL else 2000]):
+        other = exchanges[(i + 50) % len(exchanges)][1]
+        if other != reply:
+            f.write(json.dumps({"prompt": prompt, "chosen": reply, "rejected": other}) + "\\n")
+
+dpo = Config(name="notebook_chat_dpo", runs_dir=RUNS, objective="dpo", init_from=config.run_dir)
+dpo.model, dpo.tokenizer = config.model, config.tokenizer
+dpo.model.lora_rank = 0
+dpo.data.path = prefs
+dpo.dpo.beta = 0.1
+dpo.train.learning_rate, dpo.train.min_learning_rate = 3e-4, 3e-5  # far below SFT's
+dpo.train.batch_size, dpo.train.max_steps, dpo.train.warmup_steps = 16, 40 if SMALL else 400, 5
+dpo.train.eval_interval, dpo.train.sample_tokens = 40 if SMALL else 100, 0
+dpo_history = train(dpo, overwrite=True, verbose=0)
+first, last = dpo_history[0], dpo_history[-1]
+print(f"loss {first['loss']:.3f} -> {last['loss']:.3f}; held-out reward accuracy "
+      f"{last['val_reward_accuracy']:.2f}, margin {last['val_reward_margin']:.2f}")
+assert last["val_reward_accuracy"] > 0.5 and last["loss"] < first["loss"]'''),
+        new_markdown_cell(
+            "**Feedback while chatting** becomes more pairs: what `python -m tfchat.chat "
+            "--feedback prefs.jsonl` does with `/retry` and `/prefer N`, here in cells."
+        ),
+        new_code_cell('''from tfchat.data.preferences import FeedbackLog, pair_record, read_preferences_jsonl
+
+dpo_run = load_run(dpo.run_dir)
+session = ChatSession(Generator(dpo_run.backbone, dpo_run.tokenizer), max_new_tokens=40,
+                      temperature=1.0, seed=1)
+first = "".join(session.reply(session.ask("Hello")))
+second = "".join(session.reply(session.retry()))
+print("reply 1:", first, "\\nreply 2:", second)
+feedback = FeedbackLog(os.path.join(RUNS, "notebook_feedback.jsonl"))
+chosen, others = session.prefer(1)  # say the first was better
+for rejected in others:
+    feedback.add(pair_record(session.seen, [Message("assistant", chosen)],
+                             [Message("assistant", rejected)]))
+pairs, _ = read_preferences_jsonl(feedback.path)
+print(f"{len(pairs)} pair(s) in {feedback.path}; the last:", pairs[-1] if pairs else None)'''),
     ]
 
 

@@ -16,7 +16,8 @@ from tfchat import fit, job, objectives
 from tfchat.data.files import write_json_atomic
 from tfchat.errors import TfchatError
 from tfchat.inference.fill_mask import FillMask
-from tfchat.run import RunFolder, build_model, load_run, restore_backbone
+from tfchat.objectives.base import restore_backbone
+from tfchat.run import RunFolder, build_model, load_run
 from tfchat.train.trainer import Trainer
 
 def test_fill_mask_recovers_the_masked_word(mlm_run, capsys):

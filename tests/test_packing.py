@@ -244,9 +244,11 @@ def test_packed_gradient_accumulation_matches_one_batch(chat_settings):
     model.compile(optimizer=build_optimizer(config.train, model))
     x, y, w = batch
     normalizer = tf.reduce_sum(w)
-    whole, whole_loss, _ = model._gradients(x, y, w, normalizer)
-    split, split_loss, _ = tf.function(model._accumulated_gradients)(x, y, w, normalizer, 4)
+    whole, (whole_loss, whole_correct) = model._gradients(x, y, w, normalizer)
+    split, (split_loss, split_correct) = tf.function(model._accumulated_gradients)(
+        x, y, w, normalizer, 4)
     assert float(split_loss) == pytest.approx(float(whole_loss), rel=1e-5)
+    assert float(split_correct) == float(whole_correct)
     for a, b in zip(whole, split):
         np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(),
                                    tf.convert_to_tensor(b).numpy(), atol=1e-6)

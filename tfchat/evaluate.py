@@ -5,6 +5,8 @@ What is measured depends on the run's objective (its saved config):
     causal    validation loss, perplexity and token accuracy
     chat      the same on the assistant's tokens only, plus BLEU, ROUGE-L
               and chrF of greedy replies to the validation conversations
+    dpo       on the validation preference pairs: the DPO loss, rewards,
+              reward accuracy and how often the chosen reply is likelier
     mlm       masked-token loss, accuracy and perplexity
     classify  accuracy, macro-F1, per-class precision/recall/F1 and the
               confusion matrix

@@ -21,6 +21,12 @@ overrides:
 preset or Hugging Face directory, or an hf:// / kaggle:// handle), which is
 first converted into runs/pretrained/ (`python -m tfchat.convert --help`).
 
+Preference tuning (DPO) of a chat run on chosen/rejected pairs (JSONL; see
+README's Preference tuning, and `python -m tfchat.chat --feedback`):
+
+    python -m tfchat.fit --objective dpo --init_from runs/my_chat \
+        --data.path prefs.jsonl --train.learning_rate 3e-4 --name my_dpo
+
 Masked-LM pretraining, then classification fine-tuning from it:
 
     python -m tfchat.fit --objective mlm --tokenizer.kind wordpiece --name enc

@@ -9,7 +9,6 @@ passed every check, so a bad setting or bad input leaves no run folder
 behind. What differs between objectives comes from `tfchat.objectives`.
 """
 
-import os
 import shutil
 
 import keras
@@ -19,9 +18,8 @@ from tfchat import objectives
 from tfchat.data.chat_template import use_chat_template
 from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
 from tfchat.errors import TfchatError
-from tfchat.run import (
-    RunFolder, apply_lora, check_init_from, load_run, restore_backbone, same_files,
-)
+from tfchat.objectives.base import restore_backbone
+from tfchat.run import RunFolder, apply_lora, check_init_from, load_run, same_files
 from tfchat.train.distribute import choose_strategy, is_chief
 from tfchat.train.optim import build_optimizer
 from tfchat.train.trainer import Trainer
@@ -37,7 +35,7 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
     config = objectives.resolve(config)
     objective = objectives.get(config.objective)
     folder = RunFolder(config.run_dir)
-    t, m = config.train, config.model
+    t = config.train
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(t.seed)
@@ -82,7 +80,8 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
         tokenizer = train_tokenizer(config.tokenizer, objective.tokenizer_texts(data))
     use_chat_template(tokenizer, config.tokenizer)
     objective.check_data(config, data, tokenizer)
-    datasets = objective.datasets(config, data, tokenizer, verbose=verbose and chief)
+    reference = {"init_checkpoint": init_checkpoint} if objective.scores_with_init else {}
+    datasets = objective.datasets(config, data, tokenizer, verbose=verbose and chief, **reference)
     labels = data.labels if objective.labelled else None
     if chief and not resume:
         if exists and overwrite:

@@ -155,24 +155,6 @@ def build_model(config, vocabulary_size, labels=None, forward_pass=True):
     return model
 
 
-def restore_backbone(model, checkpoint, source):
-    """Loads every backbone weight of `model` from the run checkpoint
-    `checkpoint` (of the run `source`, named in the error).
-
-    Only the backbone is named, so nothing else in the checkpoint waits for
-    a matching object: restoring `model` itself would also queue the old
-    run's optimizer slots for whatever optimizer `model.compile` attaches
-    later (TensorFlow restores such deferred values on creation)."""
-    root = tf.train.Checkpoint(model=tf.train.Checkpoint(backbone=model.backbone))
-    try:
-        root.restore(checkpoint).assert_existing_objects_matched().expect_partial()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
-        raise TfchatError(
-            f"The weights of init_from {source} do not fit this model: "
-            f"{str(e).splitlines()[0][:300]}"
-        ) from None
-
-
 def check_init_from(config):
     """Checks that `config.init_from` is a run this config can start from:
     an objective its objective starts from, no LoRA adapters left unmerged,
@@ -246,6 +228,13 @@ class Run:
         self.backbone = model.backbone
         self.step = step
         self.labels = labels
+
+    def init_checkpoint(self):
+        """The latest checkpoint of the run this one started from
+        (`init_from`; a DPO run's reference weights)."""
+        if not self.config.init_from:
+            raise TfchatError(f"The run at {self.path} has no init_from.")
+        return RunFolder(self.config.init_from).latest_checkpoint()[0]
 
 
 def check_generates(run):

@@ -161,8 +161,10 @@ class Task(keras.Model):
             x_i, y_i, w_i = tf.nest.map_structure(lambda t: t[i], (xs, ys, ws))
             return self._gradients(x_i, y_i, w_i, normalizer)
 
-        # The first slice outside the loop gives the loop its variables.
+        # The first slice outside the loop gives the loop its variables;
+        # dense, as an embedding's IndexedSlices cannot be loop variables.
         gradients, sums = slice_gradients(0)
+        gradients = [tf.convert_to_tensor(g) for g in gradients]
         for i in tf.range(1, micro_batches):
             g, s = slice_gradients(i)
             gradients = [a + b for a, b in zip(gradients, g)]

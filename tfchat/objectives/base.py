@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfchat.data.corpus import Corpus
 from tfchat.model.bert import BertEncoder
 from tfchat.model.gpt import GPT
+from tfchat.errors import TfchatError
 from tfchat.model.tasks import CausalLM
 
 
@@ -61,6 +62,9 @@ class Objective:
     report_best: typing.Optional[typing.Callable] = None
     labelled: bool = False  # the run keeps labels.json
     chats: bool = False  # trained on the chat template: `python -m tfchat.chat` fits it
+    # Its datasets score the data with init_from's weights (DPO's
+    # reference): `datasets` takes `init_checkpoint`, that run's latest.
+    scores_with_init: bool = False
 
 
 def read_corpus(config, labels=None):
@@ -145,3 +149,21 @@ def encoder_only(config):
         problems.append("model.block_size must be at least 3 for an encoder "
                         "([CLS] text [SEP])")
     return problems
+
+
+def restore_backbone(model, checkpoint, source):
+    """Loads every backbone weight of `model` from the run checkpoint
+    `checkpoint` (of the run `source`, named in the error).
+
+    Only the backbone is named, so nothing else in the checkpoint waits for
+    a matching object: restoring `model` itself would also queue the old
+    run's optimizer slots for whatever optimizer `model.compile` attaches
+    later (TensorFlow restores such deferred values on creation)."""
+    root = tf.train.Checkpoint(model=tf.train.Checkpoint(backbone=model.backbone))
+    try:
+        root.restore(checkpoint).assert_existing_objects_matched().expect_partial()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+        raise TfchatError(
+            f"The weights of init_from {source} do not fit this model: "
+            f"{str(e).splitlines()[0][:300]}"
+        ) from None

@@ -11,6 +11,7 @@ values again from `init_from`. The result is a chat run: it chats,
 generates, evaluates and exports as one.
 """
 
+import gc
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ from tfchat.data.pipeline import preference_dataset
 from tfchat.data.preferences import PreferenceCorpus, encode_pairs
 from tfchat.model.preference import PreferenceLM, pair_logps
 from tfchat.objectives import chat
-from tfchat.objectives.base import Objective, build_causal_lm, training_texts
+from tfchat.objectives.base import Objective, build_causal_lm, restore_backbone, training_texts
 
 
 def check_config(config):
@@ -45,13 +46,10 @@ def check_data(config, corpus, tokenizer):
     prompt that leaves no room for its reply."""
 
 
-def reference_logps(config, vocabulary_size, encoded, batch_size):
+def reference_logps(config, vocabulary_size, encoded, batch_size, checkpoint):
     """The summed log-probabilities [N, 2] of each encoded pair's chosen and
-    rejected reply under `config.init_from`'s weights, in inference mode."""
-    # Here, not at the top: tfchat.run imports the objectives.
-    from tfchat.run import RunFolder, restore_backbone
-
-    checkpoint, _ = RunFolder(config.init_from).latest_checkpoint()
+    rejected reply under the weights of `checkpoint` (init_from's), in
+    inference mode."""
     reference = build_causal_lm(config, vocabulary_size)
     restore_backbone(reference, checkpoint, config.init_from)
     pairs = preference_dataset(encoded, config.model.block_size, batch_size,
@@ -60,14 +58,22 @@ def reference_logps(config, vocabulary_size, encoded, batch_size):
         lambda x, y, w: tf.stack(pair_logps(reference.backbone, x, y, w)[0], axis=1),
         jit_compile=config.train.jit_compile, reduce_retracing=True,
     )
-    return np.concatenate([score(*batch).numpy() for batch in pairs])
+    values = np.concatenate([score(*batch).numpy() for batch in pairs])
+    # Keras models hold reference cycles: collect this one now, before the
+    # policy and its optimizer are built, not at some later collection.
+    reference = score = None
+    gc.collect()
+    return values
 
 
 def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("train", "val"),
-             pairs=None):
-    """Each split's pairs, encoded, with their reference log-probabilities,
-    as batches of `tfchat.data.pipeline.preference_dataset`. `pairs`
-    ({split: [PreferencePair]}) replaces the corpus' own."""
+             pairs=None, init_checkpoint=None):
+    """Each split's pairs, encoded, with their log-probabilities under
+    `init_checkpoint` (init_from's latest, the reference), as batches of
+    `tfchat.data.pipeline.preference_dataset`. `pairs` ({split:
+    [PreferencePair]}) replaces the corpus' own."""
+    if init_checkpoint is None:
+        raise ValueError("objective dpo's datasets need init_checkpoint, the reference weights.")
     m, t = config.model, config.train
     batch_size = batch_size or t.batch_size
     encoded = {}
@@ -77,7 +83,8 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
     start = time.perf_counter()
     # One pass of the reference over every split's pairs.
     everything = [pair for split in splits for pair in encoded[split]]
-    reference = reference_logps(config, tokenizer.vocabulary_size, everything, batch_size)
+    reference = reference_logps(config, tokenizer.vocabulary_size, everything, batch_size,
+                                init_checkpoint)
     seconds = time.perf_counter() - start
     result, offset = {}, 0
     for split in splits:
@@ -128,7 +135,7 @@ def evaluate(run, batch_size=32, limit=0, **unused):
     corpus = read_data(run.config)
     pairs = corpus.pairs("val")[: limit or None]
     val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"],
-                   pairs={"val": pairs})["val"]
+                   pairs={"val": pairs}, init_checkpoint=run.init_checkpoint())["val"]
     model = run.model
     for metric in model.metrics:
         metric.reset_state()
@@ -150,8 +157,14 @@ def evaluate(run, batch_size=32, limit=0, **unused):
 def describe(config, corpus, model):
     d = config.dpo
     smoothing = f", label smoothing {d.label_smoothing}" if d.label_smoothing else ""
-    return (f"{corpus.num_pairs} preference pairs, {d.loss} loss, beta {d.beta}{smoothing}; "
+    line = (f"{corpus.num_pairs} preference pairs, {d.loss} loss, beta {d.beta}{smoothing}; "
             f"the reference is {config.init_from}'s weights")
+    if config.train.learning_rate >= 1e-3 and not config.model.lora_rank:
+        # Measured on tests/test_dpo.py's two-style task: 3e-4 switched every
+        # held-out reply to the preferred style, 1e-3 made replies degenerate.
+        line += (f". Note: train.learning_rate {config.train.learning_rate:g} is an SFT rate; "
+                 "DPO usually wants several times less (3e-4 or below)")
+    return line
 
 
 def next_steps(config):
@@ -166,6 +179,7 @@ OBJECTIVE = Objective(
     init_from=("chat", "causal", "dpo"),
     generates=True,
     chats=True,
+    scores_with_init=True,
     check_config=check_config,
     read_data=read_data,
     tokenizer_texts=training_texts,
