@@ -1,9 +1,13 @@
 """Preference tuning (issue 18): peak memory of full DPO against DPO with
-LoRA, and what computing the reference's log-probabilities once saves
-against running the reference model at every step.
+LoRA, what computing the reference's log-probabilities once saves against
+running the reference model at every step, and the two-style task of
+tests/test_dpo.py over learning rates and seeds.
 
-    python benchmarks/dpo.py                       # GPT-2-small shape, 3 rounds
-    python benchmarks/dpo.py --shape small --rounds 1
+    python benchmarks/dpo.py memory                # GPT-2-small shape, 3 rounds
+    python benchmarks/dpo.py memory --shape small --rounds 1
+    python benchmarks/dpo.py styles --seeds 3
+
+memory:
 
 Makes a chat run to start from (`tfchat.fit --objective chat`, one step, on
 the chatterbot conversations, BPE 2,000) in the chosen shape, and
@@ -20,13 +24,19 @@ trainer's tokens/s) and the time of the one reference pass. A fourth
 process times the reference model's forward pass alone on one training
 batch (what a live reference would add to every step; median of 5, after
 compiling), against the same shape's training step.
+
+styles: a tiny chat model (2 layers, width 48, char tokenizer) fine-tuned
+on two styles of reply to each of 50 prompts, "sure, happy to help!" and
+"no.", then DPO preferring the style its greedy replies use less on the 12
+held-out prompts, full and with LoRA (rank 4), at several learning rates,
+60 steps; per seed, a new SFT run. Reports held-out reward accuracy and the
+share of held-out greedy replies in the preferred style (medians over seeds).
 """
 
 import argparse
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -99,14 +109,109 @@ def make_pairs(path, count):
             f.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
 
 
+NAMES = [a + b + c for a in "bdkm" for b in "aeiou" for c in "lnrst"][::2]
+STYLES = {"warm": "sure, happy to help!", "curt": "no."}
+TINY_CHAT = {"tokenizer.kind": "char", "model.num_layers": 2, "model.num_heads": 2,
+             "model.hidden_dim": 48, "model.block_size": 32, "model.dropout": 0.0,
+             "train.batch_size": 8, "train.warmup_steps": 5, "train.jit_compile": False,
+             "train.sample_tokens": 0, "train.log_interval": 10, "train.eval_batches": 0}
+STYLE_ARMS = [("full", 0, 3e-4), ("full", 0, 1e-3), ("LoRA", 4, 1e-3), ("LoRA", 4, 2e-3)]
+
+
+def styles(args):
+    sys.path.insert(0, ROOT)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tfchat import config as config_lib
+    from tfchat.data.chat_template import Message
+    from tfchat.inference.generator import Generator
+    from tfchat.job import train
+    from tfchat.run import load_run
+
+    def build(flat):
+        nested = {}
+        for key, value in flat.items():
+            *parents, leaf = key.split(".")
+            section = nested
+            for p in parents:
+                section = section.setdefault(p, {})
+            section[leaf] = value
+        return config_lib.build_config(overrides=nested)
+
+    def write(path, records):
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        return path
+
+    def greedy_styles(run_dir, names):
+        run = load_run(run_dir)
+        replies = Generator(run.backbone, run.tokenizer).chat(
+            [[Message("user", f"{n}?")] for n in names], max_new_tokens=30)
+        return [next((k for k, v in STYLES.items() if r == v), r) for r in replies]
+
+    work = tempfile.mkdtemp(prefix="dpo_styles_")
+    held_out = [n for i, n in enumerate(NAMES) if (i + 1) // 4 > i // 4]
+    rows = {arm: [] for arm in STYLE_ARMS}
+    for seed in range(args.seeds):
+        runs = os.path.join(work, f"seed{seed}")
+        chats = write(os.path.join(work, "chats.jsonl"), [
+            {"messages": [{"role": "user", "content": f"{n}?"},
+                          {"role": "assistant", "content": r}]}
+            for n in NAMES for r in STYLES.values()])
+        train(build({**TINY_CHAT, "objective": "chat", "name": "sft", "runs_dir": runs,
+                     "data.path": chats, "data.val_fraction": 0.05, "train.seed": seed,
+                     "train.max_steps": 150, "train.learning_rate": 1e-2,
+                     "train.min_learning_rate": 1e-3, "train.eval_interval": 150}), verbose=0)
+        sft = os.path.join(runs, "sft")
+        before = greedy_styles(sft, held_out)
+        preferred = min(STYLES, key=before.count)
+        other = next(k for k in STYLES if k != preferred)
+        prefs = write(os.path.join(work, "prefs.jsonl"), [
+            {"prompt": f"{n}?", "chosen": STYLES[preferred], "rejected": STYLES[other]}
+            for n in NAMES])
+        for arm in STYLE_ARMS:
+            kind, rank, lr = arm
+            name = f"{kind}_{lr:g}"
+            history = train(build({
+                **TINY_CHAT, "objective": "dpo", "name": name, "runs_dir": runs, "init_from": sft,
+                "data.path": prefs, "data.val_fraction": 0.25, "model.lora_rank": rank,
+                "train.seed": seed, "train.max_steps": 60, "train.learning_rate": lr,
+                "train.min_learning_rate": lr / 10, "train.eval_interval": 60}), verbose=0)
+            after = greedy_styles(os.path.join(runs, name), held_out)
+            rows[arm].append({
+                "before": before.count(preferred) / len(held_out),
+                "accuracy": history[-1]["val_reward_accuracy"],
+                "after": after.count(preferred) / len(held_out),
+                "degenerate": sum(a not in STYLES for a in after) / len(held_out),
+            })
+            print(seed, arm, rows[arm][-1], after[:3], flush=True)
+    print(f"\n{args.seeds} seed(s), {len(held_out)} held-out prompts; machine: {os.cpu_count()} cores")
+    print("| DPO | learning rate | preferred style before | held-out reward accuracy "
+          "| preferred style after | neither style after |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (kind, rank, lr), results in rows.items():
+        med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        print(f"| {kind}{f' (rank {rank})' if rank else ''} | {lr:g} | {med['before']:.0%} | "
+              f"{med['accuracy']:.2f} | {med['after']:.0%} | {med['degenerate']:.0%} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=SHAPES, default="gpt2-small")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--pairs", type=int, default=72)
+    commands = parser.add_subparsers(dest="command", required=True)
+    memory_parser = commands.add_parser("memory", help="Peak memory, full against LoRA.")
+    memory_parser.add_argument("--shape", choices=SHAPES, default="gpt2-small")
+    memory_parser.add_argument("--rounds", type=int, default=3)
+    memory_parser.add_argument("--steps", type=int, default=6)
+    memory_parser.add_argument("--pairs", type=int, default=72)
+    styles_parser = commands.add_parser("styles", help="The two-style task.")
+    styles_parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
+    if args.command == "styles":
+        return styles(args)
+    memory(args)
+
+
+def memory(args):
     work = tempfile.mkdtemp(prefix="dpo_bench_")
     runs = os.path.join(work, "runs")
     shape = {**SHAPES[args.shape], **COMMON}

@@ -19,13 +19,11 @@ held in memory: each conversation is rendered whole (to truncate it from the
 oldest turns), and a conversation is small.
 """
 
-import json
-
 from tfchat.data.chat_template import ROLES, Message
 from tfchat.data.corpus import SPLITS
 from tfchat.data.files import (
-    ASCII_WHITESPACE, JSONL_SUFFIXES, YAML_SUFFIXES, count_chars, is_val,
-    read_chatterbot_file, read_chatterbot_package, read_lines, resolve_files,
+    YAML_SUFFIXES, first_jsonl_record, read_chatterbot_file, read_chatterbot_package,
+    read_json_lines, resolve_files, split_records,
 )
 from tfchat.errors import TfchatError
 
@@ -38,20 +36,10 @@ def is_dialogue_data(data_config):
     path = data_config.path
     if path.startswith("chatterbot:"):
         return True
-    files = resolve_files(path)
-    if all(f.endswith(YAML_SUFFIXES) for f in files):
+    if all(f.endswith(YAML_SUFFIXES) for f in resolve_files(path)):
         return True
-    if data_config.format == "text":
-        return False
-    if data_config.format == "jsonl" or all(f.endswith(JSONL_SUFFIXES) for f in files):
-        for line in read_lines(files[0]):
-            if line.strip(ASCII_WHITESPACE):
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, RecursionError):
-                    return False
-                return isinstance(record, dict) and "messages" in record
-    return False
+    record = first_jsonl_record(data_config)
+    return record is not None and "messages" in record
 
 
 def check_conversation(messages, where):
@@ -73,16 +61,9 @@ def check_conversation(messages, where):
 
 def read_messages_jsonl(path):
     """Conversations of a messages-form JSONL file; blank lines are skipped."""
-    count_chars(path)  # fails with the byte offset if not UTF-8
     conversations = []
-    for number, line in enumerate(read_lines(path), start=1):
-        if not line.strip(ASCII_WHITESPACE):
-            continue
+    for number, record in read_json_lines(path):
         where = f"{path} line {number}"
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise TfchatError(f"{where}: not valid JSON ({e}).") from None
         turns = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(turns, list):
             raise TfchatError(
@@ -140,17 +121,8 @@ class DialogueCorpus:
                     self._all += read_chatterbot_yaml(path)
                 else:
                     self._all += read_messages_jsonl(path)
-        fraction = data_config.val_fraction
-        self._splits = {split: [] for split in SPLITS}
-        for i, messages in enumerate(self._all):
-            self._splits["val" if is_val(i, fraction) else "train"].append(messages)
-        for split, conversations in self._splits.items():
-            if not conversations:
-                raise TfchatError(
-                    f"The {split} split of {self.path} has no conversations "
-                    f"({len(self._all)} in all, data.val_fraction {fraction}); "
-                    "add conversations or change data.val_fraction."
-                )
+        self._splits = split_records(self._all, data_config.val_fraction, self.path,
+                                     "conversations")
 
     @property
     def num_conversations(self):

@@ -105,6 +105,54 @@ def is_val(index, fraction):
     return math.floor((index + 1) * fraction) > math.floor(index * fraction)
 
 
+def split_records(records, fraction, path, what, note=""):
+    """{"train": [...], "val": [...]} of in-memory records (conversations,
+    preference pairs), record i held out where `is_val` says; a split left
+    empty is an error naming `path`, how many `what` there are, and `note`."""
+    splits = {"train": [], "val": []}
+    for i, record in enumerate(records):
+        splits["val" if is_val(i, fraction) else "train"].append(record)
+    for split, held in splits.items():
+        if not held:
+            raise TfchatError(
+                f"The {split} split of {path} has no {what} ({len(records)} in all{note}, "
+                f"data.val_fraction {fraction}); add {what} or change data.val_fraction."
+            )
+    return splits
+
+
+def first_jsonl_record(data_config):
+    """The first record of `data.path`'s first file when the data is JSONL
+    (data.format jsonl, or every file a .jsonl), if it parses to an
+    object; else None. What `objective: auto` decides by."""
+    if data_config.path.startswith("chatterbot:") or data_config.format not in ("auto", "jsonl"):
+        return None
+    files = resolve_files(data_config.path)
+    if not (data_config.format == "jsonl" or all(f.endswith(JSONL_SUFFIXES) for f in files)):
+        return None
+    for line in read_lines(files[0]):
+        if line.strip(ASCII_WHITESPACE):
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                return None
+            return record if isinstance(record, dict) else None
+    return None
+
+
+def read_json_lines(path):
+    """(line number, parsed value) for every non-blank line of a JSONL file;
+    a line that is not JSON raises `TfchatError` naming the file and line."""
+    count_chars(path)  # fails with the byte offset if not UTF-8
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip(ASCII_WHITESPACE):
+            continue
+        try:
+            yield number, json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise TfchatError(f"{path} line {number}: not valid JSON ({e}).") from None
+
+
 # --- chatterbot-corpus YAML ---
 
 

@@ -36,7 +36,7 @@ import typing
 from tfchat.data.chat_template import ROLES, Message, encode_conversations
 from tfchat.data.corpus import SPLITS
 from tfchat.data.files import (
-    ASCII_WHITESPACE, JSONL_SUFFIXES, count_chars, is_val, read_lines, resolve_files,
+    JSONL_SUFFIXES, first_jsonl_record, read_json_lines, resolve_files, split_records,
 )
 from tfchat.errors import TfchatError
 
@@ -58,21 +58,9 @@ class PreferencePair:
 def is_preference_data(data_config):
     """Whether `data.path` is JSONL whose first record is a preference
     pair or a labelled reply (decides `objective: auto`)."""
-    if data_config.path.startswith("chatterbot:") or data_config.format not in ("auto", "jsonl"):
-        return False
-    files = resolve_files(data_config.path)
-    if not (data_config.format == "jsonl" or all(f.endswith(JSONL_SUFFIXES) for f in files)):
-        return False
-    for line in read_lines(files[0]):
-        if line.strip(ASCII_WHITESPACE):
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):
-                return False
-            return isinstance(record, dict) and (
-                {"chosen", "rejected"} <= record.keys() or {"completion", "label"} <= record.keys()
-            )
-    return False
+    record = first_jsonl_record(data_config)
+    return record is not None and (
+        {"chosen", "rejected"} <= record.keys() or {"completion", "label"} <= record.keys())
 
 
 def _messages(value, where, name, default_role):
@@ -142,17 +130,10 @@ def read_preferences_jsonl(path):
     """(pairs, unpaired) of a preference JSONL file: its `PreferencePair`s in
     file order (labelled replies paired per prompt, each pair placed at its
     later line) and the number of labelled replies left without an opposite."""
-    count_chars(path)  # fails with the byte offset if not UTF-8
     pairs = []  # (line number, pair)
     labelled = collections.OrderedDict()  # prompt -> {True: [(line, reply)], False: [...]}
-    for number, line in enumerate(read_lines(path), start=1):
-        if not line.strip(ASCII_WHITESPACE):
-            continue
+    for number, record in read_json_lines(path):
         where = f"{path} line {number}"
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise TfchatError(f"{where}: not valid JSON ({e}).") from None
         if not isinstance(record, dict):
             raise TfchatError(f"{where}: expected an object {PAIR_FORM}.")
         if "completion" in record or "label" in record:
@@ -205,7 +186,7 @@ def read_preferences_jsonl(path):
 
 class PreferenceCorpus:
     """The checked preference pairs of `data.path` (JSONL files), split into
-    train and validation as dialogue corpora are (`is_val`)."""
+    train and validation as dialogue corpora are (`split_records`)."""
 
     def __init__(self, data_config):
         self.config = data_config
@@ -221,18 +202,9 @@ class PreferenceCorpus:
             pairs, unpaired = read_preferences_jsonl(path)
             self._all += pairs
             self.unpaired += unpaired
-        fraction = data_config.val_fraction
-        self._splits = {split: [] for split in SPLITS}
-        for i, pair in enumerate(self._all):
-            self._splits["val" if is_val(i, fraction) else "train"].append(pair)
-        for split, pairs in self._splits.items():
-            if not pairs:
-                raise TfchatError(
-                    f"The {split} split of {self.path} has no preference pairs "
-                    f"({len(self._all)} in all"
-                    + (f", {self.unpaired} labelled replies without an opposite" if self.unpaired else "")
-                    + f", data.val_fraction {fraction}); add pairs or change data.val_fraction."
-                )
+        note = f", {self.unpaired} labelled replies without an opposite" if self.unpaired else ""
+        self._splits = split_records(self._all, data_config.val_fraction, self.path,
+                                     "preference pairs", note)
 
     @property
     def num_pairs(self):
