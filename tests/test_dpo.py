@@ -14,7 +14,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import CHAT_TINY, as_cli_args, nest, write_jsonl
+from serving_calls import session_run
 from terminal import Terminal
+from tfchat import chat as chat_cli
 from tfchat import config as config_lib
 from tfchat import evaluate as evaluate_cli
 from tfchat import fit
@@ -30,6 +32,7 @@ from tfchat.job import train
 from tfchat.model.gpt import GPT
 from tfchat.model.preference import PreferenceLM
 from tfchat.run import load_run
+from tfchat.serving.export import export_run
 
 # --- the losses, against the formulas computed directly ---
 
@@ -296,7 +299,7 @@ def _styles(run_dir, names):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_dpo_learns_the_preferred_style(two_style_run, lora):
+def test_dpo_learns_the_preferred_style(two_style_run, lora, capsys):
     root = two_style_run
     sft = str(root / "runs" / "sft")
     # The pairs' order puts every fourth prompt in the held-out split.
@@ -324,6 +327,7 @@ def test_dpo_learns_the_preferred_style(two_style_run, lora):
     # Held-out reward accuracy: 0.5 before any step (every pair ties), then
     # at least 0.9; the loss falls from log 2.
     assert evaluate_cli.main(["--run", run_dir, "--checkpoint", "latest"]) == 0
+    capsys.readouterr()
     with open(os.path.join(run_dir, "evaluation.json"), encoding="utf-8") as f:
         results = json.load(f)
     assert results["val_pairs"] == len(held_out)
@@ -337,6 +341,16 @@ def test_dpo_learns_the_preferred_style(two_style_run, lora):
     assert after.count(preferred) >= 0.9 * len(held_out), (before, after)
     if lora:
         assert load_run(run_dir).config.model.lora_rank == 4
+        return
+    # A DPO run is a chat run: the terminal chat and the exported chat
+    # signature (through the v1 Session path, as TF Serving runs it) answer
+    # in the preferred style.
+    assert chat_cli.main(["--run", run_dir, "--temperature", "0", f"{held_out[0]}?"]) == 0
+    assert capsys.readouterr().out == STYLES[preferred] + "\n"
+    path = export_run(load_run(run_dir), saved_models_dir=str(root / "saved"))
+    out = session_run(path, "chat", {"roles": ["user"], "contents": [f"{held_out[1]}?"],
+                                     "max_new_tokens": [30], "temperature": [0.0]})
+    assert out["text"].tolist() == [STYLES[preferred].encode()]
 
 
 def test_dpo_resumes_exactly_with_dropout(two_style_run):

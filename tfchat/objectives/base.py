@@ -13,9 +13,9 @@ import typing
 import tensorflow as tf
 
 from tfchat.data.corpus import Corpus
+from tfchat.errors import TfchatError
 from tfchat.model.bert import BertEncoder
 from tfchat.model.gpt import GPT
-from tfchat.errors import TfchatError
 from tfchat.model.tasks import CausalLM
 
 
@@ -32,7 +32,8 @@ class Objective:
       check_data(config, data, tokenizer) -> raises TfchatError if a split
           cannot make one batch
       datasets(config, data, tokenizer, verbose) -> {"train", "val"}
-          tf.data datasets of (inputs, targets[, weights]) batches
+          tf.data datasets of (inputs, targets[, weights]) batches (with
+          `init_checkpoint=` too where `scores_with_init`)
       build_model(config, vocabulary_size, labels=None, forward_pass=True) ->
           a built task model (forward_pass: see tfchat.run.build_model)
       sampler(model, tokenizer, config) -> a function returning the text
