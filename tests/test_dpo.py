@@ -349,7 +349,7 @@ def test_dpo_learns_the_preferred_style(two_style_run, lora, capsys):
     assert capsys.readouterr().out == STYLES[preferred] + "\n"
     path = export_run(load_run(run_dir), saved_models_dir=str(root / "saved"))
     out = session_run(path, "chat", {"roles": ["user"], "contents": [f"{held_out[1]}?"],
-                                     "max_new_tokens": [30], "temperature": [0.0]})
+                                     "max_new_tokens": [16], "temperature": [0.0]})
     assert out["text"].tolist() == [STYLES[preferred].encode()]
 
 
