@@ -433,7 +433,7 @@ exchanges = [(c[0].content, c[1].content) for c in DialogueCorpus(config.data).c
              if len(c) >= 2 and c[0].role == "user"]
 prefs = os.path.join(RUNS, "notebook_prefs.jsonl")
 with open(prefs, "w", encoding="utf-8") as f:
-    for i, (prompt, reply) in enumerate(exchanges[:200 if SMALL else 2000]):
+    for i, (prompt, reply) in enumerate(exchanges[:64 if SMALL else 2000]):
         other = exchanges[(i + 50) % len(exchanges)][1]
         if other != reply:
             f.write(json.dumps({"prompt": prompt, "chosen": reply, "rejected": other}) + "\\n")
@@ -444,8 +444,8 @@ dpo.model.lora_rank = 0
 dpo.data.path = prefs
 dpo.dpo.beta = 0.1
 dpo.train.learning_rate, dpo.train.min_learning_rate = 3e-4, 3e-5  # far below SFT's
-dpo.train.batch_size, dpo.train.max_steps, dpo.train.warmup_steps = 16, 40 if SMALL else 400, 5
-dpo.train.eval_interval, dpo.train.sample_tokens = 40 if SMALL else 100, 0
+dpo.train.batch_size, dpo.train.max_steps, dpo.train.warmup_steps = 16, 20 if SMALL else 400, 5
+dpo.train.eval_interval, dpo.train.sample_tokens = 20 if SMALL else 100, 0
 dpo_history = train(dpo, overwrite=True, verbose=0)
 first, last = dpo_history[0], dpo_history[-1]
 print(f"loss {first['loss']:.3f} -> {last['loss']:.3f}; held-out reward accuracy "

@@ -362,17 +362,17 @@ def test_dpo_resumes_exactly_with_dropout(two_style_run):
                 "model.block_size": 32, "model.hidden_dim": 48, "model.dropout": 0.1,
                 "data.path": write_jsonl(root / "resume.jsonl", pairs),
                 "train.warmup_steps": 0, "train.learning_rate": 1e-3,
-                "train.min_learning_rate": 1e-3, "train.log_interval": 5, "train.eval_interval": 10}
+                "train.min_learning_rate": 1e-3, "train.log_interval": 4, "train.eval_interval": 8}
 
     def run(name, steps, resume=False):
         config = config_lib.build_config(overrides=nest({**constant, "name": name,
                                                          "train.max_steps": steps}))
         return train(config, resume=resume, verbose=0)
 
-    first = run("resumed", 10)
-    resumed = run("resumed", 20, resume=True)
-    full = run("full", 20)
-    assert [h["step"] for h in resumed] == [15, 20]
+    first = run("resumed", 8)
+    resumed = run("resumed", 16, resume=True)
+    full = run("full", 16)
+    assert [h["step"] for h in resumed] == [12, 16]
     keys = ["loss", "reward_margin", "reward_accuracy"]
     for a, b in zip(first + resumed, full):
         for key in keys:
