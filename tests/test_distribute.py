@@ -1,6 +1,6 @@
 """One training loop under every strategy: MirroredStrategy over two logical
-CPUs, MultiWorkerMirroredStrategy over two real worker processes, gradient
-accumulation and mixed precision."""
+CPUs, gradient accumulation and mixed precision (MultiWorkerMirroredStrategy
+over real worker processes: test_sharded_input.py)."""
 
 import json
 import os
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CHAT_PAIRS, CHAT_TINY, as_cli_args, nest, write_chat_jsonl, write_jsonl
+from conftest import CHAT_PAIRS, CHAT_TINY, nest, write_chat_jsonl, write_jsonl
 from tfchat import config as config_lib
 from tfchat.job import train
 from tfchat.run import build_model
@@ -100,30 +100,6 @@ def _free_ports(n):
     return ports
 
 
-def _run_workers(args, timeout=300):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tfchat.fit", *args, "--train.strategy", "multi_worker"],
-            env={**ENV, "TF_CONFIG": json.dumps(tf_config)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
-    outputs = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            outputs.append((proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            proc.kill()
-    for code, out, err in outputs:
-        assert code == 0, err[-3000:]
-    return outputs
-
-
 def _checkpoint_values(prefix):
     reader = tf.train.load_checkpoint(prefix)
     return {
@@ -131,30 +107,6 @@ def _checkpoint_values(prefix):
         for name in reader.get_variable_to_shape_map()
         if "ITERATOR" not in name and "OBJECT_GRAPH" not in name
     }
-
-
-def test_multi_worker_trains_identically_and_resumes(tiny_settings):
-    run_dir = os.path.join(tiny_settings["runs_dir"], tiny_settings["name"])
-    # Dropout on: every worker must draw the same masks, and keep drawing
-    # them after the resume.
-    settings = {**tiny_settings, "train.max_steps": 10, "train.eval_interval": 10,
-                "train.log_interval": 5, "model.dropout": 0.1}
-    _run_workers(as_cli_args(settings))
-    chief = _checkpoint_values(os.path.join(run_dir, "checkpoints", "ckpt-10"))
-    worker = _checkpoint_values(os.path.join(run_dir, "tmp", "worker_1", "ckpt-10"))
-    assert chief.keys() == worker.keys() and len(chief) > 10
-    assert any(name.startswith("random/") for name in chief)
-    for name in chief:
-        np.testing.assert_array_equal(chief[name], worker[name], err_msg=name)
-
-    # Both workers resume from step 10 and carry on to step 20.
-    resumed = {**settings, "train.max_steps": 20}
-    outputs = _run_workers(as_cli_args(resumed) + ["--resume"])
-    assert "Resuming" in outputs[0][1] and "at step 10" in outputs[0][1]
-    final = _checkpoint_values(os.path.join(run_dir, "checkpoints", "ckpt-20"))
-    weights = [n for n in final if "trainable_variables" in n]
-    moved = [n for n in weights if not np.array_equal(final[n], chief[n])]
-    assert weights and len(moved) == len(weights), "weights did not all train on"
 
 
 def _train_one_batch(config, batch, steps=3):

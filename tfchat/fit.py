@@ -78,6 +78,13 @@ def make_config(args):
         saved = load_config(os.path.join(runs_dir, name)).to_dict()
         return config_lib.build_config(args.config, overrides, base=saved)
     config = config_lib.build_config(args.config, overrides)
+    from tfchat.data.prepared import is_prepared, tokenizer_settings
+
+    if is_prepared(config.data.path) and not config.init_from:
+        # Prepared tokens come with their tokenizer: its settings, unless
+        # the command line says otherwise (then `train` explains).
+        base = {"tokenizer": tokenizer_settings(config.data.path)}
+        config = config_lib.build_config(args.config, overrides, base=base)
     if config.init_from:
         # Fine-tuning keeps the pretrained run's model shape and tokenizer
         # unless the command line says otherwise (then `train` explains).

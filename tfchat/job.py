@@ -20,7 +20,7 @@ from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
 from tfchat.errors import TfchatError
 from tfchat.objectives.base import restore_backbone
 from tfchat.run import RunFolder, apply_lora, check_init_from, load_run, same_files
-from tfchat.train.distribute import choose_strategy, is_chief
+from tfchat.train.distribute import choose_strategy, input_shard, is_chief
 from tfchat.train.optim import build_optimizer
 from tfchat.train.trainer import Trainer
 
@@ -71,17 +71,30 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
             )
     data = objective.read_data(config, labels=folder.read_labels() if resume and objective.labelled
                                else None)
+    # Prepared tokens (tfchat.prepare) come with their tokenizer, which must
+    # be the run's.
+    prepared = getattr(data, "is_prepared", False)
     if resume:
         tokenizer = load_tokenizer(folder.tokenizer)
+        if prepared:
+            data.check_tokenizer(folder.tokenizer, f"the run {folder.path}")
     elif config.init_from:
         # The pretrained embeddings only make sense with their own vocabulary.
         tokenizer = load_tokenizer(init_folder.tokenizer)
+        if prepared:
+            data.check_tokenizer(init_folder.tokenizer, f"init_from {config.init_from}")
+    elif prepared:
+        data.check_settings(config.tokenizer)
+        tokenizer = load_tokenizer(data.tokenizer_dir)
     else:
         tokenizer = train_tokenizer(config.tokenizer, objective.tokenizer_texts(data))
     use_chat_template(tokenizer, config.tokenizer)
-    objective.check_data(config, data, tokenizer)
+    shard = input_shard(strategy)
+    objective.check_data(config, data, tokenizer, workers=shard.count)
     reference = {"init_checkpoint": init_checkpoint} if objective.scores_with_init else {}
-    datasets = objective.datasets(config, data, tokenizer, verbose=verbose and chief, **reference)
+    # Each worker reads only its share of the training data.
+    datasets = objective.datasets(config, data, tokenizer, verbose=verbose and chief,
+                                  shard=shard, **reference)
     labels = data.labels if objective.labelled else None
     if chief and not resume:
         if exists and overwrite:

@@ -10,7 +10,8 @@
     runs/<name>/metrics.jsonl      the logged metrics, a JSON line per log
     runs/<name>/labels.json        classify runs: the class names, in id order
     runs/<name>/evaluation.json    the last `python -m tfchat.evaluate`
-    runs/<name>/tmp/worker_<i>/    scratch checkpoints of non-chief workers
+    runs/<name>/workers/worker_<i>/  non-chief workers' checkpoints: their
+                                   share of the input's position (keep them)
 
 This module is the one place these names are written down. `RunFolder`
 knows the paths; `load_run` rebuilds a trained model from them;
@@ -44,7 +45,7 @@ LOG_DIR = "logs"
 METRICS_FILE = "metrics.jsonl"
 LABELS_FILE = "labels.json"
 EVALUATION_FILE = "evaluation.json"
-SCRATCH_DIR = "tmp"
+WORKERS_DIR = "workers"
 # The model fields an `init_from` run must share with the run it starts.
 _ARCHITECTURE = (
     "num_layers", "num_heads", "hidden_dim", "intermediate_dim", "block_size", *DECODER_OPTIONS,
@@ -76,7 +77,7 @@ class RunFolder:
     def worker_checkpoints(self, task_id):
         """Where a non-chief worker writes its copy of every checkpoint
         (every worker must take part in saving under MultiWorkerMirrored)."""
-        return os.path.join(self.path, SCRATCH_DIR, f"worker_{task_id}")
+        return os.path.join(self.path, WORKERS_DIR, f"worker_{task_id}")
 
     def read_config(self):
         if not self.exists():

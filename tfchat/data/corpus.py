@@ -29,9 +29,14 @@ from tfchat.data.files import (
     ASCII_WHITESPACE, JSONL_SUFFIXES, chatterbot_conversations, count_chars, is_val, read_lines,
     resolve_files,
 )
+from tfchat.data.sharding import WHOLE
 from tfchat.errors import TfchatError
 
 SPLITS = ("train", "val")
+# Lines of a text file shared out to one worker at a time, when there are
+# fewer files than workers (at most: a small split is cut finer): blocks
+# then rarely straddle two workers' runs.
+_SHARD_LINES = 256
 
 
 def _is_val_tf(index, fraction):
@@ -153,17 +158,24 @@ class Corpus:
                 elif split == "val":
                     yield line
 
-    def texts(self, split):
-        """A `tf.data.Dataset` of the split's strings, read lazily."""
+    def texts(self, split, shard=WHOLE):
+        """A `tf.data.Dataset` of the split's strings, read lazily; only
+        `shard`'s part of them (`tfchat.data.sharding`): whole files when
+        there are enough, else runs of `_SHARD_LINES` lines of a text file
+        (a running stream stays contiguous within each run) or single
+        documents."""
         _check_split(split)
         fraction = self.config.val_fraction
         want_val = split == "val"
         if self.format == "text":
-            paths = [s.path for s in self._splits]
-            lines = tf.constant([s.lines for s in self._splits], tf.int64)
-            newlines = tf.constant([s.newlines for s in self._splits], tf.int64)
-            heads = [s.head for s in self._splits]
-            tails = [s.tail for s in self._splits]
+            splits = shard.files(self._splits)
+            sharded_by_file = splits is not None
+            splits = splits if sharded_by_file else self._splits
+            paths = [s.path for s in splits]
+            lines = tf.constant([s.lines for s in splits], tf.int64)
+            newlines = tf.constant([s.newlines for s in splits], tf.int64)
+            heads = [s.head for s in splits]
+            tails = [s.tail for s in splits]
             if split == "train":
                 # Every whole line before the split point ends with "\n".
                 def part(path, n, newlines, head, tail):
@@ -179,6 +191,12 @@ class Corpus:
                     return tf.data.Dataset.from_tensors(tail).concatenate(body)
             ds = tf.data.Dataset.from_tensor_slices((paths, lines, newlines, heads, tails))
             ds = ds.flat_map(part).filter(lambda t: tf.strings.length(t) > 0)
+            if not sharded_by_file and not shard.whole:
+                # Shorter runs for a small split, so every worker gets some.
+                lines = sum(s.lines + 1 for s in splits) if split == "train" else sum(
+                    s.newlines - s.lines + 1 for s in splits)
+                run = max(1, min(_SHARD_LINES, lines // (8 * shard.count)))
+                ds = shard.dataset(ds.batch(run)).unbatch()
             return ds.map(self._fix_encoding)
 
         if self.format == "chatterbot":
@@ -186,10 +204,13 @@ class Corpus:
         else:
             ds = tf.data.TextLineDataset(self.files).map(self._fix_encoding)
             ds = ds.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
-            ds = ds.map(self._extract_text_tf)
-            ds = _checkpointable_with_py_function(ds)
         ds = ds.enumerate().filter(lambda i, t: _is_val_tf(i, fraction) == want_val)
-        return ds.map(lambda i, t: t)
+        # Shared out before the JSON is parsed, so each worker parses only
+        # its own documents.
+        ds = shard.dataset(ds.map(lambda i, t: t))
+        if self.format == "jsonl":
+            ds = _checkpointable_with_py_function(ds.map(self._extract_text_tf))
+        return ds
 
     def _fix_encoding(self, text):
         # Strict input was checked by `_scan`; replace mode swaps each

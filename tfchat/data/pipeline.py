@@ -36,7 +36,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 _TOKENIZE_BATCH = 256
 
 
-def _tokenize_batches(texts, tokenizer, add_eos):
+def tokenize_batches(texts, tokenizer, add_eos):
     """Dataset of strings -> dataset of ragged [n, None] int32 ids, n
     strings at a time (see `tokenize_texts` for `add_eos`)."""
 
@@ -72,7 +72,7 @@ def tokenize_texts(texts, tokenizer, add_eos=False):
     after it, so packed blocks show the model where documents end (and the
     family's start token before it, for a pretrained tokenizer that has one).
     """
-    chunks = _tokenize_batches(texts, tokenizer, add_eos).map(lambda ids: ids.flat_values)
+    chunks = tokenize_batches(texts, tokenizer, add_eos).map(lambda ids: ids.flat_values)
     return _ignore_tokenizer_cache(chunks, tokenizer)
 
 
@@ -261,18 +261,22 @@ def _packed_batches(pieces, capacity, batch_size, packing, shuffle_buffer, seed,
 
 
 def packed_documents_dataset(texts, tokenizer, block_size, batch_size, shuffle_buffer=0,
-                             seed=None, repeat=False, drop_remainder=True):
+                             seed=None, repeat=False, drop_remainder=True, ids=None):
     """Documents (each string one, with its start and end tokens) -> packed
     causal-LM batches, as `chat_dataset`'s, every target weighted 1. A
     document longer than a block is cut into pieces of `block_size + 1`
     ids, each a segment of its own; documents are shuffled before packing,
-    so each epoch packs them differently."""
+    so each epoch packs them differently. `ids` (1-D id sequences, one per
+    document, already tokenized) replaces `texts`."""
     capacity = block_size + 1
+    documents = texts if ids is None else ids
     if shuffle_buffer:
-        texts = texts.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        documents = documents.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
-        texts = texts.repeat()
-    pieces = _tokenize_batches(texts, tokenizer, add_eos=True).map(
+        documents = documents.repeat()
+    batches = (tokenize_batches(documents, tokenizer, add_eos=True) if ids is None
+               else documents.ragged_batch(_TOKENIZE_BATCH))
+    pieces = batches.map(
         lambda ids: split_long(ids, capacity)
     ).unbatch().map(lambda ids: (ids, tf.ones_like(ids, tf.float32)))
     pieces = _ignore_tokenizer_cache(pieces, tokenizer)
@@ -292,11 +296,15 @@ def causal_lm_dataset(
     repeat=False,
     drop_remainder=True,
     packing=False,
+    ids=None,
 ):
     """The full causal-LM input pipeline; see module docs.
 
     With `add_eos` (each string a document) and `packing`, documents are
     packed without cross-talk instead (`packed_documents_dataset`).
+    `ids`, 1-D id sequences already tokenized (`tfchat.data.prepared`: one
+    per document, or runs of text), replaces tokenizing `texts`; the
+    batches are the same.
 
     Training uses `shuffle_buffer > 0` and `repeat=True`: each epoch cuts
     the stream at a new random offset and reshuffles its blocks,
@@ -305,8 +313,8 @@ def causal_lm_dataset(
     """
     if add_eos and packing:
         return packed_documents_dataset(texts, tokenizer, block_size, batch_size,
-                                        shuffle_buffer, seed, repeat, drop_remainder)
-    chunks = tokenize_texts(texts, tokenizer, add_eos)
+                                        shuffle_buffer, seed, repeat, drop_remainder, ids)
+    chunks = tokenize_texts(texts, tokenizer, add_eos) if ids is None else ids
     if repeat and shuffle_buffer:
         blocks = tf.data.Dataset.counter().flat_map(
             lambda epoch: _epoch_blocks(chunks, block_size, seed or 0, epoch)

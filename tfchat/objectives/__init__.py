@@ -11,6 +11,7 @@ from tfchat import config as config_lib
 from tfchat.data.dialogues import is_dialogue_data
 from tfchat.errors import TfchatError
 from tfchat.data.preferences import is_preference_data
+from tfchat.data.prepared import is_prepared
 from tfchat.objectives import causal, chat, classify, dpo, mlm
 
 REGISTRY = {
@@ -37,7 +38,8 @@ def resolve(config):
     """`config` with `objective: auto` made concrete, after checking that
     the objective can use the config's settings (`check`)."""
     if config.objective == AUTO:
-        objective = ("dpo" if is_preference_data(config.data)
+        objective = ("causal" if is_prepared(config.data.path)
+                     else "dpo" if is_preference_data(config.data)
                      else "chat" if is_dialogue_data(config.data) else "causal")
         config = dataclasses.replace(config, objective=objective)
     check(config)
@@ -50,6 +52,9 @@ def check(config):
     config_lib.validate(config)
     objective = get(config.objective)
     problems = objective.check_config(config)
+    if is_prepared(config.data.path) and objective.name != "causal":
+        problems.append(f"data.path {config.data.path} holds prepared tokens (python -m "
+                        f"tfchat.prepare), which objective causal reads, not {objective.name}")
     if config.data.format == "csv" and not objective.labelled:
         problems.append(f"data.format csv is for labelled data (objective classify), "
                         f"not objective {objective.name}")

@@ -13,6 +13,8 @@ import typing
 import tensorflow as tf
 
 from tfchat.data.corpus import Corpus
+from tfchat.data.prepared import PreparedCorpus, is_prepared
+from tfchat.data.sharding import WHOLE, InputShard
 from tfchat.errors import TfchatError
 from tfchat.model.bert import BertEncoder
 from tfchat.model.gpt import GPT
@@ -29,11 +31,14 @@ class Objective:
       check_config(config) -> list of messages for settings it cannot use
       read_data(config, labels=None) -> data; reads and checks all input
       tokenizer_texts(data) -> iterator of training texts for a new vocabulary
-      check_data(config, data, tokenizer) -> raises TfchatError if a split
-          cannot make one batch
-      datasets(config, data, tokenizer, verbose) -> {"train", "val"}
+      check_data(config, data, tokenizer, workers) -> raises TfchatError if
+          a split, or a worker's share of the training split, cannot make
+          one batch
+      datasets(config, data, tokenizer, verbose, shard) -> {"train", "val"}
           tf.data datasets of (inputs, targets[, weights]) batches (with
-          `init_checkpoint=` too where `scores_with_init`)
+          `init_checkpoint=` too where `scores_with_init`); the training
+          split only `shard`'s part (`tfchat.data.sharding`), in batches
+          of its part of `train.batch_size`
       build_model(config, vocabulary_size, labels=None, forward_pass=True) ->
           a built task model (forward_pass: see tfchat.run.build_model)
       sampler(model, tokenizer, config) -> a function returning the text
@@ -69,8 +74,28 @@ class Objective:
 
 
 def read_corpus(config, labels=None):
-    """The text corpus of `config.data` (causal and mlm objectives)."""
+    """The text corpus of `config.data` (causal and mlm objectives), or the
+    tokens of a folder `python -m tfchat.prepare` wrote (causal)."""
+    if is_prepared(config.data.path):
+        return PreparedCorpus(config.data)
     return Corpus(config.data)
+
+
+def share(split, shard):
+    """The part of `split` one worker reads: `shard` of the training split,
+    all of validation (which every worker evaluates whole)."""
+    return shard if split == "train" else WHOLE
+
+
+def split_shares(path, workers):
+    """(split, shard, its name in messages) for the validation split and
+    each of `workers` workers' share of the training split."""
+    shares = [("train", WHOLE, f"The train split of {path}")] if workers == 1 else [
+        ("train", InputShard(workers, i), f"Worker {i}'s share (of {workers}) of the "
+         f"train split of {path}")
+        for i in range(workers)
+    ]
+    return shares + [("val", WHOLE, f"The val split of {path}")]
 
 
 def training_texts(corpus):

@@ -3,11 +3,14 @@ a folder, a glob, JSONL documents, chatterbot transcripts)."""
 
 import tensorflow as tf
 
+from tfchat.data.sharding import WHOLE
 from tfchat.data.pipeline import causal_lm_dataset, pack_sequences, tokenize_texts
 from tfchat.errors import TfchatError
 from tfchat.evaluation.language_model import evaluate_loss
 from tfchat.inference.generator import Generator
-from tfchat.objectives.base import Objective, build_causal_lm, read_corpus, training_texts
+from tfchat.objectives.base import (
+    Objective, build_causal_lm, read_corpus, share, split_shares, training_texts,
+)
 from tfchat.serving.export import add_generate_signature, add_score_signature
 
 
@@ -15,36 +18,52 @@ def check_config(config):
     return []
 
 
-def check_data(config, corpus, tokenizer):
-    """Fails early, and clearly, when a split cannot fill one block (packed
-    documents: when it has fewer than two tokens, one target)."""
+def check_data(config, corpus, tokenizer, workers=1):
+    """Fails early, and clearly, when a split (or one of `workers` workers'
+    share of the training split) cannot fill one block (packed documents:
+    when it has fewer than two tokens, one target). Every worker checks
+    every share, so all of them stop, or none does."""
     block_size = config.model.block_size
     packed = corpus.is_documents and config.data.packing
-    for split in ("train", "val"):
-        tokens = tokenize_texts(corpus.texts(split), tokenizer, corpus.is_documents)
+    for split, shard, which in split_shares(corpus.path, workers):
+        texts, tokens = _inputs(corpus, split, shard)
+        if tokens is None:
+            tokens = tokenize_texts(texts, tokenizer, corpus.is_documents)
         if packed:
             if not any(True for _ in tokens.filter(lambda ids: tf.size(ids) > 1).take(1)):
-                raise TfchatError(f"The {split} split of {corpus.path} has fewer than two "
-                                  "tokens: nothing to predict.")
+                raise TfchatError(f"{which} has fewer than two tokens: nothing to predict.")
         elif not any(True for _ in pack_sequences(tokens, block_size + 1).take(1)):
             raise TfchatError(
-                f"The {split} split of {corpus.path} has fewer than model.block_size + 1 "
-                f"= {block_size + 1} tokens. Lower model.block_size or add text."
+                f"{which} has fewer than model.block_size + 1 = {block_size + 1} tokens. "
+                "Lower model.block_size or add text."
             )
 
 
-def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("train", "val")):
+def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("train", "val"),
+             shard=WHOLE):
+    """{split: causal-LM batches}; the training split only `shard`'s part
+    of it, in `shard`'s part of each batch (`tfchat.data.sharding`)."""
     m, t = config.model, config.train
-    return {
-        split: causal_lm_dataset(
-            corpus.texts(split), tokenizer, m.block_size, batch_size or t.batch_size,
+    result = {}
+    for split in splits:
+        texts, ids = _inputs(corpus, split, share(split, shard))
+        result[split] = causal_lm_dataset(
+            texts, tokenizer, m.block_size,
+            share(split, shard).batch_size(batch_size or t.batch_size),
             add_eos=corpus.is_documents,
             shuffle_buffer=t.shuffle_buffer if split == "train" else 0,
             seed=t.seed, repeat=split == "train", drop_remainder=split == "train",
-            packing=config.data.packing,
+            packing=config.data.packing, ids=ids,
         )
-        for split in splits
-    }
+    return result
+
+
+def _inputs(corpus, split, shard):
+    """(texts, None) of a corpus' split share, or (None, ids) of a folder
+    `tfchat.prepare` tokenized."""
+    if getattr(corpus, "is_prepared", False):
+        return None, corpus.id_sequences(split, shard)
+    return corpus.texts(split, shard), None
 
 
 def sampler(model, tokenizer, config):

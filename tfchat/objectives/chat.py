@@ -4,11 +4,12 @@ assistant's tokens only (messages JSONL, chatterbot YAML)."""
 from tfchat.data.chat_template import Message, encode_conversations
 from tfchat.data.dialogues import DialogueCorpus
 from tfchat.data.pipeline import chat_dataset
+from tfchat.data.sharding import WHOLE
 from tfchat.errors import TfchatError
 from tfchat.evaluation.chat import evaluate_replies
 from tfchat.evaluation.language_model import evaluate_loss
 from tfchat.inference.generator import Generator
-from tfchat.objectives.base import Objective, build_causal_lm, training_texts
+from tfchat.objectives.base import Objective, build_causal_lm, share, training_texts
 from tfchat.serving.export import (
     add_chat_signature, add_generate_signature, add_score_signature,
 )
@@ -33,13 +34,13 @@ def encode(config, conversations, tokenizer):
     return [e for e in encoded if sum(e.weights)], encoded
 
 
-def check_data(config, corpus, tokenizer):
+def check_data(config, corpus, tokenizer, workers=1):
     """Nothing beyond `datasets`, which renders every conversation and fails
     if a split has none that fits."""
 
 
 def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("train", "val"),
-             conversations=None):
+             conversations=None, shard=WHOLE):
     """The conversations rendered with the chat template, as (inputs,
     targets, weights) batches; see `tfchat.data.pipeline.chat_dataset`.
     `conversations` ({split: [...]}) replaces the corpus' own."""
@@ -48,12 +49,16 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
     for split in splits:
         rows = (conversations[split] if conversations and split in conversations
                 else corpus.conversations(split))
-        usable, encoded = encode(config, rows, tokenizer)
+        part = share(split, shard)
+        usable, encoded = encode(config, part.rows(rows), tokenizer)
         if not usable:
             raise TfchatError(
                 f"No {split} conversation of {corpus.path} leaves room for an "
                 f"assistant token within model.block_size {m.block_size}; "
                 "raise model.block_size."
+                if part.whole or len(rows) >= part.count else
+                f"The {split} split of {corpus.path} has {len(rows)} conversations, "
+                f"fewer than the {part.count} workers."
             )
         if verbose:
             truncated = sum(e.truncated for e in usable)
@@ -68,7 +73,7 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
             )
         train = split == "train"
         result[split] = chat_dataset(
-            usable, m.block_size, batch_size or t.batch_size,
+            usable, m.block_size, part.batch_size(batch_size or t.batch_size),
             shuffle_buffer=t.shuffle_buffer if train else 0, seed=t.seed,
             repeat=train, drop_remainder=train, packing=config.data.packing,
         )

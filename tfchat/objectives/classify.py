@@ -6,12 +6,15 @@ import tensorflow as tf
 
 from tfchat.data.labelled import read_labelled
 from tfchat.data.pipeline import classification_dataset
+from tfchat.data.sharding import WHOLE
 from tfchat.errors import TfchatError
 from tfchat.evaluation.classification import (
     classification_report, format_report, predict_classes,
 )
 from tfchat.model.tasks import TextClassifier
-from tfchat.objectives.base import Objective, build_encoder, encoder_inputs, encoder_only
+from tfchat.objectives.base import (
+    Objective, build_encoder, encoder_inputs, encoder_only, share,
+)
 from tfchat.objectives.mlm import report_truncated
 from tfchat.serving.export import add_classify_signature
 
@@ -25,11 +28,12 @@ def tokenizer_texts(data):
     return iter(data.texts("train"))
 
 
-def check_data(config, data, tokenizer):
+def check_data(config, data, tokenizer, workers=1):
     """`read_labelled` has checked both splits already."""
 
 
-def datasets(config, data, tokenizer, verbose=0, batch_size=None, splits=("train", "val")):
+def datasets(config, data, tokenizer, verbose=0, batch_size=None, splits=("train", "val"),
+             shard=WHOLE):
     m, t = config.model, config.train
     if verbose:
         report_truncated({s: tf.data.Dataset.from_tensor_slices(data.texts(s)) for s in splits},
@@ -37,9 +41,10 @@ def datasets(config, data, tokenizer, verbose=0, batch_size=None, splits=("train
     result = {}
     for split in splits:
         training = split == "train"
+        part = share(split, shard)
         result[split] = classification_dataset(
-            data.texts(split), data.label_ids(split), tokenizer, m.block_size,
-            batch_size or t.batch_size, seed=t.seed,
+            part.rows(data.texts(split)), part.rows(data.label_ids(split)), tokenizer,
+            m.block_size, part.batch_size(batch_size or t.batch_size), seed=t.seed,
             shuffle_buffer=t.shuffle_buffer if training else 0, repeat=training,
             drop_remainder=training,
         )

@@ -19,9 +19,13 @@ import tensorflow as tf
 
 from tfchat.data.pipeline import preference_dataset
 from tfchat.data.preferences import PreferenceCorpus, encode_pairs
+from tfchat.data.sharding import WHOLE
+from tfchat.errors import TfchatError
 from tfchat.model.preference import PreferenceLM, pair_logps
 from tfchat.objectives import chat
-from tfchat.objectives.base import Objective, build_causal_lm, restore_backbone, training_texts
+from tfchat.objectives.base import (
+    Objective, build_causal_lm, restore_backbone, share, training_texts,
+)
 
 
 def check_config(config):
@@ -41,7 +45,7 @@ def read_data(config, labels=None):
     return PreferenceCorpus(config.data)
 
 
-def check_data(config, corpus, tokenizer):
+def check_data(config, corpus, tokenizer, workers=1):
     """Nothing beyond `datasets`, which renders every pair and fails on a
     prompt that leaves no room for its reply."""
 
@@ -67,7 +71,7 @@ def reference_logps(config, vocabulary_size, encoded, batch_size, checkpoint):
 
 
 def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("train", "val"),
-             pairs=None, init_checkpoint=None):
+             pairs=None, init_checkpoint=None, shard=WHOLE):
     """Each split's pairs, encoded, with their log-probabilities under
     `init_checkpoint` (init_from's latest, the reference), as batches of
     `tfchat.data.pipeline.preference_dataset`. `pairs` ({split:
@@ -79,6 +83,11 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
     encoded = {}
     for split in splits:
         rows = pairs[split] if pairs and split in pairs else corpus.pairs(split)
+        # A worker scores only its own training pairs.
+        rows = share(split, shard).rows(rows)
+        if not rows:
+            raise TfchatError(f"The {split} split of {corpus.path} has fewer pairs than "
+                              f"the {shard.count} workers.")
         encoded[split] = encode_pairs(tokenizer, rows, m.block_size + 1)
     start = time.perf_counter()
     # One pass of the reference over every split's pairs.
@@ -100,7 +109,7 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
             )
         train = split == "train"
         result[split] = preference_dataset(
-            encoded[split], m.block_size, batch_size,
+            encoded[split], m.block_size, share(split, shard).batch_size(batch_size),
             reference_logps=reference[offset:offset + n],
             shuffle_buffer=t.shuffle_buffer if train else 0, seed=t.seed, repeat=train,
             drop_remainder=train,

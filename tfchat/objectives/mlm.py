@@ -6,31 +6,33 @@ import tensorflow as tf
 from tfchat.data.pipeline import (
     count_truncated, default_max_predictions, masked_lm_dataset, pack_sequences, tokenize_texts,
 )
+from tfchat.data.sharding import WHOLE
 from tfchat.errors import TfchatError
 from tfchat.evaluation.language_model import evaluate_loss
 from tfchat.model.tasks import MaskedLM
 from tfchat.objectives.base import (
-    Objective, build_encoder, encoder_inputs, encoder_only, read_corpus, training_texts,
+    Objective, build_encoder, encoder_inputs, encoder_only, read_corpus, share, split_shares,
+    training_texts,
 )
 from tfchat.serving.export import add_fill_mask_signature
 
 
-def check_data(config, corpus, tokenizer):
-    """Fails early, and clearly, when a split gives no encoder sequence."""
+def check_data(config, corpus, tokenizer, workers=1):
+    """Fails early, and clearly, when a split (or a worker's share of the
+    training split) gives no encoder sequence."""
     block_size = config.model.block_size
-    for split in ("train", "val"):
-        texts = corpus.texts(split)
+    for split, shard, which in split_shares(corpus.path, workers):
+        texts = corpus.texts(split, shard)
         if corpus.is_documents:
             if not any(True for _ in texts.take(1)):
                 raise TfchatError(
-                    f"The {split} split of {corpus.path} has no documents; add documents "
-                    "or change data.val_fraction."
+                    f"{which} has no documents; add documents or change data.val_fraction."
                 )
             continue
         blocks = pack_sequences(tokenize_texts(texts, tokenizer), block_size - 2)
         if not any(True for _ in blocks.take(1)):
             raise TfchatError(
-                f"The {split} split of {corpus.path} has fewer than model.block_size - 2 "
+                f"{which} has fewer than model.block_size - 2 "
                 f"= {block_size - 2} tokens. Lower model.block_size or add text."
             )
 
@@ -44,7 +46,8 @@ def report_truncated(texts, tokenizer, block_size):
                   f"model.block_size - 2 = {block_size - 2} tokens.")
 
 
-def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("train", "val")):
+def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("train", "val"),
+             shard=WHOLE):
     m, t, mlm = config.model, config.train, config.mlm
     if verbose and corpus.is_documents:
         report_truncated({s: corpus.texts(s) for s in splits}, tokenizer, m.block_size)
@@ -52,7 +55,8 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
     for split in splits:
         training = split == "train"
         result[split] = masked_lm_dataset(
-            corpus.texts(split), tokenizer, m.block_size, batch_size or t.batch_size,
+            corpus.texts(split, share(split, shard)), tokenizer, m.block_size,
+            share(split, shard).batch_size(batch_size or t.batch_size),
             documents=corpus.is_documents, mask_rate=mlm.mask_rate,
             mask_token_rate=mlm.mask_token_rate, random_token_rate=mlm.random_token_rate,
             max_predictions=mlm.max_predictions, whole_word=mlm.whole_word,

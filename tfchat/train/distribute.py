@@ -17,6 +17,8 @@ Launching two machines (run the same command on each, with its own index):
 
 Worker 0 is the chief: it alone writes checkpoints and TensorBoard logs to
 the run folder, which should be on storage every worker can read for resume.
+Each worker reads only its share of the training data (`input_shard`) and
+checkpoints its own position in it (`runs/<name>/workers/worker_<i>/`).
 """
 
 import json
@@ -25,6 +27,7 @@ import os
 import tensorflow as tf
 
 from tfchat.config import STRATEGIES
+from tfchat.data.sharding import InputShard
 from tfchat.errors import TfchatError
 
 
@@ -61,6 +64,28 @@ def is_chief(strategy):
     if "chief" in cluster:
         return resolver.task_type == "chief"
     return resolver.task_type in (None, "worker") and resolver.task_id in (None, 0)
+
+
+def local_replicas(strategy):
+    """The replicas on this worker's own devices."""
+    try:
+        return len(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy: one device
+        return 1
+
+
+def input_shard(strategy):
+    """This worker's part of the training input: one part per worker
+    (not per replica: a worker splits its own batches over its devices)."""
+    workers = strategy.num_replicas_in_sync // local_replicas(strategy)
+    if workers == 1:
+        return InputShard()
+    resolver = strategy.cluster_resolver
+    cluster = resolver.cluster_spec().as_dict()
+    # A "chief" task, where there is one, is worker 0 of the input.
+    chief = 1 if "chief" in cluster else 0
+    index = 0 if resolver.task_type == "chief" else resolver.task_id + chief
+    return InputShard(count=workers, index=index)
 
 
 def task_id(strategy):

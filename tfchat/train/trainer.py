@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from tfchat.errors import TfchatError
-from tfchat.train.distribute import is_chief, task_id
+from tfchat.train.distribute import is_chief, local_replicas, task_id
 
 
 class Trainer:
@@ -50,11 +50,14 @@ class Trainer:
         self.tokens_per_step = (t.batch_size * config.model.block_size
                                 * getattr(task, "sequences_per_example", 1))
 
-        # A plain iterator over global batches, not a distributed one: its
-        # position can be checkpointed (a DistributedIterator's cannot), and
-        # every worker reads the same seeded order, then takes its replicas'
-        # rows (`_distribute`).
+        # A plain iterator, not a distributed one: its position can be
+        # checkpointed (a DistributedIterator's cannot). Each worker's
+        # `train_ds` is its own share of the data in its share of every
+        # global batch (`tfchat.train.distribute.input_shard`), which it
+        # splits over its own devices; `val_ds` is the same global batches
+        # on every worker, each taking its replicas' rows (`_distribute`).
         self.train_iterator = iter(train_ds)
+        self.local_replicas = local_replicas(strategy)
         if t.eval_batches:
             val_ds = val_ds.take(t.eval_batches)
         self.val_dataset = val_ds
@@ -68,8 +71,9 @@ class Trainer:
             model=task, optimizer=self.optimizer, data=self.train_iterator,
             random=self.random_state,
         )
-        # Non-chief workers write to a scratch folder (every worker must take
-        # part in saving under MultiWorkerMirroredStrategy).
+        # Non-chief workers write to their own folders (every worker must
+        # take part in saving under MultiWorkerMirroredStrategy), which hold
+        # the one copy of their input position.
         checkpoint_dir = folder.checkpoints
         best_dir = folder.best
         if not self.is_chief:
@@ -97,21 +101,26 @@ class Trainer:
 
     # --- compiled pieces ---
 
-    def _distribute(self, batch):
-        """A global batch -> per-replica slices of it (a no-op on one replica)."""
+    def _distribute(self, batch, local=False):
+        """A global batch -> per-replica slices of it (a no-op on one
+        replica); a `local` batch (this worker's share of one) -> slices
+        for this worker's replicas."""
         replicas = self.strategy.num_replicas_in_sync
         if replicas == 1:
             return batch
+        share = self.local_replicas if local else replicas
 
         def replica_rows(context):
-            index = context.replica_id_in_sync_group
-            return tf.nest.map_structure(lambda t: _rows(t, index, replicas), batch)
+            # Replica ids run worker by worker, so this worker's are
+            # consecutive.
+            index = context.replica_id_in_sync_group % share
+            return tf.nest.map_structure(lambda t: _rows(t, index, share), batch)
 
         return self.strategy.experimental_distribute_values_from_function(replica_rows)
 
     def _train_steps_fn(self, iterator, steps):
         for _ in tf.range(steps):
-            logs = self._one_step(self._distribute(next(iterator)))
+            logs = self._one_step(self._distribute(next(iterator), local=True))
             if self.train_config.on_nonfinite == "stop":
                 # A non-finite loss ends the chunk at the step that produced
                 # it, so the message can name that step.
@@ -132,8 +141,40 @@ class Trainer:
     def restore(self):
         """Restores the newest readable checkpoint; returns its step (0 if
         none). A checkpoint that cannot be read (a write cut short) is
-        skipped, with a message, in favour of the one before it."""
-        for path in reversed(self.manager.checkpoints):
+        skipped, with a message, in favour of the one before it. Under
+        several workers, all of them resume from the newest step every one
+        of them has (one killed while saving has an older newest)."""
+        step = self._restore_newest(self.manager.checkpoints)
+        steps = self._steps_of_all_workers(step)
+        if len(set(steps)) > 1:
+            agreed = min(steps)
+            lacking = [i for i, s in enumerate(steps) if s == 0]
+            if agreed == 0:
+                raise TfchatError(
+                    f"Worker(s) {lacking} have no checkpoint to resume from, so their "
+                    "position in their share of the input is lost; their checkpoints "
+                    f"go to {os.path.dirname(self.folder.worker_checkpoints(0))}/ in the run "
+                    "folder, which must be on storage every worker shares and keeps."
+                )
+            if self.verbose and self.is_chief:
+                print(f"Workers' newest checkpoints are at steps {steps}; "
+                      f"all resume from step {agreed}.")
+            wanted = [p for p in self.manager.checkpoints if p.endswith(f"-{agreed}")]
+            if not wanted:
+                raise TfchatError(f"No checkpoint of step {agreed} in {self.manager.directory}, "
+                                  f"where the other workers resume; start over with --overwrite.")
+            step = self._restore_newest(wanted)
+            if step != agreed:
+                raise TfchatError(f"The step {agreed} checkpoint in {self.manager.directory} "
+                                  "cannot be read; start over with --overwrite.")
+        if step:
+            best = self.folder.read_best(self.best_manager.directory)
+            if best is not None:
+                self.best_val_loss = best["val_loss"]
+        return step
+
+    def _restore_newest(self, paths):
+        for path in reversed(paths):
             try:
                 self._checkpoint_for(path).restore(path).assert_existing_objects_matched()
             # A torn file surfaces in several ways (TF's reader raises
@@ -142,16 +183,22 @@ class Trainer:
                 print(f"Skipping unreadable checkpoint {path}: {type(e).__name__}: "
                       f"{str(e).splitlines()[0][:200]}")
                 continue
-            best = self.folder.read_best(self.best_manager.directory)
-            if best is not None:
-                self.best_val_loss = best["val_loss"]
             return self.step
-        if self.manager.checkpoints:
+        if paths:
             raise TfchatError(
                 f"No readable checkpoint in {self.manager.directory}; "
                 "start over with --overwrite."
             )
         return 0
+
+    def _steps_of_all_workers(self, step):
+        """Each worker's `step`, in worker order (just [step] on one)."""
+        if self.local_replicas == self.strategy.num_replicas_in_sync:
+            return [step]
+        value = self.strategy.run(lambda: tf.constant([step], tf.int64))
+        gathered = self.strategy.gather(value, axis=0).numpy()
+        # One entry per replica; a worker's replicas agree.
+        return [int(s) for s in gathered[::self.local_replicas]]
 
     def _checkpoint_for(self, path):
         """The checkpoint object that reads `path`: a checkpoint written
