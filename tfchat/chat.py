@@ -53,6 +53,9 @@ def build_parser():
     parser.add_argument("message", nargs="*",
                         help="A message to answer once, non-interactively.")
     parser.add_argument("--system", default="", help="System message to start with.")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="Quantize the weights first (int8: weight-only, per channel; see "
+                             "python -m tfchat.export --help).")
     parser.add_argument("--max-new-tokens", type=int, default=200,
                         help="Longest reply, in tokens.")
     parser.add_argument("--temperature", type=float, default=0.7,
@@ -192,9 +195,11 @@ def main(argv=None):
             feedback = FeedbackLog(args.feedback)
         from tfchat.inference.chat_session import ChatSession
         from tfchat.inference.generator import Generator
-        from tfchat.run import check_generates, load_run
+        from tfchat.run import check_generates, load_run, quantized_run
 
         run = check_generates(load_run(args.run, forward_pass=False))
+        if args.quantize:
+            run = quantized_run(run, args.quantize)
         if not run.objective.chats:
             print(
                 f"note: {args.run} is a {run.config.objective} run, not a chat "

@@ -301,6 +301,27 @@ class DpoConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str = _field(
+        "",
+        "objective distill: the run the student learns from (a trained causal "
+        "or chat run, or a converted pretrained checkpoint's run), with the "
+        "tokenizer the student then uses.",
+    )
+    alpha: float = _field(
+        0.5,
+        "The share of the loss that is the KL divergence to the teacher's "
+        "softened next-token distribution (times temperature squared); the "
+        "rest is the usual next-token loss on the data.",
+    )
+    temperature: float = _field(
+        2.0,
+        "Softmax temperature of both distributions in the KL term; above 1 "
+        "shows the student more of the teacher's ranking of unlikely tokens.",
+    )
+
+
+@dataclass
 class Config:
     name: str = _field("default", "Run name: the run lives in <runs_dir>/<name>.")
     runs_dir: str = _field("runs", "Folder holding all runs.")
@@ -310,7 +331,8 @@ class Config:
         "fine-tuning, loss on assistant tokens only), mlm (masked-LM encoder "
         "pretraining), classify (text classification, usually with init_from "
         "an mlm run), dpo (preference tuning of a chat run given as init_from, "
-        "on chosen/rejected reply pairs), or auto (dpo for preference JSONL, "
+        "on chosen/rejected reply pairs), distill (a smaller model trained to "
+        "imitate distill.teacher on the data), or auto (dpo for preference JSONL, "
         "chat for dialogue data: chatterbot:*, YAML, messages JSONL; else causal).",
     )
     init_from: str = _field(
@@ -326,6 +348,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     mlm: MlmConfig = field(default_factory=MlmConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -537,6 +560,8 @@ def validate(config):
             config.dpo.loss == "sigmoid" or not config.dpo.label_smoothing,
             "dpo.label_smoothing applies to dpo.loss sigmoid only",
         ),
+        (0 <= config.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
+        (config.distill.temperature > 0, "distill.temperature must be positive"),
         (t.early_stopping_patience >= 0, "train.early_stopping_patience must be 0 or positive"),
         (config.data.format in ("auto", "text", "jsonl", "csv"), "data.format must be auto, text, jsonl or csv"),
         (0 < config.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),

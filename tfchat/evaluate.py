@@ -57,6 +57,9 @@ def build_parser():
                              "once, then decodes much faster).")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="Also write the results to this JSON file.")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="Quantize the weights first (int8: weight-only, per channel; see "
+                             "python -m tfchat.export --help).")
     quiet.add_verbose_flag(parser)
     return parser
 
@@ -83,6 +86,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         run, checkpoint = _load_run(args.run, args.checkpoint)
+        if args.quantize:
+            from tfchat.run import quantized_run
+
+            run = quantized_run(run, args.quantize)
         if args.data:
             data = dataclasses.replace(run.config.data, path=args.data)
             run.config = dataclasses.replace(run.config, data=data)
@@ -98,7 +105,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     objective = run.config.objective
-    results = {"objective": objective, "step": run.step, "checkpoint": checkpoint, **results,
+    results = {"objective": objective, "step": run.step, "checkpoint": checkpoint,
+               **({"quantized": args.quantize} if args.quantize else {}), **results,
                "seconds": round(time.perf_counter() - start, 1)}
     where = (f"all of {args.data}" if args.data and run.objective.labelled
              else f"validation split of {run.config.data.path}")

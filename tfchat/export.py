@@ -6,6 +6,7 @@ checkpoint or a keras-hub preset.
     python -m tfchat.export --run runs/default --name chat --version 3 --force
     python -m tfchat.export --run runs/smollm2 --format hf --out exports/smollm2
     python -m tfchat.export --run runs/smollm2 --format keras-hub --out exports/smollm2_preset
+    python -m tfchat.export --run runs/default --quantize int8 --name default_int8
 
 Formats (`--format`):
 
@@ -57,9 +58,18 @@ Classify runs:
 An encoder reads `[CLS] text [SEP]`; a text longer than the context is cut
 at the end, as in training (a [MASK] past the cut is not read).
 
+`--quantize int8` stores every Dense kernel and embedding table of a causal
+or chat run as int8 with abs-max scales (one per output column, one per
+embedding row: Keras' int8 scheme with its activation quantizer off), about a
+quarter of the float32 size. Matmuls still run in floating point on the
+dequantized weights, with core ops only, so the same TF Serving runs it.
+`chat`, `generate` and `evaluate` take `--quantize int8` too, to try the
+quantized model before exporting it.
+
 `<version>/assets.extra/tfchat.json` records what was exported: tfchat
 version, config, tokenizer, training step, validation metrics, signatures,
-and the label names (classify) or the mask token (mlm).
+the quantization (method, and each weight's scales: min, median, max), and
+the label names (classify) or the mask token (mlm).
 A version is written to a temporary folder and renamed into place, so TF
 Serving never sees half a model; an existing version is replaced only with
 `--force`.
@@ -100,6 +110,11 @@ def build_parser():
                              "or keras-hub (a keras-hub preset).")
     parser.add_argument("--out", default=None,
                         help="The folder to write, for --format hf and keras-hub.")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="SavedModel with int8 weights: every Dense kernel (one scale "
+                             "per output column) and embedding table (one per row) of a "
+                             "causal or chat run; computation stays in floating point, core "
+                             "ops only. The method and scales go into tfchat.json.")
     quiet.add_verbose_flag(parser)
     return parser
 
@@ -135,6 +150,10 @@ def export_hub_format(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.format != "saved_model":
+        if args.quantize:
+            print(f"error: --quantize is for --format saved_model; --format {args.format} "
+                  "writes float weights.", file=sys.stderr)
+            return 1
         try:
             export_hub_format(args)
         except TfchatError as e:
@@ -147,12 +166,14 @@ def main(argv=None):
         return 1
     # Here, not at the top: --help and argument errors answer without
     # loading TensorFlow.
-    from tfchat.run import load_run
+    from tfchat.run import load_run, quantized_run
     from tfchat.serving.export import METADATA_DIR, METADATA_FILE, export_run
 
     try:
-        path = export_run(load_run(args.run), args.saved_models_dir, args.name, args.version,
-                          args.force)
+        run = load_run(args.run)
+        if args.quantize:
+            run = quantized_run(run, args.quantize)
+        path = export_run(run, args.saved_models_dir, args.name, args.version, args.force)
     except TfchatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -85,6 +85,16 @@ def make_config(args):
         # the command line says otherwise (then `train` explains).
         base = {"tokenizer": tokenizer_settings(config.data.path)}
         config = config_lib.build_config(args.config, overrides, base=base)
+    if config.objective == "distill" and config.distill.teacher:
+        # A student uses its teacher's tokenizer (a pretrained checkpoint is
+        # converted into a run first).
+        from tfchat.pretrained import init_from_run
+        from tfchat.run import load_config
+
+        teacher = init_from_run(config.distill.teacher, config.runs_dir)
+        overrides.setdefault("distill", {})["teacher"] = teacher
+        base = {"tokenizer": load_config(teacher).to_dict()["tokenizer"]}
+        config = config_lib.build_config(args.config, overrides, base=base)
     if config.init_from:
         # Fine-tuning keeps the pretrained run's model shape and tokenizer
         # unless the command line says otherwise (then `train` explains).

@@ -25,6 +25,9 @@ def build_parser():
     parser.add_argument("--prompt", action="append", default=None,
                         help="Prompt text (repeat for a batch; \\n is a newline). Default: a newline.")
     parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="Quantize the weights first (int8: weight-only, per channel; see "
+                             "python -m tfchat.export --help).")
     parser.add_argument("--temperature", type=float, default=0.8,
                         help="0 = greedy; higher = more random.")
     parser.add_argument("--top-k", type=int, default=0, help="Sample from the k most likely tokens (0 = all).")
@@ -41,10 +44,12 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from tfchat.inference.generator import Generator
-    from tfchat.run import check_generates, load_run
+    from tfchat.run import check_generates, load_run, quantized_run
 
     try:
         run = check_generates(load_run(args.run, forward_pass=False))
+        if args.quantize:
+            run = quantized_run(run, args.quantize)
         prompts = [p.replace("\\n", "\n") for p in (args.prompt or ["\n"])]
         generator = Generator(run.backbone, run.tokenizer)
         texts = generator.generate(

@@ -69,6 +69,24 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
                 f"{config.init_from}'s; the run and its pretrained weights must share a "
                 "vocabulary."
             )
+    teacher_path = objective.teacher(config) if objective.teacher else None
+    if teacher_path:
+        teacher_folder = RunFolder(teacher_path)
+        teacher_config = teacher_folder.read_config()
+        if not objectives.get(teacher_config.objective).generates:
+            raise TfchatError(f"distill.teacher {teacher_path} is a {teacher_config.objective} "
+                              "run; the teacher must be a GPT (a causal, chat or dpo run).")
+        teacher_folder.latest_checkpoint()  # fails clearly if it has none
+        tm = teacher_config.model
+        if tm.position == "learned" and config.model.block_size > tm.block_size:
+            raise TfchatError(
+                f"model.block_size {config.model.block_size} is longer than distill.teacher "
+                f"{teacher_path}'s {tm.block_size} (it has no positions beyond); use at most "
+                f"{tm.block_size}."
+            )
+        if resume and not same_files(folder.tokenizer, teacher_folder.tokenizer):
+            raise TfchatError(f"The tokenizer in {folder.tokenizer} differs from distill.teacher "
+                              f"{teacher_path}'s; a student shares its teacher's vocabulary.")
     data = objective.read_data(config, labels=folder.read_labels() if resume and objective.labelled
                                else None)
     # Prepared tokens (tfchat.prepare) come with their tokenizer, which must
@@ -83,6 +101,11 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
         tokenizer = load_tokenizer(init_folder.tokenizer)
         if prepared:
             data.check_tokenizer(init_folder.tokenizer, f"init_from {config.init_from}")
+    elif teacher_path:
+        # The student predicts the teacher's tokens.
+        tokenizer = load_tokenizer(teacher_folder.tokenizer)
+        if prepared:
+            data.check_tokenizer(teacher_folder.tokenizer, f"distill.teacher {teacher_path}")
     elif prepared:
         data.check_settings(config.tokenizer)
         tokenizer = load_tokenizer(data.tokenizer_dir)
@@ -110,6 +133,11 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
         # After the pretrained weights, so the adapters start from them; the
         # optimizer below then holds the adapters only.
         apply_lora(model, config)
+        if teacher_path:
+            # Under the strategy: the teacher's weights sit on every replica.
+            model.attach_teacher(load_run(teacher_path, forward_pass=False).backbone)
+            if verbose and chief:
+                print(f"Teacher: {teacher_path}.")
         compile_task(model, t)
     trainer = Trainer(
         config, strategy, model, datasets["train"], datasets["val"], folder,

@@ -34,6 +34,7 @@ from tfchat.data.files import write_json_atomic
 from tfchat.data.tokenizer import load_tokenizer
 from tfchat.errors import TfchatError
 from tfchat.model.lora import enable_lora, merge_lora
+from tfchat.model.quantize import METHOD as QUANTIZATION_METHOD, quantize_int8
 from tfchat.objectives.base import DECODER_OPTIONS
 
 CONFIG_FILE = "config.json"
@@ -229,6 +230,8 @@ class Run:
         self.backbone = model.backbone
         self.step = step
         self.labels = labels
+        # {"method", "scales"} once `quantized_run` made the weights int8.
+        self.quantization = None
 
     def init_checkpoint(self):
         """The latest checkpoint of the run this one started from
@@ -286,6 +289,24 @@ def merged_run(run, out_path=None):
     merged = build_model(config, run.tokenizer.vocabulary_size, run.labels)
     merge_lora(run.backbone, merged.backbone)
     return Run(path, config, run.tokenizer, merged, run.step, labels=run.labels)
+
+
+QUANTIZE_MODES = ("int8",)
+
+
+def quantized_run(run, mode="int8"):
+    """`run` with its GPT's Dense and Embedding weights int8, in memory
+    (`tfchat.model.quantize`; LoRA adapters merged first), for export,
+    evaluation and chat. Its `quantization` records the method and a
+    summary of every weight's scales."""
+    if mode not in QUANTIZE_MODES:
+        raise TfchatError(f"Unknown quantization {mode!r}; use one of {', '.join(QUANTIZE_MODES)}.")
+    check_generates(run)
+    if run.config.model.lora_rank:
+        run = merged_run(run)
+    scales = quantize_int8(run.backbone)
+    run.quantization = {"mode": mode, "method": QUANTIZATION_METHOD, "scales": scales}
+    return run
 
 
 def merge_lora_run(run_path, out_path, overwrite=False):

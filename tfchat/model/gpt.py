@@ -183,6 +183,10 @@ class GPT(keras.Model):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         flat = ops.reshape(x, (-1, self.hidden_dim))
         logits = tf.matmul(flat, embeddings, transpose_b=True)
+        if self.token_embedding.quantization_mode == "int8":
+            # int8 rows q with one scale s per row (`tfchat.model.quantize`):
+            # x @ (q / s)^T = (x @ q^T) / s, without a float copy of the table.
+            logits = logits / ops.cast(self.token_embedding.embeddings_scale, x.dtype)
         return ops.cast(
             ops.reshape(logits, (batch, length, self.vocabulary_size)), "float32"
         )

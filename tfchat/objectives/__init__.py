@@ -12,12 +12,12 @@ from tfchat.data.dialogues import is_dialogue_data
 from tfchat.errors import TfchatError
 from tfchat.data.preferences import is_preference_data
 from tfchat.data.prepared import is_prepared
-from tfchat.objectives import causal, chat, classify, dpo, mlm
+from tfchat.objectives import causal, chat, classify, distill, dpo, mlm
 
 REGISTRY = {
     objective.name: objective
     for objective in (causal.OBJECTIVE, chat.OBJECTIVE, mlm.OBJECTIVE, classify.OBJECTIVE,
-                      dpo.OBJECTIVE)
+                      dpo.OBJECTIVE, distill.OBJECTIVE)
 }
 # `objective: auto` (the default) becomes dpo for preference pairs, chat for
 # dialogue data and causal otherwise; a run's saved config holds the

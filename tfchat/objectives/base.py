@@ -71,6 +71,10 @@ class Objective:
     # Its datasets score the data with init_from's weights (DPO's
     # reference): `datasets` takes `init_checkpoint`, that run's latest.
     scores_with_init: bool = False
+    # config -> the run whose model the trained one learns from (distill's
+    # teacher): the job loads it under the strategy, gives the task its
+    # backbone (`attach_teacher`) and its tokenizer to the run.
+    teacher: typing.Optional[typing.Callable] = None
 
 
 def read_corpus(config, labels=None):

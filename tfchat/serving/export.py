@@ -194,6 +194,9 @@ def _metadata(run, signatures):
             "chat_template": tokenizer.chat_template.name,
         },
         "block_size": run.config.model.block_size,
+        # Weight-only int8: the method, and each weight's scales (min,
+        # median, max over its channels); the scales are in the variables.
+        "quantization": run.quantization,
         **extra,
         "signatures": signatures,
         "config": run.config.to_dict(),
