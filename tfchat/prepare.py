@@ -14,7 +14,7 @@ memory stays flat whatever its size. If it is interrupted, run the same
 command again: finished shards are kept and the rest is redone. Put --out
 on storage every worker reads and run the same `tfchat.fit` command on
 each: every worker reads only its own shards (README: Several machines).
-Objective causal reads prepared folders (packing applies as usual).
+Objectives causal and distill read prepared folders (packing applies as usual).
 """
 
 import sys

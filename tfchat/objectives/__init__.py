@@ -52,9 +52,10 @@ def check(config):
     config_lib.validate(config)
     objective = get(config.objective)
     problems = objective.check_config(config)
-    if is_prepared(config.data.path) and objective.name != "causal":
+    if is_prepared(config.data.path) and objective.name not in ("causal", "distill"):
         problems.append(f"data.path {config.data.path} holds prepared tokens (python -m "
-                        f"tfchat.prepare), which objective causal reads, not {objective.name}")
+                        f"tfchat.prepare), which objectives causal and distill read, not "
+                        f"{objective.name}")
     if config.data.format == "csv" and not objective.labelled:
         problems.append(f"data.format csv is for labelled data (objective classify), "
                         f"not objective {objective.name}")

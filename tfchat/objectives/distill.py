@@ -13,6 +13,7 @@ it generates, chats, evaluates and exports as causal and chat runs do.
 import tensorflow as tf
 
 from tfchat.data.dialogues import is_dialogue_data
+from tfchat.data.prepared import is_prepared
 from tfchat.data.sharding import WHOLE
 from tfchat.errors import TfchatError
 from tfchat.model.distill import DistillLM
@@ -23,7 +24,8 @@ from tfchat.objectives.base import Objective, backbone_args, decoder_args
 
 def _data_objective(config):
     """The objective whose data pipeline the student trains on."""
-    return (chat if is_dialogue_data(config.data) else causal).OBJECTIVE
+    dialogue = not is_prepared(config.data.path) and is_dialogue_data(config.data)
+    return (chat if dialogue else causal).OBJECTIVE
 
 
 def check_config(config):
