@@ -134,7 +134,7 @@ def test_init_from_must_match(encoder_root, mlm_run, labelled, tmp_path):
         ({"mlm": {"max_predictions": -1}}, "mlm.max_predictions"),
         ({"train": {"early_stopping_patience": -2}}, "early_stopping_patience"),
         ({"data": {"format": "csv"}}, "csv is for labelled data"),
-        ({"objective": "bert"}, "Unknown objective 'bert'; use one of causal, chat, mlm, classify, dpo, auto"),
+        ({"objective": "bert"}, "Unknown objective 'bert'; use one of causal, chat, mlm, classify, dpo, distill, auto"),
     ],
 )
 def test_encoder_config_validation(overrides, message):

@@ -299,14 +299,23 @@ def test_workers_share_the_input_and_follow_one_worker(tmp_path, corpora, worker
     if workers != 2:
         return
 
-    # Kill worker 1 just after its step-10 checkpoint; the others stall on
-    # the lost collective and are stopped too.
+    # Kill worker 1 once its step-20 checkpoint is recorded (it may be in
+    # the middle of writing a later one); the others stall on the lost
+    # collective and are stopped too.
     killed = _worker_settings(tmp_path, data, "killed")
     killed_dir = os.path.join(killed["runs_dir"], "killed")
     procs = _start_workers(as_cli_args(killed), 2)
-    marker = os.path.join(killed_dir, "workers", "worker_1", "ckpt-10.index")
+    state = os.path.join(killed_dir, "workers", "worker_1", "checkpoint")
     deadline = time.time() + 300
-    while not os.path.exists(marker) and time.time() < deadline:
+
+    def recorded():
+        try:
+            with open(state) as f:
+                return '"ckpt-20"' in f.read()
+        except OSError:
+            return False
+
+    while not recorded() and time.time() < deadline:
         time.sleep(0.01)
     procs[1].send_signal(signal.SIGKILL)
     time.sleep(1)
@@ -316,7 +325,7 @@ def test_workers_share_the_input_and_follow_one_worker(tmp_path, corpora, worker
     assert not os.path.exists(os.path.join(killed_dir, "checkpoints", "ckpt-40.index"))
     outputs = _finish(_start_workers(as_cli_args(killed) + ["--resume"], 2))
     step = int(re.search(r"Resuming .* at step (\d+)", outputs[0][0]).group(1))
-    assert 10 <= step < 40
+    assert 20 <= step < 40
     resumed = _losses(killed_dir)
     np.testing.assert_allclose([resumed[s] for s in range(5, 41, 5)],
                                [many[s] for s in range(5, 41, 5)], rtol=1e-5)
