@@ -71,22 +71,7 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
             )
     teacher_path = objective.teacher(config) if objective.teacher else None
     if teacher_path:
-        teacher_folder = RunFolder(teacher_path)
-        teacher_config = teacher_folder.read_config()
-        if not objectives.get(teacher_config.objective).generates:
-            raise TfchatError(f"distill.teacher {teacher_path} is a {teacher_config.objective} "
-                              "run; the teacher must be a GPT (a causal, chat or dpo run).")
-        teacher_folder.latest_checkpoint()  # fails clearly if it has none
-        tm = teacher_config.model
-        if tm.position == "learned" and config.model.block_size > tm.block_size:
-            raise TfchatError(
-                f"model.block_size {config.model.block_size} is longer than distill.teacher "
-                f"{teacher_path}'s {tm.block_size} (it has no positions beyond); use at most "
-                f"{tm.block_size}."
-            )
-        if resume and not same_files(folder.tokenizer, teacher_folder.tokenizer):
-            raise TfchatError(f"The tokenizer in {folder.tokenizer} differs from distill.teacher "
-                              f"{teacher_path}'s; a student shares its teacher's vocabulary.")
+        teacher_folder = check_teacher(config, teacher_path, folder if resume else None)
     data = objective.read_data(config, labels=folder.read_labels() if resume and objective.labelled
                                else None)
     # Prepared tokens (tfchat.prepare) come with their tokenizer, which must
@@ -156,6 +141,30 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
     if objective.report_best and verbose and chief:
         print(objective.report_best(load_run(folder.path, checkpoint="best")))
     return history
+
+
+def check_teacher(config, teacher_path, resumed_folder=None):
+    """Checks that the run at `teacher_path` can teach `config`'s student
+    (a GPT with a checkpoint, positions for the student's context, and the
+    resumed run's tokenizer); returns its `RunFolder`."""
+    teacher_folder = RunFolder(teacher_path)
+    teacher_config = teacher_folder.read_config()
+    if not objectives.get(teacher_config.objective).generates:
+        raise TfchatError(f"distill.teacher {teacher_path} is a {teacher_config.objective} "
+                          "run; the teacher must be a GPT (a causal, chat or dpo run).")
+    teacher_folder.latest_checkpoint()  # fails clearly if it has none
+    tm = teacher_config.model
+    if tm.position == "learned" and config.model.block_size > tm.block_size:
+        raise TfchatError(
+            f"model.block_size {config.model.block_size} is longer than distill.teacher "
+            f"{teacher_path}'s {tm.block_size} (it has no positions beyond); use at most "
+            f"{tm.block_size}."
+        )
+    if resumed_folder and not same_files(resumed_folder.tokenizer, teacher_folder.tokenizer):
+        raise TfchatError(f"The tokenizer in {resumed_folder.tokenizer} differs from "
+                          f"distill.teacher {teacher_path}'s; a student shares its teacher's "
+                          "vocabulary.")
+    return teacher_folder
 
 
 def compile_task(model, train_config):
