@@ -193,9 +193,9 @@ class Corpus:
             ds = ds.flat_map(part).filter(lambda t: tf.strings.length(t) > 0)
             if not sharded_by_file and not shard.whole:
                 # Shorter runs for a small split, so every worker gets some.
-                lines = sum(s.lines + 1 for s in splits) if split == "train" else sum(
-                    s.newlines - s.lines + 1 for s in splits)
-                run = max(1, min(_SHARD_LINES, lines // (8 * shard.count)))
+                line_count = sum((s.lines + 1) if split == "train" else (s.newlines - s.lines + 1)
+                                 for s in splits)
+                run = max(1, min(_SHARD_LINES, line_count // (8 * shard.count)))
                 ds = shard.dataset(ds.batch(run)).unbatch()
             return ds.map(self._fix_encoding)
 

@@ -13,7 +13,7 @@ mode beside the student, batch by batch: its logits are never stored.
 import keras
 import tensorflow as tf
 
-from tfchat.model.tasks import CausalLM, token_sums
+from tfchat.model.tasks import CausalLM, gpt_logits, token_sums
 
 
 def distillation_kl(teacher_logits, student_logits, temperature):
@@ -49,7 +49,7 @@ class DistillLM(CausalLM):
 
     Metrics: `loss`, `accuracy` and `perplexity` of the next token (the
     numbers a causal run reports, to compare with one), `kl` (to the
-    teacher, at temperature 1 scale: before the T^2 factor) and
+    teacher, at the temperature, before the T^2 factor) and
     `distill_loss`, the objective minimised.
 
     Example:
@@ -86,12 +86,7 @@ class DistillLM(CausalLM):
     def teacher_logits(self, x):
         if self._teacher is None:
             raise ValueError("DistillLM needs its teacher: call attach_teacher first.")
-        teacher = self._teacher.backbone
-        if isinstance(x, dict):
-            logits = teacher(x["token_ids"], segment_ids=x["segment_ids"], training=False)
-        else:
-            logits = teacher(x, training=False)
-        return tf.stop_gradient(logits)
+        return tf.stop_gradient(gpt_logits(self._teacher.backbone, x, training=False))
 
     def loss_sums(self, x, y, weight, training):
         logits = self(x, training=training)

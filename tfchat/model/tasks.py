@@ -229,11 +229,15 @@ class CausalLM(Task):
     """
 
     def call(self, inputs, training=None):
-        # A packed batch is {"token_ids", "segment_ids"}; see GPT.
-        if isinstance(inputs, dict):
-            return self.backbone(inputs["token_ids"], segment_ids=inputs["segment_ids"],
-                                 training=training)
-        return self.backbone(inputs, training=training)
+        return gpt_logits(self.backbone, inputs, training)
+
+
+def gpt_logits(gpt, inputs, training=None):
+    """A GPT's logits for [B, T] ids or a packed batch {"token_ids",
+    "segment_ids"} (see GPT)."""
+    if isinstance(inputs, dict):
+        return gpt(inputs["token_ids"], segment_ids=inputs["segment_ids"], training=training)
+    return gpt(inputs, training=training)
 
 
 @keras.saving.register_keras_serializable(package="tfchat")
