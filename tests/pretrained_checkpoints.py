@@ -118,6 +118,34 @@ def make_causal_lm(family, seed=0, scale=0.3, **overrides):
     return model
 
 
+# keras-hub's own GPT-2 conventions (its tests' vocabularies): <|endoftext|>
+# is id 0 and is the start, end and padding token at once. A vocabulary just
+# large enough for a prompt and the plain chat template.
+GPT2_END_FIRST_TOKENS = [
+    "<|endoftext|>", "Ġ", "Ċ", "t", "h", "e", "c", "a", "s", "o", "n", "U", "r", ":", "A", "i",
+    ".", "Ġt", "he", "Ġthe", "at", "Ġc", "Ġs", "Ġo",
+]
+GPT2_END_FIRST_MERGES = ["Ġ t", "h e", "Ġt he", "a t", "Ġ c", "Ġ s", "Ġ o"]
+
+
+def make_gpt2_end_first(seed=14):
+    """A keras-hub GPT2CausalLM whose end token is id 0, as in keras-hub's own
+    tests. With seed 14 its greedy continuations of "the cat sat on" end at
+    a generated end token after a few tokens (the tests check that)."""
+    keras.utils.set_random_seed(seed)
+    vocab = {token: i for i, token in enumerate(GPT2_END_FIRST_TOKENS)}
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=GPT2_END_FIRST_MERGES)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(vocab), num_layers=2, num_heads=2, hidden_dim=32,
+        intermediate_dim=128, max_sequence_length=64)
+    rng = np.random.default_rng(seed)
+    for weight in backbone.weights:
+        if not weight.path.endswith(("gamma", "beta")):
+            weight.assign(rng.normal(0.0, 0.3, weight.shape).astype("float32"))
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=32)
+    return keras_hub.models.GPT2CausalLM(backbone, preprocessor)
+
+
 def save_checkpoints(model, family, root):
     """Writes `model` as a keras-hub preset and in Hugging Face form under
     `root`; returns (preset_dir, hugging_face_dir)."""

@@ -156,7 +156,8 @@ class Generator:
 
         # keras-hub's sampler loops to the end of the buffer; under XLA that is
         # the length rounded up to _XLA_LENGTH_STEP, and decoding the padding
-        # cost up to half the steps (benchmarks/RESULTS.md, issue 15). Its loop
+        # cost up to half the steps (benchmarks/RESULTS.md, "Starting from a
+        # pretrained Llama-family model": 48 steps for 32 tokens). Its loop
         # is capped at `needed` instead (keras-hub has no argument for it).
         run_loop = sampler.run_loop
 
@@ -205,6 +206,7 @@ class Generator:
         done = [False] * len(rows)
         stops = set(stop_token_ids)
         stop_ids = tuple(sorted(stops)) or None
+        filler = next(i for i in range(len(stops) + 1) if i not in stops)
         while not all(done):
             remaining = max(max_new_tokens - len(n) for n, d in zip(new, done) if not d)
             step = min(remaining, chunk_tokens or remaining)
@@ -219,7 +221,13 @@ class Generator:
                 # A few buffer shapes, so a few compilations; only the first
                 # `needed` positions are decoded.
                 length = min(-(-length // _XLA_LENGTH_STEP) * _XLA_LENGTH_STEP, context)
-            ids = np.zeros((len(rows), length), np.int32)
+            # keras-hub's sampler counts a stop id anywhere outside the mask
+            # as a finished row, the unsampled buffer included, so the buffer
+            # is filled with an id that is no stop: with zeros, a vocabulary
+            # whose id 0 ends text (GPT-2's `<|endoftext|>` in keras-hub's
+            # conventions) finished every row before its first token. Only
+            # generated tokens may end a row.
+            ids = np.full((len(rows), length), filler, np.int32)
             mask = np.zeros((len(rows), length), bool)
             for i, w in enumerate(window):
                 ids[i, : len(w)] = w
