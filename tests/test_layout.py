@@ -118,3 +118,22 @@ def test_the_check_catches_an_upward_import(tmp_path):
         "tfchat/train/trainer.py imports the command module tfchat/generate.py",
         "tfchat/train/trainer.py (layer 1) imports tfchat/run.py (layer 2)",
     ]
+
+
+# "issue 4", "issues 4-16", "#12": numbers of a tracker the repository does
+# not hold. An upstream reference (keras-team/keras#20585) names its tracker
+# and stays readable.
+TRACKER_NUMBER = re.compile(r"\bissues? \d+|(?<![\w/.-])#\d+\b", re.IGNORECASE)
+
+
+def test_no_module_cites_an_untracked_issue_number():
+    """A comment should say what the code does and why, not point to an
+    issue no reader of the tree can open."""
+    citations = [
+        f"{path}:{number}: {line.strip()}"
+        for path in package_modules()
+        for number, line in enumerate(
+            (REPO_ROOT / path).read_text(encoding="utf-8").splitlines(), start=1)
+        if TRACKER_NUMBER.search(line)
+    ]
+    assert citations == []

@@ -84,11 +84,12 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     # BPE by default: on the default chat job it beat char on validation
-    # BLEU and ROUGE-L in half the CPU time (issue 4's benchmarks). 2,000
-    # pieces and 192-token blocks (model.block_size) because a conversation
-    # longer than a block cannot be learnt whole: with 1,000 and 64, 16% of
-    # the single-exchange training conversations were, and the job recalled
-    # at most 84% of their replies (issue 17's benchmarks).
+    # BLEU and ROUGE-L in a fifth of the wall time (benchmarks/RESULTS.md,
+    # "The default chat job"). 2,000 pieces and 192-token blocks
+    # (model.block_size) because a conversation longer than a block cannot
+    # be learnt whole: with 1,000 and 64, 16% of the single-exchange training
+    # conversations were, and the job recalled at most 84% of their replies
+    # ("Packing and the default chat job").
     kind: str = _field(
         "bpe", "char | bpe (SentencePiece BPE) | wordpiece (for mlm/classify) | "
         "pretrained (a converted checkpoint's own; set by tfchat.convert)."
@@ -126,8 +127,10 @@ class ModelConfig:
         0, "Width of the MLP; 0 means 4 * hidden_dim."
     )
     block_size: int = _field(192, "Context length in tokens.")
-    # 0: the default chat job is to learn its own conversations by heart
-    # (training-prompt recall; issue 17's benchmarks compare 0.1).
+    # 0: the default chat job is to learn its own conversations by heart;
+    # 0.1 recalled fewer training prompts' replies (91.4% against 95.6%) and
+    # did no better on unseen prompts (benchmarks/RESULTS.md, "Packing and
+    # the default chat job").
     dropout: float = _field(0.0, "Dropout rate (0 to learn the data by heart, as the default "
                                  "chat job does; 0.1-0.2 against overfitting on small data).")
     # Decoder options; the defaults are GPT-2's.

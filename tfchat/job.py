@@ -72,8 +72,11 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
     teacher_path = objective.teacher(config) if objective.teacher else None
     if teacher_path:
         teacher_folder = check_teacher(config, teacher_path, folder if resume else None)
-    data = objective.read_data(config, labels=folder.read_labels() if resume and objective.labelled
-                               else None)
+    if objective.labelled:
+        # A resumed run's label ids must stay those its checkpoint learnt.
+        data = objective.read_data(config, labels=folder.read_labels() if resume else None)
+    else:
+        data = objective.read_data(config)
     # Prepared tokens (tfchat.prepare) come with their tokenizer, which must
     # be the run's.
     prepared = getattr(data, "is_prepared", False)

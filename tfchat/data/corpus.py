@@ -26,13 +26,12 @@ import json
 import tensorflow as tf
 
 from tfchat.data.files import (
-    ASCII_WHITESPACE, JSONL_SUFFIXES, chatterbot_conversations, count_chars, is_val, read_lines,
-    resolve_files,
+    JSONL_SUFFIXES, check_split, chatterbot_conversations, count_chars, is_val, read_json_lines,
+    read_lines, resolve_files,
 )
 from tfchat.data.sharding import WHOLE
 from tfchat.errors import TfchatError
 
-SPLITS = ("train", "val")
 # Lines of a text file shared out to one worker at a time, when there are
 # fewer files than workers (at most: a small split is cut finer): blocks
 # then rarely straddle two workers' runs.
@@ -126,18 +125,14 @@ class Corpus:
             return
         field = self.config.text_field
         for path in self.files:
-            count_chars(path, self.errors)  # fails with the offset if not UTF-8
-            # Lines as `texts` reads them: split at "\n", blank lines skipped.
-            for number, line in enumerate(read_lines(path, self.errors), start=1):
-                if not line.strip(ASCII_WHITESPACE):
-                    continue
-                yield _parse_jsonl_line(line, field, path, number)
+            for number, record in read_json_lines(path, self.errors):
+                yield _document_text(record, field, path, number)
 
     # --- streaming ---
 
     def iter_texts(self, split):
         """Yields the split's text pieces in Python, in dataset order."""
-        _check_split(split)
+        check_split(split)
         fraction = self.config.val_fraction
         if self.format != "text":
             for i, text in enumerate(self._iter_documents()):
@@ -164,7 +159,7 @@ class Corpus:
         there are enough, else runs of `_SHARD_LINES` lines of a text file
         (a running stream stays contiguous within each run) or single
         documents."""
-        _check_split(split)
+        check_split(split)
         fraction = self.config.val_fraction
         want_val = split == "val"
         if self.format == "text":
@@ -245,16 +240,8 @@ def _checkpointable_with_py_function(ds):
     return ds.with_options(options)
 
 
-def _check_split(split):
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
-
-
-def _parse_jsonl_line(line, field, path, number):
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise TfchatError(f"{path} line {number}: not valid JSON ({e}).") from None
+def _document_text(record, field, path, number):
+    """The text of JSONL line `number`'s parsed `record`."""
     if not isinstance(record, dict) or field not in record:
         raise TfchatError(
             f"{path} line {number}: no text field {field!r} "

@@ -20,10 +20,9 @@ oldest turns), and a conversation is small.
 """
 
 from tfchat.data.chat_template import ROLES, Message
-from tfchat.data.corpus import SPLITS
 from tfchat.data.files import (
-    YAML_SUFFIXES, first_jsonl_record, read_chatterbot_file, read_chatterbot_package,
-    read_json_lines, resolve_files, split_records,
+    YAML_SUFFIXES, check_split, first_jsonl_record, read_chatterbot_file,
+    read_chatterbot_package, read_json_lines, resolve_files, split_records,
 )
 from tfchat.errors import TfchatError
 
@@ -129,9 +128,7 @@ class DialogueCorpus:
         return len(self._all)
 
     def conversations(self, split):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
-        return self._splits[split]
+        return self._splits[check_split(split)]
 
     def iter_texts(self, split):
         for messages in self.conversations(split):

@@ -1,10 +1,12 @@
 """Reading the user's data files: the helpers every data module shares.
 
-`tfchat.data.corpus` (causal text), `tfchat.data.dialogues` (chat) and
-`tfchat.data.labelled` (classification) all find their files, check UTF-8
-and hold out examples the same way, with the functions here. The one reader
-of chatterbot-corpus YAML lives here too, so that a `chatterbot:<language>`
-corpus gives the same turns to each of them:
+`tfchat.data.corpus` (causal text), `tfchat.data.dialogues` (chat),
+`tfchat.data.preferences` (dpo) and `tfchat.data.labelled` (classification)
+all find their files, check UTF-8, read JSONL lines (`read_json_lines`),
+hold out examples and name their splits (`check_split`) the same way, with
+the functions here. The one reader of chatterbot-corpus YAML lives here
+too, so that a `chatterbot:<language>` corpus gives the same turns to each
+of them:
 
   * a turn is the text as written (`yes` stays "yes", `1.0` stays "1.0";
     the YAML is composed, never constructed into booleans or numbers),
@@ -35,6 +37,8 @@ from tfchat.errors import TfchatError
 
 # What `tf.strings.strip` strips.
 ASCII_WHITESPACE = " \t\n\v\f\r"
+# The splits every corpus holds out (`is_val` decides which).
+SPLITS = ("train", "val")
 YAML_SUFFIXES = (".yml", ".yaml")
 # Files read as one JSON object per line.
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -105,11 +109,20 @@ def is_val(index, fraction):
     return math.floor((index + 1) * fraction) > math.floor(index * fraction)
 
 
+def check_split(split, choices=SPLITS):
+    """`split`, if it is one of `choices`; else the ValueError every corpus
+    gives for a split name it does not hold (a caller's mistake, not the
+    user's data, hence no TfchatError)."""
+    if split not in choices:
+        raise ValueError(f"split must be one of {tuple(choices)}. Received: split={split!r}")
+    return split
+
+
 def split_records(records, fraction, path, what, note=""):
     """{"train": [...], "val": [...]} of in-memory records (conversations,
     preference pairs), record i held out where `is_val` says; a split left
     empty is an error naming `path`, how many `what` there are, and `note`."""
-    splits = {"train": [], "val": []}
+    splits = {split: [] for split in SPLITS}
     for i, record in enumerate(records):
         splits["val" if is_val(i, fraction) else "train"].append(record)
     for split, held in splits.items():
@@ -140,11 +153,18 @@ def first_jsonl_record(data_config):
     return None
 
 
-def read_json_lines(path):
+def read_json_lines(path, errors="strict"):
     """(line number, parsed value) for every non-blank line of a JSONL file;
-    a line that is not JSON raises `TfchatError` naming the file and line."""
-    count_chars(path)  # fails with the byte offset if not UTF-8
-    for number, line in enumerate(read_lines(path), start=1):
+    a line that is not JSON raises `TfchatError` naming the file and line.
+
+    Every JSONL reader (text documents, labelled examples, conversations,
+    preference pairs) goes through here, so that one file gives the same
+    lines, line numbers and errors whatever reads it. Lines are those of
+    `read_lines`, "blank" is what `tf.strings.strip` strips: the causal
+    pipeline streams the same file with `tf.data.TextLineDataset` and
+    must count the same documents. `errors` is `data.encoding_errors`."""
+    count_chars(path, errors)  # fails with the byte offset if not UTF-8
+    for number, line in enumerate(read_lines(path, errors), start=1):
         if not line.strip(ASCII_WHITESPACE):
             continue
         try:

@@ -26,10 +26,10 @@ data.train[0]      # ("What is AI?", "ai")
 
 import csv
 import dataclasses
-import json
 
 from tfchat.data.files import (
-    JSONL_SUFFIXES, chatterbot_conversations, count_chars, is_val, resolve_files,
+    JSONL_SUFFIXES, SPLITS, check_split, chatterbot_conversations, count_chars, is_val,
+    read_json_lines, resolve_files,
 )
 from tfchat.errors import TfchatError
 
@@ -45,6 +45,7 @@ class LabelledData:
 
     def examples(self, split):
         """The (text, label) pairs of "train", "val" or "all" (train, then val)."""
+        check_split(split, SPLITS + ("all",))
         return self.train + self.val if split == "all" else getattr(self, split)
 
     def label_ids(self, split):
@@ -150,27 +151,19 @@ def _check_label(label, path, number, field):
 
 
 def _read_jsonl(path, text_field, label_field, errors="strict"):
-    count_chars(path, errors)  # fails with the byte offset if not UTF-8
-    with open(path, encoding="utf-8", errors=errors) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as e:
-                raise TfchatError(f"{path} line {number}: not valid JSON ({e}).") from None
-            if not isinstance(record, dict):
-                raise TfchatError(f"{path} line {number}: not a JSON object.")
-            for field, what in ((text_field, "text"), (label_field, "label")):
-                if field not in record:
-                    raise TfchatError(
-                        f"{path} line {number}: missing {what} field {field!r} "
-                        f"(set data.{what}_field to the field that holds it)."
-                    )
-            yield (
-                _check_text(record[text_field], path, number, text_field),
-                _check_label(record[label_field], path, number, label_field),
-            )
+    for number, record in read_json_lines(path, errors):
+        if not isinstance(record, dict):
+            raise TfchatError(f"{path} line {number}: not a JSON object.")
+        for field, what in ((text_field, "text"), (label_field, "label")):
+            if field not in record:
+                raise TfchatError(
+                    f"{path} line {number}: missing {what} field {field!r} "
+                    f"(set data.{what}_field to the field that holds it)."
+                )
+        yield (
+            _check_text(record[text_field], path, number, text_field),
+            _check_label(record[label_field], path, number, label_field),
+        )
 
 
 def _read_csv(path, text_field, label_field, errors="strict"):

@@ -34,9 +34,9 @@ import os
 import typing
 
 from tfchat.data.chat_template import ROLES, Message, encode_conversations
-from tfchat.data.corpus import SPLITS
 from tfchat.data.files import (
-    JSONL_SUFFIXES, first_jsonl_record, read_json_lines, resolve_files, split_records,
+    JSONL_SUFFIXES, check_split, first_jsonl_record, read_json_lines, resolve_files,
+    split_records,
 )
 from tfchat.errors import TfchatError
 
@@ -211,9 +211,7 @@ class PreferenceCorpus:
         return len(self._all)
 
     def pairs(self, split):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
-        return self._splits[split]
+        return self._splits[check_split(split)]
 
     def iter_texts(self, split):
         for pair in self.pairs(split):

@@ -37,7 +37,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfchat.data.files import write_json_atomic
+from tfchat.data.files import check_split, write_json_atomic
 from tfchat.data.pipeline import tokenize_batches
 from tfchat.data.sharding import WHOLE
 from tfchat.errors import TfchatError
@@ -130,7 +130,8 @@ class PreparedCorpus:
                 )
 
     def files(self, split):
-        return [os.path.join(self.path, s["file"]) for s in self.index["splits"][split]["shards"]]
+        shards = self.index["splits"][check_split(split)]["shards"]
+        return [os.path.join(self.path, s["file"]) for s in shards]
 
     def id_sequences(self, split, shard=WHOLE):
         """A dataset of the split's 1-D int32 id pieces (documents, or runs

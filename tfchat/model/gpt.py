@@ -18,7 +18,7 @@ from tfchat.model.layers import (
 @keras.saving.register_keras_serializable(package="tfchat")
 class GPT(keras.Model):
     """A GPT-style causal language model (logits out; training lives in
-    `tfchat.train.tasks.CausalLM`).
+    `tfchat.model.tasks.CausalLM`).
 
     Args:
         vocabulary_size: int. Tokenizer vocabulary V.

@@ -371,7 +371,9 @@ def gpt_to_qwen2_weights(gpt, backbone):
 class Family:
     """A checkpoint family tfchat can start from, and export back to.
 
-    name: tfchat's name for it (config `model.family`, `--help`).
+    name: tfchat's name for it, in messages and `--help`. No setting takes
+        it: a checkpoint's family follows from its backbone class or
+        `model_type`, a run's from its decoder options (`decoder`).
     backbones: the keras-hub backbone classes it reads.
     model_types: the Hugging Face `config.json` `model_type`s keras-hub
         converts to those backbones.

@@ -53,8 +53,3 @@ def scale_summary(backbone):
             "max": float(scale.max()),
         }
     return summary
-
-
-def int8_bytes(backbone):
-    """Bytes of the backbone's weights as stored (int8 ones at 1 byte)."""
-    return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in backbone.weights)

@@ -1,10 +1,11 @@
 """What every objective module provides, and the model builders they share.
 
-An objective (`causal`, `chat`, `dpo`, `mlm`, `classify`) is one module under
-`tfchat/objectives/` that defines an `Objective`: how to read its data,
-which datasets and model it trains, how its text sample is drawn during
-training, how a trained run is evaluated, which signatures it exports, and
-which runs it may start from. `tfchat.objectives` is the registry.
+An objective (`causal`, `chat`, `dpo`, `distill`, `mlm`, `classify`) is one
+module under `tfchat/objectives/` that defines an `Objective`: how to read
+its data, which datasets and model it trains, how its text sample is drawn
+during training, how a trained run is evaluated, which signatures it
+exports, and which runs it may start from. `tfchat.objectives` is the
+registry.
 """
 
 import dataclasses
@@ -29,7 +30,9 @@ class Objective:
     returned, `run` a loaded `tfchat.run.Run`):
 
       check_config(config) -> list of messages for settings it cannot use
-      read_data(config, labels=None) -> data; reads and checks all input
+      read_data(config) -> data; reads and checks all input. A `labelled`
+          objective's takes `labels=` too: a resumed run's classes, which
+          fix the label ids its checkpoint was trained with
       tokenizer_texts(data) -> iterator of training texts for a new vocabulary
       check_data(config, data, tokenizer, workers) -> raises TfchatError if
           a split, or a worker's share of the training split, cannot make
@@ -46,7 +49,7 @@ class Objective:
       evaluate(run, **options) -> dict of results (`python -m tfchat.evaluate`)
       format_results(results) -> text, or None to print key: value lines
       describe(config, data, model) -> the line printed when training starts
-      next_steps(run_dir) -> what to run next, printed when training ends
+      next_steps(config) -> what to run next, printed when training ends
     """
 
     name: str
@@ -66,7 +69,7 @@ class Objective:
     format_results: typing.Optional[typing.Callable] = None
     # Printed after training from the best checkpoint (classify's report).
     report_best: typing.Optional[typing.Callable] = None
-    labelled: bool = False  # the run keeps labels.json
+    labelled: bool = False  # the run keeps labels.json; read_data takes labels=
     chats: bool = False  # trained on the chat template: `python -m tfchat.chat` fits it
     # Its datasets score the data with init_from's weights (DPO's
     # reference): `datasets` takes `init_checkpoint`, that run's latest.
@@ -77,7 +80,7 @@ class Objective:
     teacher: typing.Optional[typing.Callable] = None
 
 
-def read_corpus(config, labels=None):
+def read_corpus(config):
     """The text corpus of `config.data` (causal and mlm objectives), or the
     tokens of a folder `python -m tfchat.prepare` wrote (causal)."""
     if is_prepared(config.data.path):

@@ -22,7 +22,7 @@ def check_config(config):
     return []
 
 
-def read_data(config, labels=None):
+def read_data(config):
     return DialogueCorpus(config.data)
 
 

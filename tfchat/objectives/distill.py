@@ -38,7 +38,7 @@ def check_config(config):
     return problems + _data_objective(config).check_config(config)
 
 
-def read_data(config, labels=None):
+def read_data(config):
     return _data_objective(config).read_data(config)
 
 

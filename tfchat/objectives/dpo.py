@@ -41,7 +41,7 @@ def check_config(config):
     return problems
 
 
-def read_data(config, labels=None):
+def read_data(config):
     return PreferenceCorpus(config.data)
 
 
