@@ -1,0 +1,3 @@
+"""Inference: KV-cached generation (`generator`), the chat session the
+terminal chat and feedback use (`chat_session`), and masked-token filling
+for encoder runs (`fill_mask`)."""
