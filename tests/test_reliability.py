@@ -42,16 +42,36 @@ def _fit(settings, *extra):
     )
 
 
-def _curve(run_dir):
-    """step -> train loss, the last line written for each step winning (a
-    resumed run logs again the steps after its checkpoint)."""
-    curve = {}
+# Timings differ from run to run; everything else a line holds must not.
+TIMINGS = ("tokens/s", "useful_tokens/s")
+
+
+def _logged(run_dir):
+    """metrics.jsonl's lines, timings left out, in the order written: one
+    per log and one per evaluation, each step once."""
+    lines = []
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
         for line in f:
             entry = json.loads(line)
-            if "loss" in entry:
-                curve[entry["step"]] = entry["loss"]
-    return curve
+            lines.append({k: v for k, v in entry.items() if k not in TIMINGS})
+    return lines
+
+
+def _scalars(run_dir):
+    """(tag, step) -> every value TensorBoard's event files hold for it,
+    timings left out."""
+    scalars = {}
+    logs = os.path.join(run_dir, "logs")
+    for name in sorted(os.listdir(logs)):
+        if "tfevents" not in name:
+            continue
+        for record in tf.data.TFRecordDataset(os.path.join(logs, name)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag.startswith(("train/", "val/")) and "tokens_per_s" not in value.tag:
+                    scalars.setdefault((value.tag, event.step), []).append(
+                        float(tf.make_ndarray(value.tensor)))
+    return scalars
 
 
 def _latest_step(run_dir):
@@ -60,22 +80,25 @@ def _latest_step(run_dir):
 
 
 @pytest.fixture
-def reference_curve(tiny_settings):
-    """An uninterrupted run's loss curve."""
+def reference_run(tiny_settings):
+    """An uninterrupted run's folder."""
     settings = _settings(tiny_settings, "reference")
     proc = _fit(settings)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    curve = _curve(os.path.join(settings["runs_dir"], "reference"))
-    assert len(curve) == STEPS["train.max_steps"] // STEPS["train.log_interval"]
-    return curve
+    run_dir = os.path.join(settings["runs_dir"], "reference")
+    logs, evaluations = STEPS["train.max_steps"] // STEPS["train.log_interval"], \
+        STEPS["train.max_steps"] // STEPS["train.eval_interval"]
+    assert len(_logged(run_dir)) == logs + evaluations
+    return run_dir
 
 
 # Runs tfchat.fit, but stalls at the moment STALL names ("log 10": after the
 # train log of step 10; "evaluate 60": inside the evaluation at step 60,
 # after the validation pass and before its checkpoint; "write 80": inside
 # the write of checkpoint 80, after its files are written and before the
-# checkpoint state names it), printing STALLED, so that the test can kill
-# the process at that moment.
+# checkpoint state names it; "saved 100": the moment checkpoint 100 has
+# become the latest), printing STALLED, so that the test can kill the
+# process at that moment.
 STALLING_FIT = textwrap.dedent(
     """
     import os, sys, time
@@ -104,12 +127,15 @@ STALLING_FIT = textwrap.dedent(
                 stall()
             return results
         trainer_lib.Trainer.evaluate = stalling_evaluate
-    elif kind == "write":
+    elif kind in ("write", "saved"):
         original_record = tf.train.CheckpointManager._record_state
         def stalling_record_state(self):
-            if (self._latest_checkpoint or "").endswith(f"checkpoints/ckpt-{at}"):
+            ours = (self._latest_checkpoint or "").endswith(f"checkpoints/ckpt-{at}")
+            if ours and kind == "write":
                 stall()
-            return original_record(self)
+            original_record(self)
+            if ours and kind == "saved":
+                stall()
         tf.train.CheckpointManager._record_state = stalling_record_state
     from tfchat.fit import main
     sys.exit(main(sys.argv[1:]))
@@ -130,9 +156,11 @@ def _fit_until_killed(settings, stall, *extra):
     assert stalled, proc.stderr.read()[-2000:]
 
 
-def test_sigkill_at_any_moment_then_resume_matches_uninterrupted(tiny_settings, reference_curve):
-    """One run killed four times, each time at another kind of moment, and
-    resumed after each: its curve is the uninterrupted one, bit for bit."""
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_resume_matches_uninterrupted(tiny_settings, reference_run):
+    """One run killed five times, each time at another kind of moment, and
+    resumed after each: what it logs is the uninterrupted run's, bit for bit,
+    every step once, in metrics.jsonl and in TensorBoard."""
     settings = _settings(tiny_settings, "killed")
     run_dir = os.path.join(settings["runs_dir"], "killed")
     # During the first steps, before any checkpoint.
@@ -144,15 +172,24 @@ def test_sigkill_at_any_moment_then_resume_matches_uninterrupted(tiny_settings, 
     # During an evaluation.
     _fit_until_killed(settings, "evaluate 60", "--resume")
     assert _latest_step(run_dir) == 40
-    # During a checkpoint write: its files exist, but it never became the latest.
+    # During a checkpoint write: its files exist, but it never became the
+    # latest, while its step's lines may already be logged.
     _fit_until_killed(settings, "write 80", "--resume")
     assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-80.index"))
     assert _latest_step(run_dir) == 60
+    # As soon as a checkpoint is the latest: a resume does not evaluate its
+    # step again.
+    _fit_until_killed(settings, "saved 100", "--resume")
+    assert _latest_step(run_dir) == 100
 
     resumed = _fit(settings, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"Resuming {run_dir} at step 60" in resumed.stdout
-    assert _curve(run_dir) == reference_curve  # bit-for-bit, every logged step
+    assert f"Resuming {run_dir} at step 100" in resumed.stdout
+    # Bit for bit, every logged step, no line missing or repeated.
+    assert _logged(run_dir) == _logged(reference_run)
+    scalars = _scalars(run_dir)
+    assert scalars == _scalars(reference_run)
+    assert all(len(values) == 1 for values in scalars.values())
 
 
 def test_resume_restores_dropout_random_state(make_config, tmp_path):

@@ -114,8 +114,9 @@ class RunFolder:
             return json.load(f)
 
     def append_metrics(self, values):
-        """One JSON line per log, for scripts. A resumed run appends again
-        from its checkpoint's step on (the last line of a step wins)."""
+        """One JSON line per log, for scripts. A resumed run first drops the
+        lines after its checkpoint's step (`Trainer.restore`), then logs
+        those steps again: each step's lines appear once."""
         with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(values) + "\n")
 

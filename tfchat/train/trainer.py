@@ -12,8 +12,13 @@ useful_tokens/s only those that are not padding, useful_fraction of them);
 every `eval_interval` steps it evaluates, logs a text
 sample and saves a checkpoint holding the model, the optimizer (its step
 counter included) and the input pipeline's position.
+
+A step's logs are written before its checkpoint, and a resume drops what
+was logged after the checkpoint it restores, so a run killed at any moment
+logs every step once (`metrics.jsonl` and TensorBoard alike).
 """
 
+import json
 import math
 import os
 import time
@@ -87,6 +92,9 @@ class Trainer:
         self.best_val_loss = math.inf
         # For train.early_stopping_patience.
         self.evaluations_since_best = 0
+        # The event files of the folder's earlier processes, which a resume
+        # may trim; the writer's own file, still being written, never.
+        self.earlier_event_files = _event_files(folder.logs) if self.is_chief else []
         self.writer = (
             tf.summary.create_file_writer(folder.logs) if self.is_chief
             else tf.summary.create_noop_writer()
@@ -171,7 +179,36 @@ class Trainer:
             best = self.folder.read_best(self.best_manager.directory)
             if best is not None:
                 self.best_val_loss = best["val_loss"]
+        if self.is_chief:
+            self._drop_logs_after(step)
         return step
+
+    def _drop_logs_after(self, step):
+        """Drops the metrics lines and TensorBoard events of the steps after
+        `step`, the restored checkpoint's: the resumed run logs those steps
+        again, and two entries for one step would leave scripts and
+        TensorBoard to guess which one counts."""
+        path = self.folder.metrics
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                lines = f.readlines()
+            kept = []
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    # A line the kill cut short: every line of a step is
+                    # written before its checkpoint, so it is after `step`.
+                    continue
+                if entry["step"] <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            if kept != lines:
+                def write(tmp):
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        f.writelines(kept)
+                _replace_file(path, write)
+        for events in self.earlier_event_files:
+            _drop_events_after(events, step)
 
     def _restore_newest(self, paths):
         for path in reversed(paths):
@@ -282,7 +319,6 @@ class Trainer:
                 if step % t.eval_interval == 0 or step == t.max_steps:
                     results = self.evaluate_and_save()
                     history[-1].update(results)
-                    self._append_metrics_line({"step": step, **results})
                     if self._should_stop_early():
                         break
         except KeyboardInterrupt:
@@ -310,12 +346,20 @@ class Trainer:
     def evaluate_and_save(self):
         step = self.step
         results = self.evaluate()
+        # Everything this step logs goes out before its checkpoint becomes
+        # the latest: a run resumed from that checkpoint does not evaluate
+        # this step again, so what a kill cut off after it would be lost.
         self._write_scalars("val", results, step)
+        self._append_metrics_line({"step": step, **results})
         sample = self.sample()
         if sample is not None:
             with self.writer.as_default():
                 tf.summary.text("sample", sample, step=step)
-        path = self.save()
+            self.writer.flush()
+        # The best checkpoint too: a kill between the two saves then resumes
+        # from the checkpoint before this one and evaluates this step again;
+        # the other way round it would resume past this step with its
+        # checkpoint never kept as the best.
         if results["val_loss"] < self.best_val_loss:
             self.best_val_loss = results["val_loss"]
             self.best_manager.save(checkpoint_number=step)
@@ -325,6 +369,7 @@ class Trainer:
             self.evaluations_since_best = 0
         else:
             self.evaluations_since_best += 1
+        path = self.save()
         if self.verbose and self.is_chief:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
             print(f"\nstep {step}: {shown}; checkpoint {path}")
@@ -408,6 +453,47 @@ class RandomState(tf.Module):
     @staticmethod
     def in_checkpoint(path):
         return any(name.startswith("random/") for name, _ in tf.train.list_variables(path))
+
+
+def _event_files(logs):
+    """The TensorBoard event files in `logs`, oldest first."""
+    if not os.path.isdir(logs):
+        return []
+    return [os.path.join(logs, name) for name in sorted(os.listdir(logs))
+            if "tfevents" in name and os.path.isfile(os.path.join(logs, name))]
+
+
+def _drop_events_after(path, step):
+    """Rewrites the TensorBoard event file at `path` without its events of
+    the steps after `step` (left as it is when it has none)."""
+    kept, dropped = [], False
+    try:
+        for record in tf.data.TFRecordDataset(path):
+            record = record.numpy()
+            if tf.compat.v1.Event.FromString(record).step > step:
+                dropped = True
+            else:
+                kept.append(record)
+    except tf.errors.DataLossError:
+        # A record the kill cut short: events are flushed before their
+        # step's checkpoint, so it is after `step`.
+        dropped = True
+    if dropped:
+        def write(tmp):
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for record in kept:
+                    writer.write(record)
+        _replace_file(path, write)
+
+
+def _replace_file(path, write):
+    """Has `write` write a temporary file beside `path`, then renames it to
+    `path`, so that a kill leaves the old file or the new one, never half of
+    one. The temporary name has no "tfevents" in it: TensorBoard would read
+    it as a second copy of the events."""
+    tmp = os.path.join(os.path.dirname(path), ".partial.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def _rows(tensor, index, replicas):
