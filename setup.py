@@ -33,6 +33,8 @@ setup(
         "test": [
             "tensorflow-serving-api>=2.21,<2.22",
             "pytest>=8",
+            # tests/test_lint.py: the rules in pyproject.toml.
+            "ruff>=0.17,<0.18",
             "hypothesis>=6",
             # tests/test_chat_templates.py renders checkpoints' chat templates
             # as transformers does.

@@ -17,7 +17,6 @@ whatever reading costs). Copies = (peak - imports) / weight bytes.
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys

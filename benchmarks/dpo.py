@@ -54,7 +54,10 @@ COMMON = {"model.block_size": 64, "train.batch_size": 8, "train.jit_compile": Tr
           "train.sample_tokens": 0, "train.warmup_steps": 1, "train.learning_rate": 1e-4}
 
 PEAK = "import resource, sys; print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
-RUN_AND_REPORT = "import runpy, sys, atexit; atexit.register(lambda: exec(%r)); sys.argv = ['tfchat.fit'] + sys.argv[1:]; runpy.run_module('tfchat.fit', run_name='__main__')" % PEAK
+RUN_AND_REPORT = (
+    "import runpy, sys, atexit; atexit.register(lambda: exec(%r)); "
+    "sys.argv = ['tfchat.fit'] + sys.argv[1:]; runpy.run_module('tfchat.fit', run_name='__main__')"
+) % PEAK
 IMPORTS = "import tensorflow, keras, tfchat.job, tfchat.objectives.dpo; " + PEAK
 
 FORWARD = textwrap.dedent("""

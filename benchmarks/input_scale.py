@@ -109,7 +109,7 @@ def read_speed(path, tokenizer_dir, seconds):
                                                                "TF_CPP_MIN_LOG_LEVEL": "3"})
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(row for row in proc.stdout.splitlines() if row.startswith("RESULT "))
     return json.loads(line[7:])["tokens_per_s"]
 
 
@@ -131,7 +131,7 @@ def prepare_with_rss(corpus, tokenizer_dir, out):
     while proc.poll() is None:
         try:
             with open(f"/proc/{proc.pid}/status") as f:
-                rss = next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
+                rss = next(int(row.split()[1]) for row in f if row.startswith("VmHWM")) / 1024
         except (OSError, StopIteration):
             break
         tokens = 0

@@ -453,7 +453,7 @@ def spawn(args, worker):
 
     reader = threading.Thread(target=read_errors)
     reader.start()
-    lines = [l for l in proc.stdout if l.startswith("RESULT ")]
+    lines = [row for row in proc.stdout if row.startswith("RESULT ")]
     proc.wait()
     reader.join()
     if proc.returncode or not lines:

@@ -80,7 +80,7 @@ def measure(run, out, rounds, new_tokens):
     for _ in range(rounds):
         for kind, path in paths.items():
             stdout = _run([sys.executable, "-c", LOAD_AND_GENERATE, path, str(new_tokens)])
-            line = next(l for l in stdout.splitlines() if l.startswith("RESULT "))
+            line = next(row for row in stdout.splitlines() if row.startswith("RESULT "))
             samples[kind].append(json.loads(line[7:]))
     for kind, values in samples.items():
         for key in values[0]:

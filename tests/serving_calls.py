@@ -77,7 +77,7 @@ def serve_in_fresh_process(path, calls):
         capture_output=True, text=True, env=env, timeout=300, cwd=str(path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(row for row in proc.stdout.splitlines() if row.startswith("RESULT "))
     out = json.loads(line[len("RESULT "):])
     assert out["modules"] == []
     # Nothing XLA-only (TF Serving runs with XLA off) and no Python.

@@ -116,5 +116,5 @@ def test_labelled_csv_reader_survives_random_bytes(data):
     rows = read_bytes_as_file(".csv", b"text,label\n" + data,
                               lambda path: list(_read_csv(path, "text", "label")))
     # What is read are (text, label) pairs of non-empty strings.
-    assert all(isinstance(t, str) and isinstance(l, str) and t.strip() and l.strip()
-               for t, l in rows or [])
+    assert all(isinstance(t, str) and isinstance(label, str) and t.strip() and label.strip()
+               for t, label in rows or [])

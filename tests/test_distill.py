@@ -40,7 +40,10 @@ def _direct_loss(teacher_logits, student_logits, targets, weight, alpha, tempera
     s = log_softmax(student_logits / temperature)
     kl = (np.exp(t) * (t - s)).sum(-1)
     ce = -np.take_along_axis(log_softmax(student_logits), targets[..., None], -1)[..., 0]
-    mean = lambda v: (v * weight).sum() / weight.sum()
+
+    def mean(v):
+        return (v * weight).sum() / weight.sum()
+
     return alpha * temperature ** 2 * mean(kl) + (1 - alpha) * mean(ce), mean(ce), mean(kl)
 
 

@@ -79,7 +79,7 @@ def test_mirrored_matches_single_device(tiny_settings, tmp_path, data):
         capture_output=True, text=True, env=ENV, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(row for row in proc.stdout.splitlines() if row.startswith("RESULT "))
     out = json.loads(line[len("RESULT "):])
     assert out["mirrored"]["replicas"] == 2
     single, mirrored = out["single"], out["mirrored"]

@@ -199,7 +199,7 @@ def test_saved_model_cli_lists_signatures(exports):
 
     def tensor(block, kind, name):
         part = block.split(f"{kind}['{name}'] tensor_info:")[1]
-        lines = [l.strip() for l in part.strip().splitlines()[:2]]
+        lines = [row.strip() for row in part.strip().splitlines()[:2]]
         return lines[0].split(": ")[1], lines[1].split(": ")[1]
 
     generate = blocks["serving_default"]

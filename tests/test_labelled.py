@@ -18,8 +18,8 @@ from conftest import write_jsonl, write_text
 
 def test_jsonl_and_csv_read_the_same_examples(tmp_path):
     pairs = [(f"text number {i}, with a comma", ["b", "a", "c"][i % 3]) for i in range(30)]
-    jsonl = write_jsonl(tmp_path / "d.jsonl", [{"text": t, "label": l, "other": 1} for t, l in pairs])
-    rows = "".join(f'{i},"{t}",{l}\n' for i, (t, l) in enumerate(pairs))
+    jsonl = write_jsonl(tmp_path / "d.jsonl", [{"text": t, "label": label, "other": 1} for t, label in pairs])
+    rows = "".join(f'{i},"{t}",{label}\n' for i, (t, label) in enumerate(pairs))
     csv = write_text(tmp_path / "d.csv", "id,text,label\n" + rows)
     for path in (jsonl, csv):
         data = read_labelled(DataConfig(path=path, val_fraction=0.2))
@@ -27,7 +27,7 @@ def test_jsonl_and_csv_read_the_same_examples(tmp_path):
         assert data.train + data.val != pairs  # split, not just read...
         assert sorted(data.train + data.val) == sorted(pairs)  # ...all of it
         assert len(data.val) == 6 and data.val[0] == pairs[4]
-        assert data.label_ids("val") == [data.labels.index(l) for _, l in data.val]
+        assert data.label_ids("val") == [data.labels.index(label) for _, label in data.val]
         assert data.texts("all") == [t for t, _ in data.train + data.val]
 
 

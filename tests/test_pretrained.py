@@ -281,7 +281,7 @@ def test_hub_handle_offline_says_so(tmp_path):
         capture_output=True, text=True, env={**ENV, "HF_HUB_OFFLINE": "1"}, timeout=300,
     )
     assert proc.returncode == 1
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [row for row in proc.stderr.splitlines() if row.startswith("error:")]
     assert len(errors) == 1 and "offline" in errors[0] and "local directory" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "runs" / "x")

@@ -90,7 +90,10 @@ def test_int8_export_serves_the_quantized_model(run_dir, tmp_path):
 
     assert tf.int8 in set(variable_dtypes(path).values())
     assert tf.int8 not in set(variable_dtypes(float_path).values())
-    size = lambda p: os.path.getsize(os.path.join(p, "variables", "variables.data-00000-of-00001"))
+
+    def size(p):
+        return os.path.getsize(os.path.join(p, "variables", "variables.data-00000-of-00001"))
+
     assert size(path) < 0.4 * size(float_path)
 
     metadata = json.load(open(os.path.join(path, "assets.extra", "tfchat.json")))

@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPETITIVE_TEXT, as_cli_args, write_text
+from conftest import as_cli_args
 from tfchat.errors import TfchatError
 from tfchat.run import RunFolder, build_model
 from tfchat.train.optim import build_optimizer

@@ -15,8 +15,9 @@ A prompt for generation is the conversation so far followed by the
 assistant's prefix; the model writes the reply and ends it with the
 end-of-turn marker, where generation stops. A conversation starts with the
 tokenizer's start token where it has one and the template writes it
-(`Tokenizer.start_ids`; Llama 3's <|begin_of_text|>; ChatML writes none), and with the template's default system message when it
-has one and the conversation none (Qwen2.5 and SmolLM2 do).
+(`Tokenizer.start_ids`; Llama 3's <|begin_of_text|>; ChatML writes none),
+and with the template's default system message when it has one and the
+conversation none (Qwen2.5 and SmolLM2 do).
 
 Each run's tokenizer carries its template (`tokenizer.chat_template`, set
 from `config.tokenizer.chat_template` by `use_chat_template`), so every

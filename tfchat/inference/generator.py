@@ -20,7 +20,6 @@ import numpy as np
 import tensorflow as tf
 
 from tfchat.data.chat_template import chat_stop_ids, chat_stop_strings, encode_conversations
-from tfchat.errors import TfchatError
 
 
 # Generation lengths under XLA are rounded up to a multiple of this, so a

@@ -310,7 +310,6 @@ def gpt_to_gpt2_weights(gpt, backbone):
     `GPT2Backbone(**gpt2_hub_args(gpt))` (the inverse of
     `gpt2_weights_to_gpt`)."""
     _check_shapes(backbone, gpt)
-    hidden = gpt.hidden_dim
     backbone.token_embedding.embeddings.assign(_numpy(gpt.token_embedding.embeddings))
     backbone.position_embedding.position_embeddings.assign(
         _numpy(gpt.position_embedding.embeddings))

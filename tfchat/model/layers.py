@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tfchat.config import MLPS, NORMS, POSITIONS
+from tfchat.config import MLPS, NORMS
 
 
 def normal(stddev=0.02):
