@@ -9,8 +9,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfchat.config import POSITIONS
 from tfchat.model.layers import (
-    MLPS, NORMS, POSITIONS, ROPE_ARGS, TransformerBlock, check_choice, make_norm, normal,
+    MLPS, NORMS, ROPE_ARGS, TransformerBlock, check_choice, make_norm, normal,
     segment_positions,
 )
 
