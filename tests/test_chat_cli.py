@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import CHAT_PAIRS
 from terminal import ENV, Terminal
 from tfchat import chat as chat_cli
@@ -26,6 +28,7 @@ def test_sft_run_answers_and_stops_at_end_of_turn(chat_run):
     assert replies == [a for _, a in CHAT_PAIRS]
 
 
+@pytest.mark.slow
 def test_interactive_chat_in_a_terminal(chat_run):
     terminal = Terminal([sys.executable, "-m", "tfchat.chat", "--run", chat_run,
                          "--temperature", "0"])

@@ -155,6 +155,7 @@ def test_in_graph_prompt_ids_are_the_python_ones(tokenizer):
             assert ids.numpy().tolist() == expected
 
 
+@pytest.mark.slow
 def test_exported_chatml_llama_serves_the_keras_text_and_replies(tmp_path):
     """A converted Llama-family checkpoint in SmolLM2-Instruct's layout
     (ChatML markers as special tokens, so a ChatML chat run), exported once

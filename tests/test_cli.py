@@ -36,6 +36,7 @@ def tiny_args(tmp_path, name="tiny", **overrides):
     return as_cli_args(flat)
 
 
+@pytest.mark.slow
 def test_fit_then_generate(tmp_path):
     write_text(tmp_path / "corpus.txt", REPETITIVE_TEXT)
     args = as_cli_args({**TINY, "name": "cli", "data.path": "corpus.txt",
@@ -150,6 +151,7 @@ def test_generate_without_a_run(tmp_path, capsys):
     assert_one_line_error(capsys.readouterr().err, "No tfchat run")
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
     write_text(tmp_path / "corpus.txt", REPETITIVE_TEXT)
     args = tiny_args(tmp_path, name="nan", **{"train.max_steps": 10, "train.eval_interval": 10})

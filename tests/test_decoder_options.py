@@ -190,6 +190,7 @@ LLAMA_SETTINGS = {
 }
 
 
+@pytest.mark.slow
 def test_llama_style_training_run_loss_falls_then_lora_fine_tunes(make_config):
     from tfchat.job import train
     from tfchat.model.lora import lora_layers
@@ -226,6 +227,7 @@ def test_init_from_rejects_another_decoder_layout(make_config):
         train(other, verbose=0)
 
 
+@pytest.mark.slow
 def test_llama_style_export_serves_without_xla_ops(make_config, tmp_path):
     """An exported llama-style causal run loads in a fresh process without
     Keras or tfchat and generates the Keras model's greedy text; its op set

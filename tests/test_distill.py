@@ -123,6 +123,7 @@ def test_distilled_run_learns_and_is_a_gpt_run(teacher_run):
     assert Generator(run.backbone, run.tokenizer).generate(["the "], 5, temperature=0)[0]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_uninterrupted_curve(teacher_run):
     # A constant learning rate, so the first half can stop at step 10 with
     # max_steps 10 and the schedule still be the whole run's.

@@ -53,6 +53,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data", ["text", "packed chat", "preference pairs"])
 def test_mirrored_matches_single_device(tiny_settings, tmp_path, data):
     settings = {**tiny_settings, "train.max_steps": 20}
@@ -119,6 +120,7 @@ def _train_one_batch(config, batch, steps=3):
     return [w.numpy() for w in model.weights], float(logs["loss"])
 
 
+@pytest.mark.slow
 def test_grad_accumulation_matches_one_big_batch(make_config):
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 40, size=(8, 17)).astype("int32")

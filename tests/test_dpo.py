@@ -298,6 +298,7 @@ def _styles(run_dir, names):
     return [next((s for s, text in STYLES.items() if reply == text), reply) for reply in replies]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_dpo_learns_the_preferred_style(two_style_run, lora, capsys):
     root = two_style_run
@@ -353,6 +354,7 @@ def test_dpo_learns_the_preferred_style(two_style_run, lora, capsys):
     assert out["text"].tolist() == [STYLES[preferred].encode()]
 
 
+@pytest.mark.slow
 def test_dpo_resumes_exactly_with_dropout(two_style_run):
     root = two_style_run
     pairs = [{"prompt": f"{name}?", "chosen": STYLES["warm"], "rejected": STYLES["curt"]}
@@ -380,6 +382,7 @@ def test_dpo_resumes_exactly_with_dropout(two_style_run):
     assert full[-1]["val_loss"] == pytest.approx(resumed[-1]["val_loss"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_dpo_in_mixed_bfloat16_with_accumulation_and_xla(two_style_run):
     root = two_style_run
     pairs = [{"prompt": f"{name}?", "chosen": STYLES["curt"], "rejected": STYLES["warm"]}
@@ -423,6 +426,7 @@ def test_bad_dpo_settings_exit_1_with_a_reason(two_style_run, tmp_path, capsys):
 # --- the chat's feedback commands ---
 
 
+@pytest.mark.slow
 def test_chat_feedback_writes_pairs_dpo_trains_on(two_style_run, tmp_path):
     root = two_style_run
     sft = str(root / "runs" / "sft")

@@ -118,6 +118,7 @@ def test_chat_command_and_chat_session_reply(gpt2, capsys):
     assert session.messages()[-1] == Message("assistant", expected.strip())
 
 
+@pytest.mark.slow
 def test_evaluate_scores_real_replies(gpt2, tmp_path):
     """A chat run fine-tuned from the GPT-2 by a step too small to change
     any greedy choice (learning rate 1e-9): evaluate's replies are keras-hub's."""

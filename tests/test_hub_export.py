@@ -76,6 +76,7 @@ def lora_llama(tmp_path_factory):
     return base, os.path.join(runs, "tuned")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["hf", "keras-hub"])
 def test_lora_llama_run_exports_what_keras_hub_reads_back(lora_llama, tmp_path, fmt, capsys):
     """keras-hub's own loader reads the export of a LoRA run: tfchat's
@@ -115,6 +116,7 @@ def test_lora_llama_run_exports_what_keras_hub_reads_back(lora_llama, tmp_path, 
     assert len(set(greedy)) > 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "qwen2"])
 def test_round_trip_through_hugging_face_form(tmp_path, family):
     """convert -> export hf -> convert: the same logits and token ids, and

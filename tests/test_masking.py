@@ -221,6 +221,7 @@ def test_classification_dataset(wordpiece):
     assert x["token_ids"].numpy()[2].tolist()[-1] == tokenizer.sep_id
 
 
+@pytest.mark.slow
 def test_training_on_a_jsonl_corpus_checkpoints_and_resumes(make_config, tmp_path):
     # JSONL text is extracted by a tf.py_function; tf.data refused to save
     # the trainer's iterator over it until told the function holds no state.

@@ -42,6 +42,7 @@ def _text_outputs(notebook):
     return "\n".join(texts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS, ids=[os.path.basename(p) for p in PATHS])
 def test_notebook_runs_with_small_settings(path, tmp_path, monkeypatch):
     monkeypatch.setenv("TFCHAT_NOTEBOOK_SMALL", "1")

@@ -206,6 +206,7 @@ def chat_config(settings, overrides=None):
     return config_lib.build_config(overrides=nest({**settings, **(overrides or {})}))
 
 
+@pytest.mark.slow
 def test_packed_chat_resumes_exactly_with_dropout(chat_settings):
     settings = {**chat_settings, "model.dropout": 0.1, "train.shuffle_buffer": 64}
     n = 15
@@ -223,6 +224,7 @@ def test_packed_chat_resumes_exactly_with_dropout(chat_settings):
     {"train.precision": "mixed_bfloat16"},
     {"model.position": "rope", "model.norm": "rmsnorm", "model.mlp": "swiglu"},
 ])
+@pytest.mark.slow
 def test_packed_chat_trains_under_every_setting(chat_settings, variant):
     history = train(chat_config(chat_settings, variant), verbose=0)
     assert all(np.isfinite(h["loss"]) for h in history)
@@ -254,6 +256,7 @@ def test_packed_gradient_accumulation_matches_one_batch(chat_settings):
                                    tf.convert_to_tensor(b).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_packed_documents_train_and_useful_fraction_counts_padding(tmp_path, chat_settings):
     docs = [{"text": "the quick brown fox " * (i % 4 + 1)} for i in range(200)]
     settings = {**chat_settings, "objective": "causal",

@@ -68,6 +68,7 @@ def _convert(source, runs_dir, name, *extra):
     return os.path.join(runs_dir, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["preset", "hf"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_converted_model_matches_keras_hub(checkpoints, runs_dir, family, form):
@@ -173,6 +174,7 @@ def test_stop_tokens_are_the_familys(checkpoints, runs_dir):
         assert sorted(tokenizer.stop_ids) == sorted(hub.token_to_id(t) for t in expected)
 
 
+@pytest.mark.slow
 def test_lora_fine_tuning_from_a_checkpoint_learns_and_merges(checkpoints, tmp_path, capsys):
     """`fit --init_from SOURCE` converts a Qwen2 preset itself, LoRA
     fine-tuning makes the loss fall, and `tfchat.lora merge` keeps the outputs."""
@@ -200,6 +202,7 @@ def test_lora_fine_tuning_from_a_checkpoint_learns_and_merges(checkpoints, tmp_p
     assert np.abs(base.backbone(ids).numpy() - adapted.backbone(ids).numpy()).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_chat_fine_tuning_from_a_checkpoint(checkpoints, runs_dir, tmp_path):
     """Full chat SFT from a converted Llama in its own chat format (Llama 3's
     headers, picked from its special tokens): the loss covers exactly the
@@ -287,6 +290,7 @@ def test_hub_handle_offline_says_so(tmp_path):
     assert not os.path.exists(tmp_path / "runs" / "x")
 
 
+@pytest.mark.slow
 def test_fine_tuning_context_beyond_the_checkpoints_fails(checkpoints, runs_dir, capsys):
     _, sources = checkpoints["gpt2"]
     source = _convert(sources["preset"], runs_dir, "gpt2_context")

@@ -61,6 +61,7 @@ def test_scales_are_abs_max_per_channel(run_dir):
     assert 0 < np.max(np.abs(a - b)) < 0.05 * np.max(np.abs(a))
 
 
+@pytest.mark.slow
 def test_int8_export_serves_the_quantized_model(run_dir, tmp_path):
     run = quantized_run(load_run(run_dir))
     greedy = Generator(run.backbone, run.tokenizer).generate(PROMPTS, MAX_NEW, temperature=0)
@@ -105,6 +106,7 @@ def test_int8_export_serves_the_quantized_model(run_dir, tmp_path):
         "quantization"] is None
 
 
+@pytest.mark.slow
 def test_evaluate_quantized_perplexity_is_close(run_dir, tmp_path, capsys):
     reports = {}
     for name, extra in (("float", []), ("int8", ["--quantize", "int8"])):

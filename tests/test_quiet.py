@@ -76,6 +76,7 @@ def test_verbose_shows_the_notices_again(chat_run):
     assert notices_in(result.stderr), result.stderr
 
 
+@pytest.mark.slow
 def test_sentencepiece_notice_is_hidden_unless_the_users_level_shows_it(bpe_chat_run):
     args = ["tfchat.chat", "--run", bpe_chat_run, "--max-new-tokens", "4", "--seed", "1", "ping"]
     quiet = run_command(args)

@@ -10,6 +10,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import REPETITIVE_TEXT, write_text
@@ -44,6 +45,7 @@ def _write_run_by_hand(config):
     return run_dir, model
 
 
+@pytest.mark.slow
 def test_a_run_folder_of_the_earlier_format_loads_and_resumes(make_config, tmp_path, capsys):
     config = make_config({"name": "earlier", "objective": "causal", "model.dropout": 0.1,
                           "data.path": write_text(tmp_path / "text.txt", REPETITIVE_TEXT)})

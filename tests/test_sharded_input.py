@@ -205,6 +205,7 @@ def test_tokenizer_mismatch_is_an_error(corpora, tmp_path):
             verbose=0)
 
 
+@pytest.mark.slow
 def test_prepare_command(tmp_path):
     text = tmp_path / "one.txt"
     text.write_text(SHAKESPEARE_HEAD[:20_000], encoding="utf-8")
@@ -271,6 +272,7 @@ def _worker_settings(tmp_path, data, name):
             "data.path": data, "name": name, "runs_dir": str(tmp_path / "runs")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 4])
 def test_workers_share_the_input_and_follow_one_worker(tmp_path, corpora, workers):
     """W worker processes, each on its share, follow the loss curve of one

@@ -173,6 +173,7 @@ def test_causal_lm_config_round_trip(make_config):
     np.testing.assert_allclose(clone(ids).numpy(), model(ids).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(make_config):
     # A constant learning rate, so extending max_steps changes no step's rate;
     # dropout on, as by default.
