@@ -142,11 +142,11 @@ def test_fresh_process_without_keras_serves_every_signature(exported):
         out["score"]["perplexity"], np.exp(-np.array(exported["scores"])), rtol=1e-4
     )
     # Left-out settings take the signature's defaults: at most half the
-    # context of new tokens, so prompts keep up to half the context.
+    # context of new tokens; prompts that fit the context are read whole.
     half = CONTEXT // 2
     run = exported["run"]
     lengths = [max(len(ids), 1) for ids in run.tokenizer.tokenize(tf.constant(PROMPTS)).to_list()]
-    assert out["defaults"]["num_prompt_tokens"] == [min(n, CONTEXT - half) for n in lengths]
+    assert out["defaults"]["num_prompt_tokens"] == lengths
     assert all(0 <= n <= half for n in out["defaults"]["num_tokens"])
 
 
@@ -267,20 +267,19 @@ def test_empty_and_too_long_prompts(exported, loaded):
     assert empty["text"] == generator.generate([""], MAX_NEW, temperature=0)
     assert empty["text"] == [exported["greedy"][1]]
 
-    # Too long: cut from the left to leave room for max_new_tokens.
+    # Longer than the context: read from its last half context, and more
+    # new tokens than the context holds go on in windows, as in
+    # tfchat.generate (tests/test_export_boundary.py covers the boundary).
     long_prompt = "the quick brown fox jumps over the lazy dog. the quick"
     ids = run.tokenizer.tokenize(tf.constant([long_prompt]))[0].numpy().tolist()
-    keep = CONTEXT - MAX_NEW
-    assert len(ids) > keep
-    out = loaded([long_prompt])
-    assert out["num_prompt_tokens"] == [keep]
-    expected = generator.generate_ids([ids[-keep:]], MAX_NEW, make_sampler(0))
-    expected_text = run.tokenizer.detokenize(tf.ragged.constant(expected)).numpy()[0].decode()
-    assert out["text"] == [expected_text]
-    # More new tokens than the context holds: clamped, one prompt token kept.
-    clamped = loaded([long_prompt], max_new_tokens=10 * CONTEXT)
-    assert clamped["num_prompt_tokens"] == [1]
-    assert 0 < clamped["num_tokens"][0] <= CONTEXT - 1
+    assert len(ids) > CONTEXT
+    for max_new_tokens in (MAX_NEW, 3 * CONTEXT):
+        out = loaded([long_prompt], max_new_tokens=max_new_tokens)
+        assert out["num_prompt_tokens"] == [CONTEXT // 2]
+        expected = generator.generate_ids([ids], max_new_tokens, make_sampler(0))
+        expected_text = run.tokenizer.detokenize(tf.ragged.constant(expected)).numpy()[0].decode()
+        assert out["text"] == [expected_text]
+        assert out["num_tokens"] == [len(expected[0])]
     assert loaded(["the"], max_new_tokens=0) == {"text": [""], "num_tokens": [0], "num_prompt_tokens": [
         len(run.tokenizer.tokenize(tf.constant(["the"]))[0])]}
 

@@ -137,3 +137,29 @@ def test_generation_continues_past_the_context(tokenizer):
     # The first window is the uncached decoding that fits the context.
     first = greedy_uncached(backbone, [ids(tokenizer, "hello world, hi")], 1).numpy()[0].tolist()
     assert out[:1] == first
+
+
+def test_text_past_the_context_is_the_same_streamed_and_batched(tokenizer):
+    """Windows move only when full and each row has its own: streaming in
+    chunks, or batching beside a prompt longer than the context, gives the
+    text of one call on the prompt alone."""
+    backbone = random_model(tokenizer.vocabulary_size, block_size=16, seed=1)
+    generator = Generator(backbone, tokenizer)
+    greedy = generator.sampler(0.0)
+    prompt = ids(tokenizer, "hello world")
+    alone = generator.generate_ids([prompt], 40, greedy, stop_at_eos=False)[0]
+    assert len(alone) == 40
+    for chunk in (1, 5, 7):
+        pieces = list(generator.stream(prompt, 40, temperature=0.0, stop_at_eos=False,
+                                       chunk_tokens=chunk))
+        assert "".join(pieces) == generator.decode([alone])[0], chunk
+    long_prompt = ids(tokenizer, "the quick brown fox jumps over")  # longer than 16
+    short, long_row = generator.generate_ids([prompt, long_prompt], 40, greedy, stop_at_eos=False)
+    assert short == alone
+    assert long_row == generator.generate_ids([long_prompt], 40, greedy, stop_at_eos=False)[0]
+
+
+def test_zero_new_tokens_returns_at_once(backbone, tokenizer):
+    generator = Generator(backbone, tokenizer)
+    assert generator.generate_ids([ids(tokenizer, "hi")], 0, generator.sampler(0.0)) == [[]]
+    assert generator.generate(["hi", "a"], max_new_tokens=0) == ["", ""]

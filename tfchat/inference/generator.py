@@ -65,7 +65,7 @@ class Generator:
 
     Prompts of different lengths batch together (right-padded; each row's
     prompt tokens are kept, the rest sampled). Output beyond the model's
-    context continues in windows of the last half context.
+    context continues in windows of the row's last half context.
 
     Example:
     ```python
@@ -202,17 +202,24 @@ class Generator:
         context = self.backbone.block_size
         rows = [list(p) or [self.tokenizer.first_id] for p in prompts]
         new = [[] for _ in rows]
-        done = [False] * len(rows)
+        done = [max_new_tokens <= 0] * len(rows)
         stops = set(stop_token_ids)
         stop_ids = tuple(sorted(stops)) or None
         filler = next(i for i in range(len(stops) + 1) if i not in stops)
+        # Where each row's window starts. A row is read whole while it fits
+        # with room for a new token; once its window is full, the window
+        # moves on to its last half context and grows from there. A window
+        # moves only when full, and each row's is its own, so the text is
+        # the same in one call or in streamed chunks, alone or in a batch
+        # (and the same as the exported graphs').
+        starts = [0] * len(rows)
         while not all(done):
             remaining = max(max_new_tokens - len(n) for n, d in zip(new, done) if not d)
             step = min(remaining, chunk_tokens or remaining)
-            # Every row whole while they fit with room for a new token; once
-            # one outgrows the context, windows of its last half context.
-            room = context - 1 if max(len(r) for r in rows) < context else context // 2
-            window = [r[-room:] for r in rows]
+            for i, row in enumerate(rows):
+                if len(row) - starts[i] >= context:
+                    starts[i] = len(row) - context // 2
+            window = [r[start:] for r, start in zip(rows, starts)]
             longest = max(len(w) for w in window)
             needed = longest + min(step, context - longest)
             length = needed

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import tfchat
-from tfchat.data.chat_template import encode_prompt_tf
+from tfchat.data.chat_template import ROLES, _role_index
 from tfchat.data.tokenizer import MASK_TOKEN
 from tfchat.errors import TfchatError
 from tfchat.serving import graphs
@@ -44,15 +44,93 @@ def add_score_signature(archive, run):
     )
 
 
+def _chat_turns_tf(tokenizer, roles, contents):
+    """`encode_prompt_tf`'s ids with its turns kept apart, the content
+    tokenized once: (ids int32 [None]: start ids, turns, the assistant's
+    prefix; turn sizes [N]; roles [N], the template's default system message
+    added; the number of start ids; the assistant prefix's length)."""
+    template = tokenizer.chat_template
+    roles = tf.convert_to_tensor(roles, tf.string)
+    contents = tf.convert_to_tensor(contents, tf.string)
+    if template.default_system:
+        missing = tf.logical_not(tf.reduce_any(tf.equal(roles[:1], "system")))
+        roles = tf.cond(missing, lambda: tf.concat([["system"], roles], 0), lambda: roles)
+        contents = tf.cond(missing, lambda: tf.concat([[template.default_system], contents], 0),
+                           lambda: contents)
+    if template.strip_content:
+        contents = tf.strings.strip(contents)
+    index = _role_index(roles)
+    with tf.init_scope():
+        pieces = [template.prefixes[r] for r in ROLES] + [template.suffixes[r] for r in ROLES]
+        piece_ids = tokenizer.tokenize(tf.constant(pieces)).to_list()
+    prefixes = tf.ragged.constant(piece_ids[: len(ROLES)], dtype=tf.int32)
+    suffixes = tf.ragged.constant(piece_ids[len(ROLES):], dtype=tf.int32)
+    body = tokenizer.tokenize(contents)  # [N, None]
+    turns = tf.concat([tf.gather(prefixes, index), body, tf.gather(suffixes, index)], axis=1)
+    start = list(tokenizer.start_ids) if template.add_start_token else []
+    assistant = piece_ids[ROLES.index("assistant")]
+    ids = tf.concat([tf.constant(start, tf.int32), turns.flat_values,
+                     tf.constant(assistant, tf.int32)], axis=0)
+    return ids, tf.cast(turns.row_lengths(), tf.int32), roles, len(start), len(assistant)
+
+
+def _fit_prompt_tf(sizes, roles, start, generation_prompt, max_tokens):
+    """`chat_template._fit` on turn sizes: the oldest exchanges left out (a
+    leading system message kept) until the prompt fits `max_tokens` with its
+    `start` ids, then, if it still does not, its start cut after them.
+    Returns (where the kept turns after the system message begin, how many
+    tokens are cut from the start, both counted after the start ids)."""
+    turn = tf.range(tf.size(roles))
+    head = tf.cast(tf.reduce_any(tf.equal(roles[:1], "system")), tf.int32)
+    # Exchanges begin at each user turn after the system message, and at
+    # its first turn whatever the role.
+    opens = tf.logical_and(tf.equal(roles, "user"), turn > head)
+    exchange = tf.cumsum(tf.cast(opens, tf.int32))  # [N]; the head's is 0 too
+    exchanges = tf.reduce_sum(tf.cast(opens, tf.int32)) + 1
+    in_body = turn >= head
+    exchange_sizes = tf.math.unsorted_segment_sum(tf.where(in_body, sizes, 0), exchange, exchanges)
+    head_size = tf.reduce_sum(tf.where(in_body, 0, sizes))
+    budget = max_tokens - start
+    # Leaving out the k oldest exchanges leaves the sizes from k on.
+    totals = head_size + tf.cumsum(exchange_sizes, reverse=True) + generation_prompt
+    dropped = tf.minimum(tf.reduce_sum(tf.cast(totals > budget, tf.int32)), exchanges - 1)
+    resume = head_size + tf.reduce_sum(exchange_sizes[:dropped])
+    cut = tf.maximum(totals[dropped] - budget, 0)
+    return head_size, resume, cut
+
+
+def chat_prompt_tf(tokenizer, roles, contents, max_new_tokens, context):
+    """`Generator.chat_prompt(messages, max_new_tokens).ids` in TensorFlow
+    ops: the conversation fitted to leave half the context (at most
+    `max_new_tokens`) for the reply, or, where that cuts its last message,
+    a quarter. Returns int32 [None]."""
+    ids, sizes, roles, start, generation_prompt = _chat_turns_tf(tokenizer, roles, contents)
+
+    def fit(room):
+        return _fit_prompt_tf(sizes, roles, start, generation_prompt,
+                              context - tf.minimum(max_new_tokens, room))
+
+    head_size, resume, cut = fit(context // 2)
+    head_size, resume, cut = tf.cond(cut > 0, lambda: fit(context // 4),
+                                     lambda: (head_size, resume, cut))
+    kept = tf.concat([ids[start:start + head_size], ids[start + resume:]], 0)
+    return tf.concat([ids[:start], kept[cut:]], 0)
+
+
 def add_chat_signature(archive, run):
     """`chat`: one conversation, `roles` [N] and `contents` [N] strings, ->
     the assistant's reply. The run's chat template is applied in the graph
-    (`encode_prompt_tf`: the ids training's `encode_conversations` gives);
-    the generation inputs and their defaults are those of `generate`."""
+    (the ids training's `encode_conversations` gives), and the conversation
+    fitted to leave room for the reply as `Generator.chat` fits it
+    (`chat_prompt_tf`): the generation windows read a prompt that fits the
+    context whole, as the Generator's do, so the fitting is the template's
+    to do. The generation inputs and their defaults are those of
+    `generate`."""
+    context = run.backbone.block_size
 
-    def encode(conversation):
+    def encode(conversation, max_new_tokens):
         roles, contents = conversation
-        ids = encode_prompt_tf(run.tokenizer, roles, contents)[None]  # [1, None]
+        ids = chat_prompt_tf(run.tokenizer, roles, contents, max_new_tokens[0], context)[None]
         # The sampling loop keeps a batch of unknown size; forget the 1.
         ids = tf.compat.v1.placeholder_with_default(ids, [None, None])
         return tf.RaggedTensor.from_tensor(ids)

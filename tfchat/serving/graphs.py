@@ -26,9 +26,13 @@ Rules for the exported model (documented in the README):
   * An empty prompt starts from `<eos>`, the token that separates documents
     in training: the model writes the start of a new document (as
     `tfchat.generate` does).
-  * `max_new_tokens` is clamped to [0, block_size - 1]. A prompt that does not
-    leave room for it in the context is cut from the left: its last
-    `block_size - max_new_tokens` tokens are kept.
+  * Windows are `tfchat.generate`'s (`Generator.iter_generate_ids`), so
+    greedy text is the same as there for any prompt and `max_new_tokens`
+    (negative means 0): a prompt that fits the context with room for a new
+    token is read whole, a longer one from its last `block_size // 2`
+    tokens; once a row fills the context it goes on in windows of its last
+    `block_size // 2` tokens. Unlike there, each row's windows are its own,
+    whatever else is in the batch.
   * Generation stops at `<eos>` or `<|end|>`; the stop token is not returned.
   * `temperature <= 0` is greedy; `top_k <= 0` and `top_p >= 1` are off; a
     negative `seed` draws a fresh one per request.
@@ -173,13 +177,16 @@ def generate_ids(
     start_id,
     pad_id=0,
 ):
-    """Continues each prompt with a KV-cached `tf.while_loop`.
+    """Continues each prompt with KV-cached `tf.while_loop`s, in windows of
+    the context as `Generator.iter_generate_ids` makes them.
 
-    Prompts are right-padded into one [B, L] buffer (L <= block_size). One
-    pass over the prompts fills the cache; then each step runs one token per
-    row through `backbone.call_with_cache`. Until a row's own prompt ends, its
+    Each window is one pass: the rows' window prompts are right-padded into
+    one [B, L] buffer (L <= block_size), one pass over them fills the cache,
+    then each step runs one token per row through
+    `backbone.call_with_cache`. Until a row's own window prompt ends, its
     prompt token is kept instead of the sampled one (as keras-hub does), so
-    rows of different lengths share every step.
+    rows of different lengths share every step. A row still going when its
+    window is full goes on in a new window of its last half context.
 
     Args:
         backbone: a `GPT` (anything with `call_with_cache`, `build_cache`
@@ -192,58 +199,88 @@ def generate_ids(
 
     Returns:
         (new_ids RaggedTensor [B, None] int32, prompt_lengths [B] int32: the
-        prompt tokens actually used, after left truncation).
+        prompt tokens actually read, after left truncation).
     """
     context = backbone.block_size
+    half = context // 2
     batch = token_ids.nrows(out_type=tf.int32)
-    max_new = tf.clip_by_value(max_new_tokens, 0, context - 1)
+    max_new = tf.maximum(max_new_tokens, 0)
     token_ids, lengths = _start_empty_rows(token_ids, start_id)
-    # Keep the most recent tokens that leave room for max_new (>= 1).
-    keep = tf.minimum(lengths, context - max_new)
+    # Generator's first window: the whole prompt while it leaves room for a
+    # new token, else its last half context. Fitting the prompt to leave
+    # room for all of max_new instead cut prompts the Generator reads whole,
+    # and the text went another way.
+    keep = tf.where(lengths < context, lengths, half)
     padded = token_ids.to_tensor(default_value=pad_id)  # [B, longest]
     prompt_width = tf.maximum(tf.reduce_max(keep), 1)
     columns = tf.range(prompt_width)[None, :]
     source = tf.minimum((lengths - keep)[:, None] + columns, tf.shape(padded)[1] - 1)
     in_prompt = columns < keep[:, None]
     prompt = tf.where(in_prompt, tf.gather(padded, source, batch_dims=1), pad_id)
-
-    total = tf.maximum(tf.reduce_max(keep + max_new), prompt_width)
-    tokens = tf.pad(prompt, [[0, 0], [0, total - prompt_width]], constant_values=pad_id)
-    cache = backbone.build_cache(batch, total)
-    # Prefill: one pass over the prompt columns seeds the cache.
-    _, cache = backbone.call_with_cache(prompt, cache, 0)
     stop_ids = tf.constant(list(stop_ids), tf.int32)
-    positions = tf.range(total)[None, :]
 
-    def not_finished(index, tokens, cache, done, count):
-        return tf.logical_and(index < total, tf.logical_not(tf.reduce_all(done)))
+    def window_pass(window_index, window, window_keep, done, count, new):
+        width = tf.shape(window)[1]
+        # As far as the row wanting the most needs, up to the context: a
+        # row still going afterwards has filled the whole context.
+        wanted = tf.where(done, 0, window_keep + max_new - count)
+        total = tf.minimum(tf.maximum(tf.reduce_max(wanted), width), context)
+        tokens = tf.pad(window, [[0, 0], [0, total - width]], constant_values=pad_id)
+        cache = backbone.build_cache(batch, total)
+        # Prefill: one pass over the window's prompt columns seeds the cache.
+        _, cache = backbone.call_with_cache(window, cache, 0)
+        positions = tf.range(total)[None, :]
+        # Positions repeat from window to window; the noise must not. The
+        # first window's draws are those of the position alone, so seeded
+        # text within the context is what it was.
+        noise_offset = tf.cast(window_index, tf.int64) * context
 
-    def step(index, tokens, cache, done, count):
-        # Logits for position `index` come from the token before it.
-        previous = tf.slice(tokens, [0, index - 1], [-1, 1])
-        logits, cache = backbone.call_with_cache(previous, cache, index - 1)
-        sampled = sample_next_tokens(
-            logits[:, 0, :], temperature, top_k, top_p, seeds,
-            tf.cast(index, tf.int64),
+        def not_finished(index, tokens, cache, done, count, new):
+            return tf.logical_and(index < total, tf.logical_not(tf.reduce_all(done)))
+
+        def step(index, tokens, cache, done, count, new):
+            # Logits for position `index` come from the token before it.
+            previous = tf.slice(tokens, [0, index - 1], [-1, 1])
+            logits, cache = backbone.call_with_cache(previous, cache, index - 1)
+            sampled = sample_next_tokens(
+                logits[:, 0, :], temperature, top_k, top_p, seeds,
+                noise_offset + tf.cast(index, tf.int64),
+            )
+            generating = tf.logical_and(index >= window_keep, tf.logical_not(done))
+            stopped = tf.reduce_any(tf.equal(sampled[:, None], stop_ids[None, :]), axis=1)
+            emit = tf.logical_and(generating, tf.logical_not(stopped))
+            # Rows still in their prompt keep it; finished rows keep padding.
+            column = tf.where(emit, sampled, tokens[:, index])
+            tokens = tf.where(positions == index, column[:, None], tokens)
+            new = new.write(new.size(), tf.where(emit, sampled, -1))
+            count += tf.cast(emit, tf.int32)
+            done = tf.logical_or(done, tf.logical_and(generating, stopped))
+            done = tf.logical_or(done, count >= max_new)
+            return index + 1, tokens, cache, done, count, new
+
+        _, tokens, _, done, count, new = tf.while_loop(
+            not_finished, step,
+            (tf.reduce_min(window_keep), tokens, cache, done, count, new),
         )
-        generating = tf.logical_and(index >= keep, tf.logical_not(done))
-        stopped = tf.reduce_any(tf.equal(sampled[:, None], stop_ids[None, :]), axis=1)
-        emit = tf.logical_and(generating, tf.logical_not(stopped))
-        # Rows still in their prompt keep it; finished rows keep padding.
-        column = tf.where(emit, sampled, tokens[:, index])
-        tokens = tf.where(positions == index, column[:, None], tokens)
-        count += tf.cast(emit, tf.int32)
-        done = tf.logical_or(done, tf.logical_and(generating, stopped))
-        done = tf.logical_or(done, count >= max_new)
-        return index + 1, tokens, cache, done, count
+        next_window = tokens[:, total - half:]
+        return window_index + 1, next_window, tf.fill([batch], half), done, count, new
 
-    _, tokens, _, _, count = tf.while_loop(
-        not_finished,
-        step,
-        (tf.reduce_min(keep), tokens, cache, max_new <= 0, tf.zeros([batch], tf.int32)),
+    # Each step writes [B] ids, -1 where a row emitted nothing; the first
+    # write of -1s lets an empty result stack (the batch is not static).
+    new = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])
+    new = new.write(0, tf.fill([batch], -1))
+    _, _, _, _, _, new = tf.while_loop(
+        lambda window_index, window, window_keep, done, count, new: tf.logical_not(
+            tf.reduce_all(done)),
+        window_pass,
+        (tf.constant(0), prompt, keep, max_new <= 0, tf.zeros([batch], tf.int32), new),
+        shape_invariants=(
+            tf.TensorShape([]), tf.TensorShape([None, None]), tf.TensorShape([None]),
+            tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape(None),
+        ),
     )
-    generated = tf.logical_and(positions >= keep[:, None], positions < (keep + count)[:, None])
-    return tf.ragged.boolean_mask(tokens, generated), keep
+    emitted = tf.transpose(new.stack())  # [B, steps + 1]
+    return tf.ragged.boolean_mask(emitted, emitted >= 0), keep
 
 
 def score_ids(backbone, token_ids, start_id, pad_id=0):
@@ -286,10 +323,12 @@ def make_generate_function(backbone, tokenizer, defaults=None, encode=None, stop
     "num_tokens": [B] int32 generated, "num_prompt_tokens": [B] int32 of the
     prompt used}. All but `prompt` have defaults (`GENERATE_DEFAULTS`,
     overridden by `defaults`), written into the SignatureDef so TF Serving
-    requests may leave them out. `encode(prompt)` makes the prompt's ragged
-    [B, None] ids (default: `tokenizer.tokenize_prompts`; the chat signature
-    passes its template's) and `stop_ids` what ends a row (default: the end
-    tokens and the chat template's end-of-turn).
+    requests may leave them out. `encode(prompt, max_new_tokens)` makes the
+    prompt's ragged [B, None] ids, given the request's `max_new_tokens` for a
+    prompt fitted to leave room for the reply (default:
+    `tokenizer.tokenize_prompts` of the prompt; the chat signature passes its
+    template's, fitted as `Generator.chat` fits it), and `stop_ids` what ends
+    a row (default: the end tokens and the chat template's end-of-turn).
     """
     values = {**GENERATE_DEFAULTS, **(defaults or {})}
     if not (defaults and "max_new_tokens" in defaults):
@@ -299,7 +338,7 @@ def make_generate_function(backbone, tokenizer, defaults=None, encode=None, stop
     dtypes = {s.name: s.dtype for s in generate_input_signature()}
     default = {k: tf.constant([v], dtypes[k]) for k, v in values.items()}
     stop_ids = chat_stop_ids(tokenizer) if stop_ids is None else stop_ids
-    encode = encode or tokenizer.tokenize_prompts
+    encode = encode or (lambda prompt, max_new_tokens: tokenizer.tokenize_prompts(prompt))
 
     def generate(
         prompt,
@@ -309,7 +348,7 @@ def make_generate_function(backbone, tokenizer, defaults=None, encode=None, stop
         top_p=default["top_p"],
         seed=default["seed"],
     ):
-        token_ids = encode(prompt)
+        token_ids = encode(prompt, max_new_tokens)
         batch = token_ids.nrows(out_type=tf.int32)
         seed = _per_row(seed, batch, "seed")
         # A negative seed asks for fresh randomness.
