@@ -146,6 +146,7 @@ def trained_copy(make_config, batch, steps=2, **overrides):
     return model, {k: float(v) for k, v in logs.items()}
 
 
+@pytest.mark.slow
 def test_loss_ignores_unmasked_positions(make_config):
     x, y, w = mlm_batch()
     fresh, _ = trained_copy(make_config, (x, y, w), steps=0)
@@ -181,6 +182,7 @@ def test_mlm_gradient_accumulation_matches_one_batch(make_config):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6)
 
 
+@pytest.mark.slow
 def test_classifier_step_and_metrics(make_config):
     keras.utils.set_random_seed(0)
     config = make_config({"objective": "classify", "tokenizer.kind": "wordpiece", "model.block_size": T,

@@ -81,6 +81,7 @@ def test_a_long_last_message_keeps_its_start_while_old_turns_go(chat_run):
     assert prompt.ids[-len(alone.ids):] == alone.ids
 
 
+@pytest.mark.slow
 def test_one_message_from_stdin_or_arguments(chat_run, capsys):
     proc = subprocess.run(
         [sys.executable, "-m", "tfchat.chat", "--run", chat_run, "--temperature", "0"],
@@ -94,6 +95,7 @@ def test_one_message_from_stdin_or_arguments(chat_run, capsys):
     assert capsys.readouterr().err.startswith("error: No tfchat run at")
 
 
+@pytest.mark.slow
 def test_evaluate_reports_perplexity_bleu_and_rouge(chat_run, capsys):
     assert evaluate_cli.main(["--run", chat_run, "--max-new-tokens", "32"]) == 0
     printed = capsys.readouterr().out

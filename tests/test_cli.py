@@ -73,6 +73,7 @@ def test_unknown_option_subprocess(tmp_path):
     assert message.count("\n") == 0
 
 
+@pytest.mark.slow
 def test_missing_data_subprocess(tmp_path):
     result = run_module("tfchat.fit", tiny_args(tmp_path), cwd=tmp_path)
     assert result.returncode == 1

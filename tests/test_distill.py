@@ -105,6 +105,7 @@ def _student(teacher_run, name, **overrides):
             "train.max_steps": 20, "train.eval_interval": 10, **overrides}
 
 
+@pytest.mark.slow
 def test_distilled_run_learns_and_is_a_gpt_run(teacher_run):
     settings = _student(teacher_run, "student")
     history = train(config_lib.build_config(overrides=nest(settings)), verbose=0)

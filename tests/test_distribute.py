@@ -137,6 +137,7 @@ def test_grad_accumulation_matches_one_big_batch(make_config):
     assert any(not np.allclose(a, b) for a, b in zip(big, moved))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_without_nans(make_config, precision):
     config = make_config({"train.precision": precision, "train.max_steps": 30,

@@ -29,6 +29,9 @@ from tfchat.inference.generator import Generator, make_sampler
 from tfchat.run import load_run
 from tfchat.model.tasks import token_loss_and_accuracy
 
+# Every test here exports or converts whole runs (module fixtures).
+pytestmark = pytest.mark.slow
+
 # Subprocesses must import this worktree's tfchat, whatever is installed.
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
 CONTEXT = int(TINY["model.block_size"])

@@ -33,6 +33,9 @@ from tfchat.pretrained import convert
 from tfchat.run import load_run, quantized_run
 from tfchat.serving.export import export_run
 
+# Every test here exports or converts whole runs (module fixtures).
+pytestmark = pytest.mark.slow
+
 # Among the cases: a 7-token chat prompt ("<|user|>ping<|end|><|assistant|>"
 # in tfchat's template) with 30 new tokens in a 32-token context, where the
 # exported reply lost its first token (the prompt was cut to leave room

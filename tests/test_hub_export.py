@@ -27,6 +27,9 @@ from tfchat import fit as fit_command
 from tfchat.inference.generator import Generator
 from tfchat.run import load_run
 
+# Every test here exports or converts whole runs (module fixtures).
+pytestmark = pytest.mark.slow
+
 PROMPT = "the cat sat"
 NEW_TOKENS = 12
 TEXTS = ["Hello world", "the quick brown fox", "unicode: héllo wörld — 中文 🙂", "a\n\nb\tc",

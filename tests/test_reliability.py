@@ -191,6 +191,7 @@ def test_sigkill_at_any_moment_then_resume_matches_uninterrupted(tiny_settings, 
     assert all(len(values) == 1 for values in scalars.values())
 
 
+@pytest.mark.slow
 def test_resume_restores_dropout_random_state(make_config, tmp_path):
     """A trainer rebuilt from the config and restored from step 10 continues
     to the weights an uninterrupted one reaches at step 20, with dropout on."""
@@ -233,6 +234,7 @@ def _dropout_trainer(make_config, run_dir):
                    folder=RunFolder(str(run_dir)), verbose=0)
 
 
+@pytest.mark.slow
 def test_unreadable_latest_checkpoint_is_skipped(tiny_settings, capsys):
     # In-process: nothing here needs a process of its own (the kill tests do).
     from tfchat import fit

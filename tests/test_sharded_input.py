@@ -182,6 +182,7 @@ def test_prepared_memory_does_not_hold_the_corpus(tmp_path):
     assert all(s["tokens"] >= 1_000 for s in shards[:-1])
 
 
+@pytest.mark.slow
 def test_tokenizer_mismatch_is_an_error(corpora, tmp_path):
     settings = {"name": "p", "runs_dir": str(tmp_path / "runs"), "train.max_steps": 4,
                 "train.eval_interval": 4, "train.warmup_steps": 1, "model.num_layers": 1,

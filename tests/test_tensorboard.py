@@ -3,6 +3,8 @@
 import glob
 import os
 
+import pytest
+
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
@@ -17,6 +19,7 @@ def _read_logs(run_dir):
     return accumulator
 
 
+@pytest.mark.slow
 def test_run_logs_scalars_text_samples_graph_and_hparams(make_config):
     config = make_config({"train.max_steps": 10, "train.log_interval": 5,
                           "train.eval_interval": 10, "train.sample_tokens": 12,
@@ -49,6 +52,7 @@ def test_run_logs_scalars_text_samples_graph_and_hparams(make_config):
     assert logged["tokenizer.kind"].string_value == config.tokenizer.kind
 
 
+@pytest.mark.slow
 def test_profiler_window_writes_a_trace(make_config):
     config = make_config({"train.max_steps": 10, "train.log_interval": 5,
                           "train.eval_interval": 10, "train.profile_steps": "5,10",

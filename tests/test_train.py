@@ -33,6 +33,7 @@ def captured(monkeypatch):
     return state
 
 
+@pytest.mark.slow
 def test_trainer_loss_falls(make_config, captured):
     config = make_config({
         "train.max_steps": 30, "train.log_interval": 5, "train.eval_interval": 15,
@@ -87,6 +88,7 @@ def test_trainer_saves_on_interrupt(make_config, captured):
 
 
 # Keras' notes on a tf.data input (already shuffled; a finite eval split).
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`shuffle=True` was passed")
 @pytest.mark.filterwarnings("ignore:Your input ran out of data")
 def test_model_fit_lowers_loss(make_config):
@@ -123,6 +125,7 @@ def test_learning_rate_schedule(make_config):
     np.testing.assert_allclose(lr[100:], t.min_learning_rate, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_weight_decay_only_on_kernels(make_config):
     config = make_config({"train.warmup_steps": 0, "train.weight_decay": 0.5})
     model = build_model(config, vocabulary_size=40)
@@ -198,6 +201,7 @@ def test_resume_continues_exactly(make_config):
     assert resumed[-1]["loss"] < first[-1]["loss"]
 
 
+@pytest.mark.slow
 def test_bpe_run_tokenizer_works_after_another_training(make_config):
     """A BPE run loaded before a second training in the same process (here,
     fine-tuning from it with init_from) keeps a working tokenizer."""
@@ -214,6 +218,7 @@ def test_bpe_run_tokenizer_works_after_another_training(make_config):
     assert run.tokenizer.detokenize(run.tokenizer.tokenize(text)).numpy().tolist() == [b"the quick brown fox"]
 
 
+@pytest.mark.slow
 def test_train_refuses_to_clobber_or_resume_nothing(make_config):
     config = make_config({"train.max_steps": 5, "train.eval_interval": 5})
     with pytest.raises(TfchatError, match="Nothing to resume"):
