@@ -143,3 +143,24 @@ def test_evaluate_scores_real_replies(gpt2, tmp_path):
     assert code == 0
     (example,) = json.loads(report.read_text())["examples"]
     assert example["reply"].strip() == expected.strip()
+
+
+def test_a_vocabulary_of_a_dozen_tokens_converts(tmp_path):
+    """The size limit on vocabularies is for tokenizers trained here (which
+    reserve special tokens), not for a checkpoint's own."""
+    import keras_hub
+
+    vocabulary = {"<|endoftext|>": 0, "Ġ": 1, "t": 2, "h": 3, "e": 4, "c": 5, "a": 6, "s": 7,
+                  "o": 8, "n": 9, "Ġt": 10, "he": 11}
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["Ġ t", "h e"])
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=12, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=64,
+        max_sequence_length=32)
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=16)
+    preset = str(tmp_path / "preset")
+    keras_hub.models.GPT2CausalLM(backbone, preprocessor).save_to_preset(preset)
+    runs = str(tmp_path / "runs")
+    assert convert_command.main([preset, "--name", "tiny", "--runs_dir", runs]) == 0
+    run = load_run(os.path.join(runs, "tiny"))
+    assert run.backbone.vocabulary_size == 12
+    assert run.tokenizer.tokenize_prompts(np.asarray(["the cat"])).to_list()[0][0] == END

@@ -87,6 +87,18 @@ def test_trainer_saves_on_interrupt(make_config, captured):
     assert load_run(config.run_dir).step == 10
 
 
+def test_resuming_a_run_without_dropout_gives_no_random_state_note(make_config, capsys):
+    # Dropout 0 has no random streams to save, so its checkpoint lacking
+    # them is no sign of an older format.
+    settings = {"model.dropout": 0.0, "train.max_steps": 4, "train.eval_interval": 4,
+                "train.warmup_steps": 0, "name": "no_dropout"}
+    train(make_config(settings), verbose=0)
+    train(make_config({**settings, "train.max_steps": 6}), resume=True, verbose=1)
+    out = capsys.readouterr().out
+    assert "Resum" in out or "step 6" in out
+    assert "predates saved random state" not in out
+
+
 # Keras' notes on a tf.data input (already shuffled; a finite eval split).
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`shuffle=True` was passed")

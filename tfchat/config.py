@@ -76,8 +76,9 @@ class DataConfig:
     )
     val_fraction: float = _field(
         0.1,
-        "Share held out for validation: the last part of each text file, "
-        "or the last documents of a JSONL/dialogue corpus.",
+        "Share held out for validation: the last part of each text file; of "
+        "a JSONL or dialogue corpus, documents spread evenly through it "
+        "(one in ten at 0.1).",
     )
 
 
@@ -609,7 +610,10 @@ def validate(config):
             t.batch_size % t.grad_accumulation_steps == 0,
             "train.batch_size must be divisible by train.grad_accumulation_steps",
         ),
-        (config.tokenizer.vocab_size > 16, "tokenizer.vocab_size must be above 16"),
+        # A tokenizer trained here reserves special tokens; a pretrained
+        # one's vocabulary is the checkpoint's, whatever its size.
+        (config.tokenizer.kind == "pretrained" or config.tokenizer.vocab_size > 16,
+         "tokenizer.vocab_size must be above 16"),
         (m.lora_rank >= 0 and m.lora_alpha >= 0, "model.lora_rank and model.lora_alpha must not be negative"),
         (
             all(t in LORA_TARGETS for t in lora_targets(m)) and lora_targets(m),

@@ -14,7 +14,7 @@ overrides:
     python -m tfchat.fit --name my_run --resume      # continue a stopped run
     python -m tfchat.fit --init_from runs/my_run --data.path chats.jsonl \\
         --model.lora_rank 8 --name my_chat           # chat fine-tuning, LoRA
-    python -m tfchat.fit --init_from ./SmolLM2-135M --data.path chats.jsonl \
+    python -m tfchat.fit --init_from ./SmolLM2-135M --data.path chats.jsonl \\
         --model.lora_rank 8 --model.block_size 256   # from a pretrained model
 
 `--init_from` takes a run folder, or a pretrained checkpoint (a keras-hub
@@ -24,7 +24,7 @@ first converted into runs/pretrained/ (`python -m tfchat.convert --help`).
 Preference tuning (DPO) of a chat run on chosen/rejected pairs (JSONL; see
 README's Preference tuning, and `python -m tfchat.chat --feedback`):
 
-    python -m tfchat.fit --objective dpo --init_from runs/my_chat \
+    python -m tfchat.fit --objective dpo --init_from runs/my_chat \\
         --data.path prefs.jsonl --train.learning_rate 3e-4 --name my_dpo
 
 Masked-LM pretraining, then classification fine-tuning from it:

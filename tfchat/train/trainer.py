@@ -239,8 +239,9 @@ class Trainer:
 
     def _checkpoint_for(self, path):
         """The checkpoint object that reads `path`: a checkpoint written
-        before tfchat saved the random state has none to restore."""
-        if self.random_state.in_checkpoint(path):
+        before tfchat saved the random state has none to restore (nor has
+        one of a model without dropout, which has no state to save)."""
+        if not self.random_state.seeds or self.random_state.in_checkpoint(path):
             return self.checkpoint
         if self.verbose and self.is_chief:
             print(f"Note: {path} predates saved random state; dropout will draw "
