@@ -3,6 +3,9 @@
 import json
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -55,6 +58,28 @@ TINY = {
     "data.val_fraction": 0.1,
     "data.packing": True,
 }
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory):
+    """A wheel built from a copy of the project's sources (not in place, so
+    the checkout gets no build folder), without build isolation: no network.
+    Built once per session (test_packaging.py, test_readme.py)."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
+    source.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    shutil.copytree(REPO_ROOT / "tfchat", source / "tfchat",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--quiet", "-w", str(work / "dist"), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = (work / "dist").glob("tfchat-*.whl")
+    return path
 
 
 def nest(flat):

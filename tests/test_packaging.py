@@ -4,7 +4,6 @@ missing."""
 
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,27 +16,6 @@ from tfchat.errors import TfchatError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    """A wheel built from a copy of the project's sources (not in place, so
-    the checkout gets no build folder), without build isolation: no network."""
-    work = tmp_path_factory.mktemp("wheel")
-    source = work / "source"
-    source.mkdir()
-    for name in ("setup.py", "README.md"):
-        shutil.copy(REPO_ROOT / name, source / name)
-    shutil.copytree(REPO_ROOT / "tfchat", source / "tfchat",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--quiet", "-w", str(work / "dist"), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (path,) = (work / "dist").glob("tfchat-*.whl")
-    return path
 
 
 def tracked_modules():
