@@ -265,11 +265,11 @@ def render_prompt_tf(roles, contents, template=TEMPLATES["tfchat"]):
     return turns + template.prefixes["assistant"]
 
 
-def encode_prompt_tf(tokenizer, roles, contents):
-    """The ids `encode_conversation(tokenizer, messages,
-    add_generation_prompt=True)` gives (without truncation), in TensorFlow
-    ops: start ids, then each message's prefix, content and suffix tokenized
-    one by one, then the assistant's prefix. Returns int32 [None]."""
+def chat_turns_tf(tokenizer, roles, contents):
+    """`encode_prompt_tf`'s ids with its turns kept apart, the content
+    tokenized once: (ids int32 [None]: start ids, turns, the assistant's
+    prefix; turn sizes [N]; roles [N], the template's default system message
+    added; the number of start ids; the assistant prefix's length)."""
     template = tokenizer.chat_template
     roles = tf.convert_to_tensor(roles, tf.string)
     contents = tf.convert_to_tensor(contents, tf.string)
@@ -291,9 +291,19 @@ def encode_prompt_tf(tokenizer, roles, contents):
     suffixes = tf.ragged.constant(piece_ids[len(ROLES):], dtype=tf.int32)
     body = tokenizer.tokenize(contents)  # [N, None]
     turns = tf.concat([tf.gather(prefixes, index), body, tf.gather(suffixes, index)], axis=1)
-    start = tf.constant(list(tokenizer.start_ids) if template.add_start_token else [], tf.int32)
-    assistant = tf.constant(piece_ids[ROLES.index("assistant")], tf.int32)
-    return tf.concat([start, turns.flat_values, assistant], axis=0)
+    start = list(tokenizer.start_ids) if template.add_start_token else []
+    assistant = piece_ids[ROLES.index("assistant")]
+    ids = tf.concat([tf.constant(start, tf.int32), turns.flat_values,
+                     tf.constant(assistant, tf.int32)], axis=0)
+    return ids, tf.cast(turns.row_lengths(), tf.int32), roles, len(start), len(assistant)
+
+
+def encode_prompt_tf(tokenizer, roles, contents):
+    """The ids `encode_conversation(tokenizer, messages,
+    add_generation_prompt=True)` gives (without truncation), in TensorFlow
+    ops: start ids, then each message's prefix, content and suffix tokenized
+    one by one, then the assistant's prefix. Returns int32 [None]."""
+    return chat_turns_tf(tokenizer, roles, contents)[0]
 
 
 def encode_conversation(tokenizer, messages, max_tokens=None, add_generation_prompt=False):

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import tfchat
-from tfchat.data.chat_template import ROLES, _role_index
+from tfchat.data.chat_template import chat_turns_tf
 from tfchat.data.tokenizer import MASK_TOKEN
 from tfchat.errors import TfchatError
 from tfchat.serving import graphs
@@ -42,36 +42,6 @@ def add_score_signature(archive, run):
         graphs.make_score_function(run.backbone, run.tokenizer),
         input_signature=graphs.score_input_signature(),
     )
-
-
-def _chat_turns_tf(tokenizer, roles, contents):
-    """`encode_prompt_tf`'s ids with its turns kept apart, the content
-    tokenized once: (ids int32 [None]: start ids, turns, the assistant's
-    prefix; turn sizes [N]; roles [N], the template's default system message
-    added; the number of start ids; the assistant prefix's length)."""
-    template = tokenizer.chat_template
-    roles = tf.convert_to_tensor(roles, tf.string)
-    contents = tf.convert_to_tensor(contents, tf.string)
-    if template.default_system:
-        missing = tf.logical_not(tf.reduce_any(tf.equal(roles[:1], "system")))
-        roles = tf.cond(missing, lambda: tf.concat([["system"], roles], 0), lambda: roles)
-        contents = tf.cond(missing, lambda: tf.concat([[template.default_system], contents], 0),
-                           lambda: contents)
-    if template.strip_content:
-        contents = tf.strings.strip(contents)
-    index = _role_index(roles)
-    with tf.init_scope():
-        pieces = [template.prefixes[r] for r in ROLES] + [template.suffixes[r] for r in ROLES]
-        piece_ids = tokenizer.tokenize(tf.constant(pieces)).to_list()
-    prefixes = tf.ragged.constant(piece_ids[: len(ROLES)], dtype=tf.int32)
-    suffixes = tf.ragged.constant(piece_ids[len(ROLES):], dtype=tf.int32)
-    body = tokenizer.tokenize(contents)  # [N, None]
-    turns = tf.concat([tf.gather(prefixes, index), body, tf.gather(suffixes, index)], axis=1)
-    start = list(tokenizer.start_ids) if template.add_start_token else []
-    assistant = piece_ids[ROLES.index("assistant")]
-    ids = tf.concat([tf.constant(start, tf.int32), turns.flat_values,
-                     tf.constant(assistant, tf.int32)], axis=0)
-    return ids, tf.cast(turns.row_lengths(), tf.int32), roles, len(start), len(assistant)
 
 
 def _fit_prompt_tf(sizes, roles, start, generation_prompt, max_tokens):
@@ -104,7 +74,7 @@ def chat_prompt_tf(tokenizer, roles, contents, max_new_tokens, context):
     ops: the conversation fitted to leave half the context (at most
     `max_new_tokens`) for the reply, or, where that cuts its last message,
     a quarter. Returns int32 [None]."""
-    ids, sizes, roles, start, generation_prompt = _chat_turns_tf(tokenizer, roles, contents)
+    ids, sizes, roles, start, generation_prompt = chat_turns_tf(tokenizer, roles, contents)
 
     def fit(room):
         return _fit_prompt_tf(sizes, roles, start, generation_prompt,
