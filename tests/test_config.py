@@ -140,7 +140,7 @@ def test_missing_or_unparsable_file(tmp_path):
 )
 def test_validate(overrides, message):
     with pytest.raises(TfchatError, match=message):
-        config_lib.build_config(overrides=overrides)
+        config_lib.validate(config_lib.build_config(overrides=overrides))
 
 
 def test_validate_accepts_a_good_config():

@@ -173,7 +173,7 @@ def test_mixed_precision_llama_logits_are_float32():
 ])
 def test_config_rejects_bad_decoder_options(overrides, message):
     with pytest.raises(TfchatError, match=message):
-        config_lib.build_config(overrides={"model": overrides})
+        config_lib.validate(config_lib.build_config(overrides={"model": overrides}))
 
 
 def test_gpt_rejects_bad_options():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import preference_tasks
 from conftest import CHAT_TINY, as_cli_args, nest, write_jsonl
 from serving_calls import session_run
 from terminal import Terminal
@@ -31,6 +32,7 @@ from tfchat.inference.generator import Generator
 from tfchat.job import train
 from tfchat.model.gpt import GPT
 from tfchat.model.preference import PreferenceLM
+from tfchat.objectives import dpo
 from tfchat.run import load_run
 from tfchat.serving.export import export_run
 
@@ -61,23 +63,33 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _direct_loss_and_slopes(policy, reference, counts, beta, loss, smoothing):
+def _direct_loss_and_slopes(policy, reference, counts, beta, loss, smoothing, rpo_alpha=0.0):
     """The mean DPO loss over pairs and its derivatives with respect to each
     pair's policy log-probabilities (chosen, rejected), by hand."""
     b = policy.shape[0]
+    summed = policy
     if loss == "ipo":
         policy, reference = policy / counts, reference / counts
-    h = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
+    chosen_ratio = policy[:, 0] - reference[:, 0]
+    rejected_ratio = policy[:, 1] - reference[:, 1]
+    h = chosen_ratio - rejected_ratio
     if loss == "sigmoid":
         m = beta * h
         losses = -_log_sigmoid(m) * (1 - smoothing) - _log_sigmoid(-m) * smoothing
         dl_dh = beta * (-(1 - smoothing) * _sigmoid(-m) + smoothing * _sigmoid(m))
         slopes = np.stack([dl_dh, -dl_dh], 1)
-    else:
+    elif loss == "ipo":
         target = 1.0 / (2.0 * beta)
         losses = (h - target) ** 2
         dl_dh = 2.0 * (h - target)
         slopes = np.stack([dl_dh, -dl_dh], 1) / counts
+    else:  # apo_zero: each reply's reward pushed on its own
+        up, down = _sigmoid(beta * chosen_ratio), _sigmoid(beta * rejected_ratio)
+        losses = (1.0 - up) + down
+        slopes = np.stack([-beta * up * (1 - up), beta * down * (1 - down)], 1)
+    # RPO: the chosen reply's negative log-likelihood per token.
+    losses = losses - rpo_alpha * summed[:, 0] / counts[:, 0]
+    slopes[:, 0] -= rpo_alpha / counts[:, 0]
     return losses.mean(), slopes / b
 
 
@@ -89,8 +101,11 @@ def _tiny_backbone(seed, vocabulary=13, block=8):
     return backbone
 
 
-@pytest.mark.parametrize("loss,smoothing", [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0)])
-def test_loss_and_gradient_equal_the_formula(loss, smoothing):
+@pytest.mark.parametrize("loss,smoothing,rpo_alpha", [
+    ("sigmoid", 0.0, 0.0), ("sigmoid", 0.2, 0.0), ("ipo", 0.0, 0.0), ("apo_zero", 0.0, 0.0),
+    ("sigmoid", 0.0, 1.0), ("ipo", 0.0, 0.5),
+])
+def test_loss_and_gradient_equal_the_formula(loss, smoothing, rpo_alpha):
     rng = np.random.default_rng(0)
     b, t, beta = 3, 8, 0.5
     tokens = rng.integers(1, 13, (b, 2, t)).astype(np.int32)
@@ -103,11 +118,12 @@ def test_loss_and_gradient_equal_the_formula(loss, smoothing):
     reference = _tiny_backbone(seed=7)
     ref_logps, counts = _direct_logps(reference, tokens, targets, weights)
 
-    model = PreferenceLM(_tiny_backbone(seed=3), beta=beta, loss=loss, label_smoothing=smoothing)
+    model = PreferenceLM(_tiny_backbone(seed=3), beta=beta, loss=loss, label_smoothing=smoothing,
+                         rpo_alpha=rpo_alpha)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0))
     policy_logps, _ = _direct_logps(model.backbone, tokens, targets, weights)
     expected_loss, slopes = _direct_loss_and_slopes(policy_logps, ref_logps, counts, beta,
-                                                    loss, smoothing)
+                                                    loss, smoothing, rpo_alpha)
     # The gradient: the formula's slopes times each row's log-probability
     # gradient, taken row by row through a log-softmax and a gather.
     variables = model.trainable_variables
@@ -137,6 +153,12 @@ def test_loss_and_gradient_equal_the_formula(loss, smoothing):
     assert float(logs["reward_chosen"]) == pytest.approx(rewards[:, 0].mean(), rel=1e-4, abs=1e-6)
     assert float(logs["reward_margin"]) == pytest.approx(
         (rewards[:, 0] - rewards[:, 1]).mean(), rel=1e-4, abs=1e-6)
+    # The chosen reply's change against the reference and its likelihood,
+    # per token, whatever the loss.
+    per_token = (policy_logps[:, 0] - ref_logps[:, 0]) / counts[:, 0]
+    assert float(logs["chosen_logp_change"]) == pytest.approx(per_token.mean(), rel=1e-4, abs=1e-6)
+    assert float(logs["chosen_nll"]) == pytest.approx(
+        (-policy_logps[:, 0] / counts[:, 0]).mean(), rel=1e-5)
 
 
 def test_reward_accuracy_counts_ties_half():
@@ -167,6 +189,45 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient():
     for a, b in zip(whole, split):
         np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(),
                                    tf.convert_to_tensor(b).numpy(), atol=1e-6)
+
+
+# --- the objective's own defaults ---
+
+
+def _value(config, key):
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def test_dpo_takes_its_own_defaults_for_what_nobody_set(tmp_path):
+    from tfchat import objectives
+
+    general = config_lib.TrainConfig()
+    config = objectives.resolve(config_lib.build_config(
+        overrides=nest({"objective": "dpo", "init_from": "runs/sft"})))
+    for key, value in dpo.DEFAULTS.items():
+        assert _value(config, key) == value != _value(config_lib.Config(), key)
+    assert objectives.defaults_used(config) == dpo.DEFAULTS
+    # What a config file or the command line sets stays; the rest is dpo's
+    # (50 steps alone work: dpo's warmup is shorter).
+    path = tmp_path / "dpo.yaml"
+    path.write_text("train:\n  learning_rate: 5.0e-4\n", encoding="utf-8")
+    config = objectives.resolve(config_lib.build_config(
+        [str(path)], nest({"objective": "dpo", "init_from": "runs/sft", "train.max_steps": 50})))
+    assert (config.train.learning_rate, config.train.max_steps) == (5e-4, 50)
+    assert config.train.warmup_steps == dpo.DEFAULTS["train.warmup_steps"]
+    assert "train.learning_rate" not in objectives.defaults_used(config)
+    # objective auto on preference pairs becomes dpo, with dpo's defaults.
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    config = objectives.resolve(config_lib.build_config(
+        overrides=nest({"init_from": "runs/sft", "data.path": prefs})))
+    assert config.objective == "dpo"
+    assert config.train.learning_rate == dpo.DEFAULTS["train.learning_rate"]
+    # Other objectives, and a config read back from a run, keep theirs.
+    config = objectives.resolve(config_lib.build_config(overrides={"objective": "chat"}))
+    assert config.train.learning_rate == general.learning_rate
+    saved = config_lib.from_dict({"objective": "dpo", "init_from": "runs/sft"})
+    assert objectives.resolve(saved).train.learning_rate == general.learning_rate
 
 
 # --- preference data ---
@@ -291,67 +352,10 @@ def two_style_run(tmp_path_factory):
     return root
 
 
-def _styles(run_dir, names):
-    run = load_run(run_dir)
-    replies = Generator(run.backbone, run.tokenizer).chat(
-        [[Message("user", f"{name}?")] for name in names], max_new_tokens=30)
-    return [next((s for s, text in STYLES.items() if reply == text), reply) for reply in replies]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_dpo_learns_the_preferred_style(two_style_run, lora, capsys):
-    root = two_style_run
-    sft = str(root / "runs" / "sft")
-    # The pairs' order puts every fourth prompt in the held-out split.
-    held_out = [name for i, name in enumerate(NAMES) if (i + 1) // 4 > i // 4]
-    before = _styles(sft, held_out)
-    assert set(before) <= set(STYLES)  # the SFT model answers in the two styles
-    # Prefer the style the SFT model uses less, so the replies must switch.
-    preferred = min(STYLES, key=before.count)
-    other = next(s for s in STYLES if s != preferred)
-    pairs = [{"prompt": f"{name}?", "chosen": STYLES[preferred], "rejected": STYLES[other]}
-             for name in NAMES]
-    name = "dpo_lora" if lora else "dpo"
-    settings = {**CHAT_TINY, "name": name, "runs_dir": str(root / "runs"), "init_from": sft,
-                "objective": "dpo", "model.block_size": 32, "model.hidden_dim": 48,
-                "data.path": write_jsonl(root / "prefs.jsonl", pairs), "data.val_fraction": 0.25,
-                # DPO wants a far lower rate than SFT's 1e-2: at 1e-3 (full)
-                # or 2e-3 (LoRA) the margins still grow, but some replies
-                # degenerate ("noo").
-                "train.max_steps": 60, "train.learning_rate": 1e-3 if lora else 3e-4,
-                "train.min_learning_rate": 1e-4 if lora else 3e-5, "train.eval_interval": 30,
-                "train.log_interval": 10, "model.lora_rank": 4 if lora else 0}
-    history = train(config_lib.build_config(overrides=nest(settings)), verbose=0)
-    run_dir = os.path.join(root, "runs", name)
-
-    # Held-out reward accuracy: 0.5 before any step (every pair ties), then
-    # at least 0.9; the loss falls from log 2.
-    assert evaluate_cli.main(["--run", run_dir, "--checkpoint", "latest"]) == 0
-    capsys.readouterr()
-    with open(os.path.join(run_dir, "evaluation.json"), encoding="utf-8") as f:
-        results = json.load(f)
-    assert results["val_pairs"] == len(held_out)
-    assert results["val_reward_accuracy"] >= 0.9
-    assert results["val_chosen_likelier"] >= 0.9
-    assert history[-1]["loss"] < history[0]["loss"] < np.log(2)
-    # The SFT model found the preferred reply likelier for at most half the
-    # held-out prompts (it answered them mostly the other way).
-    assert before.count(preferred) <= len(held_out) / 2
-    after = _styles(run_dir, held_out)
-    assert after.count(preferred) >= 0.9 * len(held_out), (before, after)
-    if lora:
-        assert load_run(run_dir).config.model.lora_rank == 4
-        return
-    # A DPO run is a chat run: the terminal chat and the exported chat
-    # signature (through the v1 Session path, as TF Serving runs it) answer
-    # in the preferred style.
-    assert chat_cli.main(["--run", run_dir, "--temperature", "0", f"{held_out[0]}?"]) == 0
-    assert capsys.readouterr().out == STYLES[preferred] + "\n"
-    path = export_run(load_run(run_dir), saved_models_dir=str(root / "saved"))
-    out = session_run(path, "chat", {"roles": ["user"], "contents": [f"{held_out[1]}?"],
-                                     "max_new_tokens": [16], "temperature": [0.0]})
-    assert out["text"].tolist() == [STYLES[preferred].encode()]
+def _preference_loss(logged):
+    """The DPO part of a logged loss: without dpo.rpo_alpha's (default)
+    likelihood term."""
+    return logged["loss"] - config_lib.DpoConfig().rpo_alpha * logged["chosen_nll"]
 
 
 @pytest.mark.slow
@@ -396,7 +400,8 @@ def test_dpo_in_mixed_bfloat16_with_accumulation_and_xla(two_style_run):
                 "train.log_interval": 10}
     history = train(config_lib.build_config(overrides=nest(settings)), verbose=0)
     assert all(np.isfinite(h["loss"]) for h in history)
-    assert history[-1]["loss"] < history[0]["loss"] < np.log(2)
+    preference = [_preference_loss(h) for h in history if "loss" in h]
+    assert preference[-1] < preference[0] < np.log(2)
     assert history[-1]["val_reward_accuracy"] >= 0.9
 
 
@@ -496,5 +501,151 @@ def test_chat_feedback_writes_pairs_dpo_trains_on(two_style_run, tmp_path):
     with open(run.folder.metrics, encoding="utf-8") as f:
         logs = [json.loads(line) for line in f]
     trained = [line for line in logs if "loss" in line]
-    assert trained[-1]["loss"] < trained[0]["loss"] < np.log(2)
+    preference = [_preference_loss(h) for h in trained]
+    assert preference[-1] < preference[0] < np.log(2)
     assert logs[-1]["val_reward_margin"] > 0
+
+
+# --- defaults that keep the model intact, on tasks of two shapes ---
+
+
+def _fit(settings, capsys):
+    """`python -m tfchat.fit` with these settings; its printed output."""
+    code = fit.main(as_cli_args(settings))
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    return out.out
+
+
+@pytest.fixture(scope="module")
+def sft_runs(tmp_path_factory):
+    """Per task of tests/preference_tasks.py, made on first use: the chat
+    model fine-tuned on both replies of every prompt."""
+    root = tmp_path_factory.mktemp("preference_tasks")
+    made = {}
+
+    def sft(task):
+        if task not in made:
+            settings = {**preference_tasks.SFT_SETTINGS[task], "objective": "chat",
+                        "name": f"sft_{task}", "runs_dir": str(root / "runs"),
+                        "train.eval_interval": 400, "train.sample_tokens": 0,
+                        "data.path": preference_tasks.write_chats(
+                            root / f"{task}_chats.jsonl", preference_tasks.EXAMPLES[task])}
+            train(config_lib.build_config(overrides=nest(settings)), verbose=0)
+            made[task] = str(root / "runs" / f"sft_{task}")
+        return made[task]
+
+    return root, sft
+
+
+def _held_out_replies(run_dir, task, checkpoint=None):
+    """Greedy replies of the run to the 10 prompts the pairs leave out, and
+    how many are exactly the preferred reply."""
+    examples = preference_tasks.EXAMPLES[task][preference_tasks.HELD_OUT]
+    run = load_run(run_dir, checkpoint=checkpoint)
+    replies = Generator(run.backbone, run.tokenizer).chat(
+        [[Message("user", prompt)] for prompt, _, _ in examples], max_new_tokens=48)
+    return replies, sum(reply == chosen for reply, (_, chosen, _) in zip(replies, examples))
+
+
+def _evaluations(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [e for e in map(json.loads, f) if "val_loss" in e]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,lora", [("polite", False), ("directions", True)],
+                         ids=["char-short-full", "bpe-sentences-lora"])
+def test_dpo_defaults_switch_the_replies_and_keep_them_intact(sft_runs, task, lora, capsys):
+    root, sft = sft_runs
+    sft = sft(task)
+    replies, preferred = _held_out_replies(sft, task)
+    assert preferred <= 5, replies  # the SFT model answers in both styles
+    prefs = preference_tasks.write_pairs(
+        root / f"{task}_prefs.jsonl", preference_tasks.EXAMPLES[task][preference_tasks.TRAINING])
+    # Only the objective, the run to start from and the data (and where the
+    # run goes); LoRA is the directions task's shape.
+    settings = {"objective": "dpo", "init_from": sft, "data.path": prefs,
+                "runs_dir": str(root / "runs"), **({"model.lora_rank": 8} if lora else {})}
+    out = _fit({**settings, "name": f"dpo_{task}"}, capsys)
+    assert "dpo's defaults: train.learning_rate" in out
+    assert "Warning" not in out
+    run_dir = str(root / "runs" / f"dpo_{task}")
+    replies, preferred = _held_out_replies(run_dir, task)
+    assert preferred >= 9, replies
+    for evaluation in _evaluations(run_dir):
+        assert evaluation["val_chosen_logp_change"] > -config_lib.DpoConfig().max_chosen_drop, evaluation
+
+    # Three times as long, the replies stay.
+    steps = 3 * dpo.DEFAULTS["train.max_steps"]
+    out = _fit({**settings, "name": f"dpo_{task}_long", "train.max_steps": steps}, capsys)
+    assert "Warning" not in out
+    replies, preferred = _held_out_replies(str(root / "runs" / f"dpo_{task}_long"), task)
+    assert preferred >= 9, replies
+
+    # What evaluate reports of the replies to the held-out pairs' prompts.
+    assert evaluate_cli.main(["--run", run_dir]) == 0
+    assert "val_replies_closer_to_chosen" in capsys.readouterr().out
+    with open(os.path.join(run_dir, "evaluation.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    assert results["checkpoint"] == "best"
+    assert results["val_reward_accuracy"] >= 0.9
+    assert results["val_replies_closer_to_chosen"] >= 0.9
+    assert results["val_reply_chrf_chosen"] >= 80
+
+
+@pytest.mark.slow
+def test_plain_dpo_collapses_with_a_warning_and_the_defaults_do_not(sft_runs, capsys):
+    """Issue 28's failure: plain sigmoid DPO (no likelihood term) at the SFT
+    rate ranks every held-out pair right while every reply degenerates."""
+    root, sft = sft_runs
+    sft = sft("polite")
+    examples = preference_tasks.EXAMPLES["polite"]
+    prefs = preference_tasks.write_pairs(root / "collapse.jsonl",
+                                         examples[preference_tasks.TRAINING])
+    settings = {"objective": "dpo", "init_from": sft, "data.path": prefs,
+                "runs_dir": str(root / "runs")}
+    out = _fit({**settings, "name": "plain", "dpo.rpo_alpha": 0, "train.learning_rate": 1e-3},
+               capsys)
+    run_dir = str(root / "runs" / "plain")
+    evaluations = _evaluations(run_dir)
+    assert evaluations[-1]["val_reward_accuracy"] == 1.0  # what looked fine
+    assert evaluations[-1]["val_chosen_logp_change"] < -0.5  # what was not
+    assert "Warning at step" in out and "chosen replies are" in out
+    assert "Warning: at the last evaluation" in out
+    _, preferred = _held_out_replies(run_dir, "polite", checkpoint="latest")
+    assert preferred <= 2
+    # The best checkpoint is the evaluation the documented rule ranks first
+    # (tfchat.objectives.dpo.selection_loss), recomputed here from the log.
+    config = load_run(run_dir).config
+
+    def rank(e):
+        preference = e["val_loss"] - config.dpo.rpo_alpha * e["val_chosen_nll"]
+        drop = max(0.0, -e["val_chosen_logp_change"] - config.dpo.max_chosen_drop)
+        return preference + 100 * drop
+
+    assert load_run(run_dir).folder.read_best()["step"] == min(evaluations, key=rank)["step"]
+    # evaluate shows the collapse in what the model writes.
+    assert evaluate_cli.main(["--run", run_dir, "--checkpoint", "latest"]) == 0
+    capsys.readouterr()
+    with open(os.path.join(run_dir, "evaluation.json"), encoding="utf-8") as f:
+        collapsed = json.load(f)
+    assert collapsed["val_reward_accuracy"] == 1.0
+    assert collapsed["val_reply_chrf_chosen"] < 50
+    assert collapsed["val_replies_exactly_chosen"] == 0.0
+
+    # The defaults on the same data: no warning, the chosen replies as
+    # likely as before (within the limit), and the chat answers politely.
+    out = _fit({**settings, "name": "defaults"}, capsys)
+    assert "Warning" not in out
+    run_dir = str(root / "runs" / "defaults")
+    assert _evaluations(run_dir)[-1]["val_chosen_logp_change"] > -0.5
+    prompt, chosen, _ = examples[-1]
+    assert chat_cli.main(["--run", run_dir, "--temperature", "0", prompt]) == 0
+    assert capsys.readouterr().out == chosen + "\n"
+    # The exported chat signature (the best checkpoint, as chat loads it),
+    # through the v1 Session path as TF Serving runs it.
+    path = export_run(load_run(run_dir), saved_models_dir=str(root / "saved"))
+    out = session_run(path, "chat", {"roles": ["user"], "contents": [examples[-2][0]],
+                                     "max_new_tokens": [48], "temperature": [0.0]})
+    assert out["text"].tolist() == [examples[-2][1].encode()]

@@ -53,6 +53,9 @@ def build_parser():
     parser.add_argument("message", nargs="*",
                         help="A message to answer once, non-interactively.")
     parser.add_argument("--system", default="", help="System message to start with.")
+    parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
+                        help="Which checkpoint of the run to load (default: latest; for a dpo "
+                             "run best, the last evaluation that kept the chosen replies likely).")
     parser.add_argument("--quantize", choices=("int8",), default=None,
                         help="Quantize the weights first (int8: weight-only, per channel; see "
                              "python -m tfchat.export --help).")
@@ -197,7 +200,7 @@ def main(argv=None):
         from tfchat.inference.generator import Generator
         from tfchat.run import check_generates, load_run, quantized_run
 
-        run = check_generates(load_run(args.run, forward_pass=False))
+        run = check_generates(load_run(args.run, checkpoint=args.checkpoint, forward_pass=False))
         if args.quantize:
             run = quantized_run(run, args.quantize)
         if not run.objective.chats:

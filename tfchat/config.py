@@ -281,7 +281,7 @@ class MlmConfig:
 
 
 # The preference losses of objective dpo (tfchat.model.preference).
-DPO_LOSSES = ("sigmoid", "ipo")
+DPO_LOSSES = ("sigmoid", "ipo", "apo_zero")
 
 
 @dataclass
@@ -295,7 +295,22 @@ class DpoConfig:
         "sigmoid",
         "sigmoid (DPO: -log sigmoid(beta * reward margin)) | ipo (IPO: the "
         "squared distance of the margin of length-averaged log-probabilities "
-        "from 1 / (2 beta)).",
+        "from 1 / (2 beta)) | apo_zero (APO-zero: the chosen reply's reward "
+        "pushed up and the rejected one's down, each on its own).",
+    )
+    rpo_alpha: float = _field(
+        1.0,
+        "Weight of the chosen reply's negative log-likelihood per token, "
+        "added to the preference loss (RPO; TRL's rpo_alpha). It keeps the "
+        "chosen reply likely: without it DPO on little data can make every "
+        "reply unlikely while reward accuracy reads 1.0. 0 = plain DPO.",
+    )
+    max_chosen_drop: float = _field(
+        0.5,
+        "Nats per token the held-out chosen replies' log-probability may "
+        "fall below the reference's (val_chosen_logp_change) before "
+        "training warns; a checkpoint past it is chosen as the best only "
+        "when no evaluation stayed within it.",
     )
     label_smoothing: float = _field(
         0.0,
@@ -530,14 +545,63 @@ def overrides_from_args(args):
 
 
 def build_config(files=(), overrides=None, base=None):
-    """Merges `base` (a dict), config files in order, then `overrides`."""
+    """Merges `base` (a dict), config files in order, then `overrides`.
+
+    The config remembers which keys they set (`given_keys`), so that its
+    objective's own defaults can fill the others (`with_defaults`); its
+    values are checked once those are in (`validate`, which
+    `tfchat.objectives.resolve` calls)."""
     values = dict(base or {})
     for path in files:
         _merge(values, load_file(path))
     _merge(values, overrides or {})
     config = from_dict(values)
-    validate(config)
+    config._given = frozenset(_dotted_keys(values))
     return config
+
+
+def _dotted_keys(values, prefix=""):
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
+
+
+def given_keys(config):
+    """The dotted keys ("train.learning_rate") that the config files, the
+    command line or the base of `build_config` set; None for a config built
+    otherwise (loaded from a run folder, made in code), every value of which
+    counts as chosen."""
+    return getattr(config, "_given", None)
+
+
+def replace(config, **changes):
+    """`dataclasses.replace` that keeps what `given_keys` reads."""
+    result = dataclasses.replace(config, **changes)
+    if given_keys(config) is not None:
+        result._given = given_keys(config)
+    return result
+
+
+def with_defaults(config, defaults):
+    """`config` with the values of `defaults` ({dotted key: value}) for the
+    keys it was not given (`given_keys`); `config` itself when none apply."""
+    given = given_keys(config)
+    missing = {key: value for key, value in defaults.items()
+               if given is not None and key not in given}
+    if not missing:
+        return config
+    values = config.to_dict()
+    for key, value in missing.items():
+        *sections, leaf = key.split(".")
+        section = values
+        for name in sections:
+            section = section[name]
+        section[leaf] = value
+    result = from_dict(values)
+    result._given = given  # still only what was given
+    return result
 
 
 def validate(config):
@@ -559,6 +623,8 @@ def validate(config):
         (config.mlm.max_predictions >= 0, "mlm.max_predictions must be 0 or positive"),
         (config.dpo.loss in DPO_LOSSES, f"dpo.loss must be one of {', '.join(DPO_LOSSES)}"),
         (config.dpo.beta > 0, "dpo.beta must be positive"),
+        (config.dpo.rpo_alpha >= 0, "dpo.rpo_alpha must be 0 or positive"),
+        (config.dpo.max_chosen_drop > 0, "dpo.max_chosen_drop must be positive"),
         (0 <= config.dpo.label_smoothing < 0.5, "dpo.label_smoothing must be in [0, 0.5)"),
         (
             config.dpo.loss == "sigmoid" or not config.dpo.label_smoothing,

@@ -39,10 +39,10 @@ def build_parser():
     )
     parser.add_argument("--run", required=True, help="Run folder, e.g. runs/default.")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
-                        help="Which checkpoint to evaluate (default: latest for causal and "
-                             "chat runs, the one chat, generate and export use; for mlm and "
-                             "classify best, the lowest validation loss, or latest where the "
-                             "run has no best yet).")
+                        help="Which checkpoint to evaluate (default: the one chat, generate "
+                             "and export use: latest for causal and chat runs, best for dpo "
+                             "runs; for mlm and classify best, the lowest validation loss; "
+                             "latest where the run has no best yet).")
     parser.add_argument("--data", default=None,
                         help="Evaluate on this data instead of the run's (classify: all of it).")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -68,18 +68,18 @@ def _load_run(path, checkpoint):
     from tfchat import objectives
     from tfchat.run import RunFolder, load_run
 
-    if not checkpoint and objectives.get(RunFolder(path).read_config().objective).generates:
-        # The model chat, generate and export use. (The default chat job
-        # learns its conversations by heart: its validation loss is lowest
-        # a third of the way in, long before it recalls them.)
-        checkpoint = "latest"
-    if checkpoint:
-        return load_run(path, checkpoint=checkpoint), checkpoint
+    if checkpoint or objectives.get(RunFolder(path).read_config().objective).generates:
+        # Unless told, the model chat, generate and export use: the latest
+        # (the default chat job learns its conversations by heart, and its
+        # validation loss is lowest a third of the way in, long before it
+        # recalls them), or a dpo run's best.
+        run = load_run(path, checkpoint=checkpoint)
+        return run, run.checkpoint
     try:
         return load_run(path, checkpoint="best"), "best"
     except TfchatError:
         # No evaluation has saved a best checkpoint yet (an interrupted run).
-        return load_run(path), "latest"
+        return load_run(path, checkpoint="latest"), "latest"
 
 
 def main(argv=None):

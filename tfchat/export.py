@@ -97,6 +97,9 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--run", required=True, help="Run folder, e.g. runs/default.")
+    parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
+                        help="Which checkpoint of the run to load (default: latest; for a dpo "
+                             "run best, the last evaluation that kept the chosen replies likely).")
     parser.add_argument("--name", default=None,
                         help="Model name (folder under the saved models folder). Default: the run's name.")
     parser.add_argument("--version", type=int, default=None,
@@ -132,7 +135,7 @@ def export_hub_format(args):
 
     family = check_exportable(load_config(args.run), args.format, args.run)
     check_out(args.out, args.force)
-    run = load_run(args.run)  # built as merged_run builds its model: the same weight names
+    run = load_run(args.run, checkpoint=args.checkpoint)  # built as merged_run builds its model: the same weight names
     merged = bool(run.config.model.lora_rank)
     if merged:
         run = merged_run(run)
@@ -170,7 +173,7 @@ def main(argv=None):
     from tfchat.serving.export import METADATA_DIR, METADATA_FILE, export_run
 
     try:
-        run = load_run(args.run)
+        run = load_run(args.run, checkpoint=args.checkpoint)
         if args.quantize:
             run = quantized_run(run, args.quantize)
         path = export_run(run, args.saved_models_dir, args.name, args.version, args.force)

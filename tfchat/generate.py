@@ -25,6 +25,9 @@ def build_parser():
     parser.add_argument("--prompt", action="append", default=None,
                         help="Prompt text (repeat for a batch; \\n is a newline). Default: a newline.")
     parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
+                        help="Which checkpoint of the run to load (default: latest; for a dpo "
+                             "run best, the last evaluation that kept the chosen replies likely).")
     parser.add_argument("--quantize", choices=("int8",), default=None,
                         help="Quantize the weights first (int8: weight-only, per channel; see "
                              "python -m tfchat.export --help).")
@@ -47,7 +50,7 @@ def main(argv=None):
     from tfchat.run import check_generates, load_run, quantized_run
 
     try:
-        run = check_generates(load_run(args.run, forward_pass=False))
+        run = check_generates(load_run(args.run, checkpoint=args.checkpoint, forward_pass=False))
         if args.quantize:
             run = quantized_run(run, args.quantize)
         prompts = [p.replace("\\n", "\n") for p in (args.prompt or ["\n"])]

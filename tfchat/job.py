@@ -130,6 +130,8 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
     trainer = Trainer(
         config, strategy, model, datasets["train"], datasets["val"], folder,
         sample=objective.sampler(model, tokenizer, config) if chief else None, verbose=verbose,
+        selection_loss=lambda results: objective.selection_loss(config, results),
+        warning=lambda results: objective.warning(config, results),
     )
     if resume:
         step = trainer.restore()
@@ -141,6 +143,13 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
         if advice:
             print(advice)
     history = trainer.fit()
+    if verbose and chief and trainer.last_warning:
+        print(f"\nWarning: at the last evaluation (step {trainer.step}), {trainer.last_warning}")
+    if verbose and chief and objective.default_checkpoint == "best":
+        best = folder.read_best()
+        if best and best["step"] != trainer.step:
+            print(f"\nThe best checkpoint is step {best['step']}'s, which chat, generate, "
+                  "export and evaluate load (--checkpoint latest for the last).")
     if objective.report_best and verbose and chief:
         print(objective.report_best(load_run(folder.path, checkpoint="best")))
     return history

@@ -66,6 +66,7 @@ def main(argv=None):
             # That run's vocabulary settings, which the index records.
             overrides["tokenizer"] = source.read_config().to_dict()["tokenizer"]
         config = config_lib.build_config(args.config, overrides)
+        config_lib.validate(config)
         if prepared.is_prepared(config.data.path):
             raise TfchatError(f"{config.data.path} is prepared already.")
         corpus = Corpus(config.data)

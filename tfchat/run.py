@@ -4,7 +4,8 @@
     runs/<name>/tokenizer/         its tokenizer
     runs/<name>/checkpoints/       tf.train checkpoints (model, optimizer, data
                                    position, random state), numbered by step
-    runs/<name>/checkpoints/best/  the lowest validation loss so far, and
+    runs/<name>/checkpoints/best/  the lowest validation loss so far (or
+                                   the objective's selection_loss), and
                                    best.json (its step and loss)
     runs/<name>/logs/              TensorBoard event files
     runs/<name>/metrics.jsonl      the logged metrics, a JSON line per log
@@ -100,13 +101,15 @@ class RunFolder:
         with open(self.labels, encoding="utf-8") as f:
             return tuple(json.load(f))
 
-    def write_best(self, best_dir, step, val_loss, checkpoint):
+    def write_best(self, best_dir, step, val_loss, checkpoint, selection_loss=None):
         write_json_atomic(os.path.join(best_dir, BEST_FILE),
-                          {"step": step, "val_loss": val_loss, "checkpoint": checkpoint})
+                          {"step": step, "val_loss": val_loss, "checkpoint": checkpoint,
+                           "selection_loss": val_loss if selection_loss is None else selection_loss})
 
     def read_best(self, best_dir=None):
-        """The best checkpoint's record ({"step", "val_loss", "checkpoint"}),
-        or None before the first evaluation."""
+        """The best checkpoint's record ({"step", "val_loss", "checkpoint",
+        "selection_loss"}: what ranked it, the validation loss unless its
+        objective ranks by more), or None before the first evaluation."""
         path = os.path.join(best_dir or self.best, BEST_FILE)
         if not os.path.isfile(path):
             return None
@@ -221,7 +224,7 @@ def same_files(dir_a, dir_b):
 class Run:
     """A trained run loaded back: config, objective, tokenizer, model, step."""
 
-    def __init__(self, path, config, tokenizer, model, step, labels=None):
+    def __init__(self, path, config, tokenizer, model, step, labels=None, checkpoint="latest"):
         self.path = path
         self.folder = RunFolder(path)
         self.config = config
@@ -231,6 +234,8 @@ class Run:
         self.backbone = model.backbone
         self.step = step
         self.labels = labels
+        # Which of the run's checkpoints it holds: "latest" or "best".
+        self.checkpoint = checkpoint
         # {"method", "scales"} once `quantized_run` made the weights int8.
         self.quantization = None
 
@@ -254,13 +259,27 @@ def check_generates(run):
     return run
 
 
-def load_run(path, checkpoint="latest", forward_pass=True):
+def default_checkpoint(folder, config):
+    """The checkpoint a command loads unless told: its objective's
+    `default_checkpoint` ("latest" for most; "best" for dpo, whose latest
+    may have given up the chosen replies), or "latest" while there is no
+    best yet."""
+    which = objectives.get(config.objective).default_checkpoint
+    if which == "best" and folder.read_best() is None:
+        return "latest"
+    return which
+
+
+def load_run(path, checkpoint=None, forward_pass=True):
     """Loads a run's config, tokenizer and checkpointed weights: the
-    `latest` checkpoint, or the `best` (lowest validation loss).
+    `latest` checkpoint, the `best` (lowest validation loss, or the
+    objective's own `selection_loss`), or by default the objective's
+    choice (`default_checkpoint`); `Run.checkpoint` says which.
     `forward_pass=False`: see `build_model` (for commands that only generate)."""
     folder = RunFolder(path)
     config = folder.read_config()
     tokenizer = use_chat_template(load_tokenizer(folder.tokenizer), config.tokenizer)
+    checkpoint = checkpoint or default_checkpoint(folder, config)
     latest, step = folder.latest_checkpoint(checkpoint)
     labels = folder.read_labels() if objectives.get(config.objective).labelled else None
     # A LoRA run's checkpoints hold the adapters beside the frozen weights.
@@ -269,7 +288,7 @@ def load_run(path, checkpoint="latest", forward_pass=True):
     # Every weight of the model must come from the checkpoint; the optimizer,
     # data position and random state it also holds are not needed here.
     status.assert_existing_objects_matched().expect_partial()
-    return Run(path, config, tokenizer, model, step, labels=labels)
+    return Run(path, config, tokenizer, model, step, labels=labels, checkpoint=checkpoint)
 
 
 def merged_run(run, out_path=None):
@@ -289,7 +308,8 @@ def merged_run(run, out_path=None):
     )
     merged = build_model(config, run.tokenizer.vocabulary_size, run.labels)
     merge_lora(run.backbone, merged.backbone)
-    return Run(path, config, run.tokenizer, merged, run.step, labels=run.labels)
+    return Run(path, config, run.tokenizer, merged, run.step, labels=run.labels,
+               checkpoint=run.checkpoint)
 
 
 QUANTIZE_MODES = ("int8",)

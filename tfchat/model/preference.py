@@ -16,6 +16,17 @@ and the losses (`dpo.loss`, TRL's names and formulas) are
     ipo      ((pc - rc) - (pr - rr) - 1 / (2 beta))^2, with each
              log-probability averaged over its reply's tokens (IPO, Azar et
              al., 2023, as TRL computes it)
+    apo_zero (1 - sigmoid(beta (pc - rc))) + sigmoid(beta (pr - rr)): the
+             chosen reply made likelier and the rejected one less likely,
+             each on its own (APO-zero, D'Oosterlinck et al., 2024)
+
+Plain DPO only ranks the pair: on little data it can widen the margin by
+making every reply unlikely, the chosen one too, while reward accuracy
+reads 1.0 (issue 28). `rpo_alpha` adds the chosen reply's negative
+log-likelihood, per token, times alpha (RPO, Pang et al., 2024; TRL's
+`rpo_alpha`), which holds the chosen reply up; `chosen_logp_change`, the
+chosen reply's log-probability against the reference per token, shows
+whether it is held.
 
 The reference's log-probabilities are inputs (`reference_logps`), computed
 once before training from the starting weights (`tfchat.objectives.dpo`),
@@ -25,6 +36,7 @@ so no second model is held while the policy trains.
 import keras
 import tensorflow as tf
 
+from tfchat.config import DPO_LOSSES as LOSSES
 from tfchat.model.tasks import CausalLM
 
 
@@ -65,8 +77,10 @@ def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
                   - tf.math.log_sigmoid(-margin) * label_smoothing)
     elif loss == "ipo":
         losses = tf.square(chosen_ratio - rejected_ratio - 1.0 / (2.0 * beta))
+    elif loss == "apo_zero":
+        losses = (1.0 - tf.sigmoid(beta * chosen_ratio)) + tf.sigmoid(beta * rejected_ratio)
     else:
-        raise ValueError(f"loss must be sigmoid or ipo. Received: loss={loss!r}")
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}. Received: loss={loss!r}")
     return (losses, tf.stop_gradient(beta * chosen_ratio),
             tf.stop_gradient(beta * rejected_ratio))
 
@@ -80,8 +94,10 @@ class PreferenceLM(CausalLM):
     Args:
         backbone: a `tfchat.model.gpt.GPT`.
         beta: float, `dpo.beta`.
-        loss: "sigmoid" | "ipo".
+        loss: "sigmoid" | "ipo" | "apo_zero".
         label_smoothing: float, sigmoid only.
+        rpo_alpha: float, the weight of the chosen reply's negative
+            log-likelihood per token added to each pair's loss (0 = none).
 
     Data (`tfchat.data.pipeline.preference_dataset`): (x, targets [B, 2, T],
     weights [B, 2, T]) with x {"token_ids" [B, 2, T], "padding_mask" [B, 2,
@@ -91,7 +107,12 @@ class PreferenceLM(CausalLM):
     Metrics: `loss`; `reward_chosen`, `reward_rejected` and `reward_margin`
     (means over pairs), and `reward_accuracy`, the share of pairs whose
     chosen reward is higher, a tie counting half (before any step the policy
-    is the reference and every pair ties: 0.5).
+    is the reference and every pair ties: 0.5); `chosen_logp_change`, the
+    mean over pairs of (pc - rc) / the chosen reply's tokens: how much
+    likelier (above 0) or less likely the policy finds the chosen reply
+    than the reference did, in nats per token; `chosen_nll`, the mean over
+    pairs of the chosen reply's negative log-likelihood per token (what
+    `rpo_alpha` weighs).
 
     Example:
     ```python
@@ -105,15 +126,17 @@ class PreferenceLM(CausalLM):
     # Rows the model reads per example, for tokens/s (`tfchat.train.trainer`).
     sequences_per_example = 2
 
-    def __init__(self, backbone, beta=0.1, loss="sigmoid", label_smoothing=0.0,
+    def __init__(self, backbone, beta=0.1, loss="sigmoid", label_smoothing=0.0, rpo_alpha=0.0,
                  grad_accumulation_steps=1, **kwargs):
         super().__init__(backbone, grad_accumulation_steps, **kwargs)
         self.beta = beta
         self.loss_type = loss
         self.label_smoothing = label_smoothing
+        self.rpo_alpha = rpo_alpha
         self.reward_trackers = {
-            name: keras.metrics.Mean(name=f"reward_{name}")
-            for name in ("chosen", "rejected", "margin", "accuracy")
+            name: keras.metrics.Mean(name=name)
+            for name in ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy",
+                         "chosen_logp_change", "chosen_nll")
         }
 
     @property
@@ -126,6 +149,9 @@ class PreferenceLM(CausalLM):
             self.backbone, x, y, weight, training)
         reference = tf.cast(x["reference_logps"], tf.float32)
         ref_chosen, ref_rejected = reference[:, 0], reference[:, 1]
+        tokens = tf.maximum(chosen_n, 1.0)
+        chosen_change = tf.stop_gradient((chosen - ref_chosen) / tokens)
+        chosen_nll = -chosen / tokens
         if self.loss_type == "ipo":
             chosen, ref_chosen = chosen / chosen_n, ref_chosen / chosen_n
             rejected, ref_rejected = rejected / rejected_n, ref_rejected / rejected_n
@@ -133,10 +159,13 @@ class PreferenceLM(CausalLM):
             chosen, rejected, ref_chosen, ref_rejected, self.beta, self.loss_type,
             self.label_smoothing,
         )
+        if self.rpo_alpha:
+            losses += self.rpo_alpha * chosen_nll
         margin = chosen_rewards - rejected_rewards
         correct = tf.cast(margin > 0, tf.float32) + 0.5 * tf.cast(tf.equal(margin, 0.0), tf.float32)
         return tuple(tf.reduce_sum(v) for v in (
-            losses, chosen_rewards, rejected_rewards, margin, correct))
+            losses, chosen_rewards, rejected_rewards, margin, correct, chosen_change,
+            tf.stop_gradient(chosen_nll)))
 
     def loss_count(self, y, weight):
         return tf.cast(tf.shape(y)[0], tf.float32)  # pairs
@@ -161,5 +190,6 @@ class PreferenceLM(CausalLM):
 
     def get_config(self):
         config = super().get_config()
-        config.update(beta=self.beta, loss=self.loss_type, label_smoothing=self.label_smoothing)
+        config.update(beta=self.beta, loss=self.loss_type, label_smoothing=self.label_smoothing,
+                      rpo_alpha=self.rpo_alpha)
         return config

@@ -5,8 +5,6 @@ Adding an objective: a new module under `tfchat/objectives/` that defines its
 `REGISTRY` below.
 """
 
-import dataclasses
-
 from tfchat import config as config_lib
 from tfchat.data.dialogues import is_dialogue_data
 from tfchat.errors import TfchatError
@@ -35,15 +33,28 @@ def get(name):
 
 
 def resolve(config):
-    """`config` with `objective: auto` made concrete, after checking that
-    the objective can use the config's settings (`check`)."""
+    """`config` with `objective: auto` made concrete and the objective's own
+    defaults in the keys nobody set (`Objective.defaults`), after checking
+    that the objective can use the config's settings (`check`)."""
     if config.objective == AUTO:
         objective = ("causal" if is_prepared(config.data.path)
                      else "dpo" if is_preference_data(config.data)
                      else "chat" if is_dialogue_data(config.data) else "causal")
-        config = dataclasses.replace(config, objective=objective)
+        config = config_lib.replace(config, objective=objective)
+    if config.objective in REGISTRY:
+        config = config_lib.with_defaults(config, REGISTRY[config.objective].defaults)
     check(config)
     return config
+
+
+def defaults_used(config):
+    """The objective's own defaults that `config` took, {dotted key: value}
+    (for the line training starts with)."""
+    given = config_lib.given_keys(config)
+    if given is None:
+        return {}
+    return {key: value for key, value in get(config.objective).defaults.items()
+            if key not in given}
 
 
 def check(config):

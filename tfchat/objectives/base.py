@@ -78,6 +78,18 @@ class Objective:
     # teacher): the job loads it under the strategy, gives the task its
     # backbone (`attach_teacher`) and its tokenizer to the run.
     teacher: typing.Optional[typing.Callable] = None
+    # Its own defaults for general settings ({"train.learning_rate": ...}),
+    # used where the config files and command line leave a key unset
+    # (`tfchat.objectives.resolve`).
+    defaults: typing.Mapping[str, typing.Any] = dataclasses.field(default_factory=dict)
+    # (config, validation results) -> what ranks evaluations for the best
+    # checkpoint and early stopping, lower is better.
+    selection_loss: typing.Callable = lambda config, results: results["val_loss"]
+    # (config, validation results) -> a warning to print, or None.
+    warning: typing.Callable = lambda config, results: None
+    # The checkpoint chat, generate, export and evaluate load unless told:
+    # "latest", or "best" (the latest while there is no best yet).
+    default_checkpoint: str = "latest"
 
 
 def read_corpus(config):

@@ -21,6 +21,8 @@ from tfchat.data.pipeline import preference_dataset
 from tfchat.data.preferences import PreferenceCorpus, encode_pairs
 from tfchat.data.sharding import WHOLE
 from tfchat.errors import TfchatError
+from tfchat.evaluation.preferences import preferred_replies
+from tfchat.inference.generator import Generator
 from tfchat.model.preference import PreferenceLM, pair_logps
 from tfchat.objectives import chat
 from tfchat.objectives.base import (
@@ -128,19 +130,29 @@ def build_model(config, vocabulary_size, labels=None, forward_pass=True):
     d = config.dpo
     model = PreferenceLM(
         causal.backbone, beta=d.beta, loss=d.loss, label_smoothing=d.label_smoothing,
-        grad_accumulation_steps=config.train.grad_accumulation_steps,
+        rpo_alpha=d.rpo_alpha, grad_accumulation_steps=config.train.grad_accumulation_steps,
         dtype=config.train.precision, name="preference_lm",
     )
     model.built = True  # no weights of its own; the backbone is built
     return model
 
 
-def evaluate(run, batch_size=32, limit=0, **unused):
+def evaluate(run, batch_size=32, limit=0, max_new_tokens=128, jit_compile=True, **unused):
     """On the first `limit` (0 = all) validation pairs: the DPO loss and the
     rewards against `init_from`'s weights (reward accuracy: the share of
-    pairs the tuning moved towards the chosen reply), and
-    `val_chosen_likelier`, the share whose chosen reply the model now finds
-    likelier than the rejected one outright (no reference)."""
+    pairs the tuning moved towards the chosen reply), `val_chosen_logp_change`
+    (the chosen reply's log-probability against the reference's, per
+    token), and `val_chosen_likelier`, the share whose chosen reply the
+    model now finds likelier than the rejected one outright (no reference).
+
+    Then what the model says: its greedy reply to each distinct held-out
+    prompt, scored by chrF (0-100, sacrebleu) against that prompt's chosen
+    and rejected replies. `val_replies_closer_to_chosen` is the share of
+    replies nearer the chosen reply than the rejected one (a tie counts
+    half), `val_reply_chrf_chosen` their mean chrF against the chosen
+    reply, `val_replies_exactly_chosen` the share that are it word for
+    word: a model that ranks the pairs right but no longer writes (reward
+    accuracy 1.0, replies gibberish) scores low on all three."""
     corpus = read_data(run.config)
     pairs = corpus.pairs("val")[: limit or None]
     val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"],
@@ -160,26 +172,79 @@ def evaluate(run, batch_size=32, limit=0, **unused):
                if k not in ("nonfinite_steps", "useful_fraction")}
     results["val_chosen_likelier"] = float(np.concatenate(likelier).mean())
     results["val_pairs"] = len(pairs)
+    generator = Generator(run.backbone, run.tokenizer, jit_compile=jit_compile)
+    results.update(preferred_replies(generator, pairs, batch_size, max_new_tokens))
     return results
+
+
+def format_results(results):
+    lines = [f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}"
+             for key, value in results.items() if key != "examples"]
+    for example in results.get("examples", []):
+        lines.append(f"\nuser: {example['user']}\nchosen: {example['chosen']}\n"
+                     f"rejected: {example['rejected']}\nreply: {example['reply']}")
+    return "\n".join(lines)
+
+
+# Measured on the tasks of benchmarks/dpo_defaults.py (benchmarks/RESULTS.md,
+# "Preference tuning that keeps the model intact"): a chat run's SFT rate
+# (train.learning_rate 1e-3) made every reply degenerate within 150 steps.
+DEFAULTS = {
+    "train.learning_rate": 3e-4,
+    "train.min_learning_rate": 3e-5,
+    "train.max_steps": 200,
+    "train.warmup_steps": 10,
+    "train.eval_interval": 25,
+}
+
+
+def chosen_drop(config, results):
+    """How far (nats per token) the held-out chosen replies fell below the
+    reference beyond `dpo.max_chosen_drop`, 0 if not."""
+    return max(0.0, -results["val_chosen_logp_change"] - config.dpo.max_chosen_drop)
+
+
+def selection_loss(config, results):
+    """The held-out preference loss (without the `rpo_alpha` term), plus 100
+    per nat per token the chosen replies fell beyond `dpo.max_chosen_drop`:
+    among the checkpoints that keep the chosen replies likely, the one that
+    separates the pairs best; any of them beats one that does not.
+
+    Not the whole loss: the likelihood term on held-out replies rises a
+    little as the margin grows (measured: -0.06 to -0.09 nats per token over
+    200 steps), and the whole loss then chose the first evaluation, before
+    the tuning had switched the replies (7 of 10 preferred, against 10 at
+    the end; benchmarks/RESULTS.md)."""
+    preference = results["val_loss"] - config.dpo.rpo_alpha * results["val_chosen_nll"]
+    return preference + 100.0 * chosen_drop(config, results)
+
+
+def warning(config, results):
+    change = results["val_chosen_logp_change"]
+    if not chosen_drop(config, results):
+        return None
+    return (f"the held-out chosen replies are {-change:.2f} nats per token less likely than "
+            f"under the reference (dpo.max_chosen_drop {config.dpo.max_chosen_drop:g}): the "
+            "tuning is making every reply unlikely, however good the reward accuracy. Lower "
+            "train.learning_rate or raise dpo.rpo_alpha; the best checkpoint, which chat, "
+            "generate, export and evaluate load, is the last evaluation within the limit.")
 
 
 def describe(config, corpus, model):
     d = config.dpo
     smoothing = f", label smoothing {d.label_smoothing}" if d.label_smoothing else ""
-    line = (f"{corpus.num_pairs} preference pairs, {d.loss} loss, beta {d.beta}{smoothing}; "
-            f"the reference is {config.init_from}'s weights")
-    if config.train.learning_rate >= 1e-3 and not config.model.lora_rank:
-        # Measured on tests/test_dpo.py's two-style task: 3e-4 switched every
-        # held-out reply to the preferred style, 1e-3 made replies degenerate.
-        line += (f". Note: train.learning_rate {config.train.learning_rate:g} is an SFT rate; "
-                 "DPO usually wants several times less (3e-4 or below)")
+    line = (f"{corpus.num_pairs} preference pairs, {d.loss} loss, beta {d.beta}{smoothing}, "
+            f"rpo_alpha {d.rpo_alpha:g}; the reference is {config.init_from}'s weights")
+    from tfchat.objectives import defaults_used
+
+    used = defaults_used(config)
+    if used:
+        line += "; dpo's defaults: " + ", ".join(f"{k} {v:g}" for k, v in used.items())
     return line
-
-
 def next_steps(config):
-    return ("Chat with it:\n"
+    return ("Chat with it (its best checkpoint):\n"
             f"  python -m tfchat.chat --run {config.run_dir}\n"
-            "Rewards and reward accuracy on its held-out pairs:\n"
+            "Rewards, reward accuracy and its replies to the held-out prompts:\n"
             f"  python -m tfchat.evaluate --run {config.run_dir}")
 
 
@@ -198,6 +263,11 @@ OBJECTIVE = Objective(
     sampler=chat.sampler,
     describe=describe,
     evaluate=evaluate,
+    format_results=format_results,
     signatures=chat.OBJECTIVE.signatures,
     next_steps=next_steps,
+    defaults=DEFAULTS,
+    selection_loss=selection_loss,
+    warning=warning,
+    default_checkpoint="best",
 )

@@ -37,11 +37,19 @@ class Trainer:
 
     `folder` is the run's `tfchat.run.RunFolder` (where checkpoints, logs
     and metrics go); `sample`, if given, returns the text logged at each
-    evaluation (the objective's sampler).
+    evaluation (the objective's sampler). `selection_loss(results)` ranks
+    evaluations for the best checkpoint and early stopping, lower is better
+    (default: the validation loss); `warning(results)` returns a message
+    to print after an evaluation, or None.
     """
 
-    def __init__(self, config, strategy, task, train_ds, val_ds, folder, sample=None, verbose=1):
+    def __init__(self, config, strategy, task, train_ds, val_ds, folder, sample=None, verbose=1,
+                 selection_loss=None, warning=None):
         self.config = config
+        self.selection_loss = selection_loss or (lambda results: results["val_loss"])
+        self.warning = warning or (lambda results: None)
+        # The last evaluation's warning, for the job's closing lines.
+        self.last_warning = None
         self.train_config = config.train
         self.strategy = strategy
         self.task = task
@@ -87,9 +95,9 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, checkpoint_dir, max_to_keep=t.keep_checkpoints
         )
-        # The checkpoint with the lowest validation loss so far.
+        # The checkpoint with the lowest selection loss so far.
         self.best_manager = tf.train.CheckpointManager(self.checkpoint, best_dir, max_to_keep=1)
-        self.best_val_loss = math.inf
+        self.best_selection_loss = math.inf
         # For train.early_stopping_patience.
         self.evaluations_since_best = 0
         # The event files of the folder's earlier processes, which a resume
@@ -178,7 +186,7 @@ class Trainer:
         if step:
             best = self.folder.read_best(self.best_manager.directory)
             if best is not None:
-                self.best_val_loss = best["val_loss"]
+                self.best_selection_loss = best.get("selection_loss", best["val_loss"])
         if self.is_chief:
             self._drop_logs_after(step)
         return step
@@ -361,12 +369,13 @@ class Trainer:
         # from the checkpoint before this one and evaluates this step again;
         # the other way round it would resume past this step with its
         # checkpoint never kept as the best.
-        if results["val_loss"] < self.best_val_loss:
-            self.best_val_loss = results["val_loss"]
+        selection_loss = self.selection_loss(results)
+        if selection_loss < self.best_selection_loss:
+            self.best_selection_loss = selection_loss
             self.best_manager.save(checkpoint_number=step)
             if self.is_chief:
-                self.folder.write_best(self.best_manager.directory, step, self.best_val_loss,
-                                       self.best_manager.latest_checkpoint)
+                self.folder.write_best(self.best_manager.directory, step, results["val_loss"],
+                                       self.best_manager.latest_checkpoint, selection_loss)
             self.evaluations_since_best = 0
         else:
             self.evaluations_since_best += 1
@@ -376,6 +385,9 @@ class Trainer:
             print(f"\nstep {step}: {shown}; checkpoint {path}")
             if sample:
                 print(f"--- sample ---\n{sample}\n--------------")
+        self.last_warning = self.warning(results)
+        if self.last_warning and self.verbose and self.is_chief:
+            print(f"\nWarning at step {step}: {self.last_warning}")
         return results
 
     def _should_stop_early(self):
@@ -384,9 +396,8 @@ class Trainer:
             return False
         if self.verbose and self.is_chief:
             print(
-                f"\nStopping early at step {self.step}: no lower validation loss "
-                f"in {patience} evaluation(s); the best, {self.best_val_loss:.4f}, "
-                f"is in {self.best_manager.directory}."
+                f"\nStopping early at step {self.step}: no better validation result "
+                f"in {patience} evaluation(s); the best is in {self.best_manager.directory}."
             )
         return True
 
