@@ -18,11 +18,15 @@ load) for greedy replies to the 10 prompts left out of the pairs:
               byte-level BPE and ChatML template), converted by
               `python -m tfchat.convert`, then the polite task.
 
-An arm is loss:rpo_alpha:learning_rate ("default" for the objective's own);
+An arm is loss:rpo_alpha:learning_rate[:beta] ("default", or left out, for
+the objective's own);
 every other DPO setting is the objective's default. Reported per arm: the
 held-out reward accuracy and chosen log-probability change (per token,
 against the reference) of the loaded checkpoint (`tfchat.evaluate`), and
-the share of the 10 greedy replies that are exactly the preferred reply.
+the share of the 10 greedy replies that are exactly the preferred reply,
+and the share in the preferred style (chrF >= 80 against it, and closer to
+it than to the rejected one: the tests' criterion for prompts the pairs
+leave out).
 Prints a Markdown table; `--seeds N` repeats each SFT + DPO over seeds and
 reports medians.
 """
@@ -41,7 +45,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from preference_tasks import EXAMPLES, HELD_OUT, SFT_SETTINGS, TRAINING, write_chats, write_pairs  # noqa: E402,E501
+from preference_tasks import (  # noqa: E402  (tests/)
+    EXAMPLES, HELD_OUT, SFT_SETTINGS, TRAINING, in_preferred_style, write_chats, write_pairs,
+)
 
 TASKS = {
     "polite": dict(examples=EXAMPLES["polite"], sft=SFT_SETTINGS["polite"], dpo={}),
@@ -108,6 +114,12 @@ def greedy_exact(run_dir, examples):
     return sum(exact) / len(exact), replies
 
 
+def arm_settings(arm):
+    """"loss:rpo_alpha:lr[:beta]" -> the four, "default" where not given."""
+    parts = arm.split(":") if arm != "default" else []
+    return tuple(parts + ["default"] * (4 - len(parts)))
+
+
 def dpo_run(task, root, sft, arm, steps_factor, name):
     from tfchat.objectives import dpo
     from tfchat.run import load_run
@@ -115,18 +127,20 @@ def dpo_run(task, root, sft, arm, steps_factor, name):
     spec = TASKS[task]
     held_out = spec["examples"][HELD_OUT]
     prefs = write_pairs(os.path.join(root, "prefs.jsonl"), spec["examples"][TRAINING])
-    loss, alpha, lr = arm.split(":") if arm != "default" else ("default",) * 3
+    loss, alpha, lr, beta = arm_settings(arm)
     settings = {"objective": "dpo", "init_from": sft, "data.path": prefs, "name": name,
                 "runs_dir": os.path.join(root, "runs"), **QUIET, **spec["dpo"]}
     if loss != "default":
         settings["dpo.loss"] = loss
     if alpha != "default":
         settings["dpo.rpo_alpha"] = alpha
+    if beta != "default":
+        settings["dpo.beta"] = beta
     if lr != "default":
         settings["train.learning_rate"] = lr
         settings["train.min_learning_rate"] = float(lr) / 10
     if steps_factor != 1:
-        settings["train.max_steps"] = dpo.DEFAULTS["train.max_steps"] * steps_factor
+        settings["train.max_steps"] = dpo.STEPS * steps_factor
     output = fit(cli(settings) + ["--overwrite"])
     run_dir = os.path.join(root, "runs", name)
     run = load_run(run_dir)
@@ -135,7 +149,9 @@ def dpo_run(task, root, sft, arm, steps_factor, name):
     exact, replies = greedy_exact(run_dir, held_out)
     return {"reward_accuracy": results["val_reward_accuracy"],
             "chosen_logp_change": results["val_chosen_logp_change"],
-            "exact": exact, "closer": results["val_replies_closer_to_chosen"],
+            "exact": exact,
+            "style": sum(map(in_preferred_style, replies, held_out)) / len(held_out),
+            "closer": results["val_replies_closer_to_chosen"],
             "checkpoint": f"{run.checkpoint} (step {run.step})",
             "warned": "Warning" in output, "replies": replies}
 
@@ -148,19 +164,22 @@ def main():
                                           "sigmoid:1:3e-4,apo_zero:0:3e-4,apo_zero:1:3e-4,default")
     parser.add_argument("--steps", default="1", help="Multiples of the default steps, e.g. 1,3.")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="Seeds are 1337 + first-seed, ... (0: the tests' seed).")
     parser.add_argument("--json", default=None, help="Also write every result here.")
     args = parser.parse_args()
     from tfchat.objectives import dpo
 
-    print(f"dpo defaults: {dpo.DEFAULTS}, rpo_alpha default "
+    print(f"dpo defaults: {dpo.defaults(__import__('tfchat.config').config.Config())}, "
+          f"rpo_alpha default "
           f"{__import__('tfchat.config').config.DpoConfig().rpo_alpha}", flush=True)
     everything = []
-    print("| task | loss | rpo_alpha | lr | steps | reward accuracy | chosen logp change "
-          "(nats/token) | exact preferred replies | warned | checkpoint |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    print("| task | loss | rpo_alpha | lr | beta | steps | reward accuracy | chosen logp change "
+          "(nats/token) | exact preferred replies | in the preferred style | warned | checkpoint |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for task in args.tasks.split(","):
         cells = {}
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             root = tempfile.mkdtemp(prefix=f"dpo_{task}_{seed}_")
             sft = sft_run(task, root, seed=1337 + seed)
             for arm in args.arms.split(","):
@@ -172,14 +191,15 @@ def main():
                     print(f"  [{task} seed {seed} {arm} x{factor}] {result['replies'][:3]}",
                           file=sys.stderr, flush=True)
         for (arm, factor), results in cells.items():
-            loss, alpha, lr = arm.split(":") if arm != "default" else ("default",) * 3
+            loss, alpha, lr, beta = arm_settings(arm)
 
             def median(key):
                 return statistics.median(r[key] for r in results)
 
-            steps = dpo.DEFAULTS["train.max_steps"] * factor
-            print(f"| {task} | {loss} | {alpha} | {lr} | {steps} | {median('reward_accuracy'):.2f} | "
+            steps = dpo.STEPS * factor
+            print(f"| {task} | {loss} | {alpha} | {lr} | {beta} | {steps} | {median('reward_accuracy'):.2f} | "
                   f"{median('chosen_logp_change'):+.2f} | {median('exact') * 10:.0f}/10 | "
+                  f"{median('style') * 10:.0f}/10 | "
                   f"{sum(r['warned'] for r in results)}/{len(results)} | "
                   f"{results[0]['checkpoint']} |", flush=True)
     if args.json:

@@ -12,8 +12,10 @@ replies of every prompt before preference tuning.
 
 The first 20 prompts are the preference pairs' (`TRAINING`), the last 10
 are held out from them (`HELD_OUT`); the SFT model saw both replies of all
-30.
+30, the rejected one twice as often.
 """
+
+import sacrebleu
 
 from conftest import write_jsonl
 
@@ -55,14 +57,29 @@ SFT_SETTINGS = {
 
 
 def write_chats(path, examples):
-    """Both replies of every example, as chat JSONL (the SFT data)."""
+    """Both replies of every example as chat JSONL (the SFT data), the
+    rejected one twice: the SFT model then answers in the rejected style,
+    and preference tuning must switch it."""
     return write_jsonl(path, [
         {"messages": [{"role": "user", "content": prompt},
                       {"role": "assistant", "content": reply}]}
-        for prompt, chosen, rejected in examples for reply in (chosen, rejected)])
+        for prompt, chosen, rejected in examples for reply in (chosen, rejected, rejected)])
 
 
 def write_pairs(path, examples):
     """The examples as preference pairs (TRL's prompt/chosen/rejected)."""
     return write_jsonl(path, [{"prompt": prompt, "chosen": chosen, "rejected": rejected}
                               for prompt, chosen, rejected in examples])
+
+
+def in_preferred_style(reply, example):
+    """Whether `reply` to `example`'s prompt is in the preferred style: chrF
+    at least 80 against the preferred reply, and closer to it than to the
+    rejected one (what the tests ask of replies to prompts the pairs leave
+    out, where a name copied a letter wrong is still the preferred reply)."""
+    _, chosen, rejected = example
+
+    def chrf(reference):
+        return sacrebleu.sentence_chrf(reply, [reference]).score
+
+    return chrf(chosen) >= 80 and chrf(chosen) > chrf(rejected)

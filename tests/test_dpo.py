@@ -205,9 +205,14 @@ def test_dpo_takes_its_own_defaults_for_what_nobody_set(tmp_path):
     general = config_lib.TrainConfig()
     config = objectives.resolve(config_lib.build_config(
         overrides=nest({"objective": "dpo", "init_from": "runs/sft"})))
-    for key, value in dpo.DEFAULTS.items():
+    defaults = dpo.defaults(config)
+    for key, value in defaults.items():
         assert _value(config, key) == value != _value(config_lib.Config(), key)
-    assert objectives.defaults_used(config) == dpo.DEFAULTS
+    assert objectives.defaults_used(config) == defaults
+    assert config.train.learning_rate == dpo.LEARNING_RATE
+    # --help says which defaults dpo replaces.
+    helps = {key: help for key, _, _, help in config_lib.flat_keys()}
+    assert all("dpo:" in helps[key] for key in defaults)
     # What a config file or the command line sets stays; the rest is dpo's
     # (50 steps alone work: dpo's warmup is shorter).
     path = tmp_path / "dpo.yaml"
@@ -215,14 +220,14 @@ def test_dpo_takes_its_own_defaults_for_what_nobody_set(tmp_path):
     config = objectives.resolve(config_lib.build_config(
         [str(path)], nest({"objective": "dpo", "init_from": "runs/sft", "train.max_steps": 50})))
     assert (config.train.learning_rate, config.train.max_steps) == (5e-4, 50)
-    assert config.train.warmup_steps == dpo.DEFAULTS["train.warmup_steps"]
+    assert config.train.warmup_steps == defaults["train.warmup_steps"]
     assert "train.learning_rate" not in objectives.defaults_used(config)
     # objective auto on preference pairs becomes dpo, with dpo's defaults.
     prefs = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
     config = objectives.resolve(config_lib.build_config(
         overrides=nest({"init_from": "runs/sft", "data.path": prefs})))
     assert config.objective == "dpo"
-    assert config.train.learning_rate == dpo.DEFAULTS["train.learning_rate"]
+    assert config.train.learning_rate == dpo.LEARNING_RATE
     # Other objectives, and a config read back from a run, keep theirs.
     config = objectives.resolve(config_lib.build_config(overrides={"objective": "chat"}))
     assert config.train.learning_rate == general.learning_rate
@@ -540,12 +545,12 @@ def sft_runs(tmp_path_factory):
 
 def _held_out_replies(run_dir, task, checkpoint=None):
     """Greedy replies of the run to the 10 prompts the pairs leave out, and
-    how many are exactly the preferred reply."""
+    how many are in the preferred style (`in_preferred_style`)."""
     examples = preference_tasks.EXAMPLES[task][preference_tasks.HELD_OUT]
     run = load_run(run_dir, checkpoint=checkpoint)
     replies = Generator(run.backbone, run.tokenizer).chat(
         [[Message("user", prompt)] for prompt, _, _ in examples], max_new_tokens=48)
-    return replies, sum(reply == chosen for reply, (_, chosen, _) in zip(replies, examples))
+    return replies, sum(map(preference_tasks.in_preferred_style, replies, examples))
 
 
 def _evaluations(run_dir):
@@ -577,7 +582,7 @@ def test_dpo_defaults_switch_the_replies_and_keep_them_intact(sft_runs, task, lo
         assert evaluation["val_chosen_logp_change"] > -config_lib.DpoConfig().max_chosen_drop, evaluation
 
     # Three times as long, the replies stay.
-    steps = 3 * dpo.DEFAULTS["train.max_steps"]
+    steps = 3 * dpo.STEPS
     out = _fit({**settings, "name": f"dpo_{task}_long", "train.max_steps": steps}, capsys)
     assert "Warning" not in out
     replies, preferred = _held_out_replies(str(root / "runs" / f"dpo_{task}_long"), task)
@@ -640,12 +645,13 @@ def test_plain_dpo_collapses_with_a_warning_and_the_defaults_do_not(sft_runs, ca
     assert "Warning" not in out
     run_dir = str(root / "runs" / "defaults")
     assert _evaluations(run_dir)[-1]["val_chosen_logp_change"] > -0.5
-    prompt, chosen, _ = examples[-1]
-    assert chat_cli.main(["--run", run_dir, "--temperature", "0", prompt]) == 0
-    assert capsys.readouterr().out == chosen + "\n"
+    replies, _ = _held_out_replies(run_dir, "polite")
+    assert chat_cli.main(["--run", run_dir, "--temperature", "0", examples[-1][0]]) == 0
+    reply = capsys.readouterr().out
+    assert reply == replies[-1] + "\n" and preference_tasks.in_preferred_style(reply, examples[-1])
     # The exported chat signature (the best checkpoint, as chat loads it),
     # through the v1 Session path as TF Serving runs it.
     path = export_run(load_run(run_dir), saved_models_dir=str(root / "saved"))
     out = session_run(path, "chat", {"roles": ["user"], "contents": [examples[-2][0]],
                                      "max_new_tokens": [48], "temperature": [0.0]})
-    assert out["text"].tolist() == [examples[-2][1].encode()]
+    assert out["text"].tolist() == [replies[-2].encode()]

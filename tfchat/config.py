@@ -181,12 +181,13 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = _field(16, "Global batch size (sequences per step).")
-    max_steps: int = _field(1500, "Optimizer steps to train for.")
-    learning_rate: float = _field(1e-3, "Peak learning rate.")
+    # Objective dpo has its own defaults for these five (tfchat.objectives.dpo).
+    max_steps: int = _field(1500, "Optimizer steps to train for (dpo: 200).")
+    learning_rate: float = _field(1e-3, "Peak learning rate (dpo: 1e-4).")
     min_learning_rate: float = _field(
-        1e-4, "Floor the cosine schedule decays to."
+        1e-4, "Floor the cosine schedule decays to (dpo: a tenth of the peak)."
     )
-    warmup_steps: int = _field(100, "Linear warmup steps from 0.")
+    warmup_steps: int = _field(100, "Linear warmup steps from 0 (dpo: 10).")
     weight_decay: float = _field(
         0.1, "AdamW decay (not applied to norms, biases, embeddings)."
     )
@@ -197,7 +198,7 @@ class TrainConfig:
     shuffle_buffer: int = _field(10000, "Blocks held in the shuffle buffer.")
     log_interval: int = _field(10, "Steps between progress/TensorBoard logs.")
     eval_interval: int = _field(
-        250, "Steps between validation, sample text and checkpoint."
+        250, "Steps between validation, sample text and checkpoint (dpo: 25)."
     )
     eval_batches: int = _field(
         0, "Validation batches per evaluation; 0 = the whole split."

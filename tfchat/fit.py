@@ -22,10 +22,11 @@ preset or Hugging Face directory, or an hf:// / kaggle:// handle), which is
 first converted into runs/pretrained/ (`python -m tfchat.convert --help`).
 
 Preference tuning (DPO) of a chat run on chosen/rejected pairs (JSONL; see
-README's Preference tuning, and `python -m tfchat.chat --feedback`):
+README's Preference tuning, and `python -m tfchat.chat --feedback`), with
+dpo's own defaults for the rate, steps and schedule unless you set them:
 
     python -m tfchat.fit --objective dpo --init_from runs/my_chat \\
-        --data.path prefs.jsonl --train.learning_rate 3e-4 --name my_dpo
+        --data.path prefs.jsonl --name my_dpo
 
 Masked-LM pretraining, then classification fine-tuning from it:
 

@@ -22,7 +22,7 @@ and the losses (`dpo.loss`, TRL's names and formulas) are
 
 Plain DPO only ranks the pair: on little data it can widen the margin by
 making every reply unlikely, the chosen one too, while reward accuracy
-reads 1.0 (issue 28). `rpo_alpha` adds the chosen reply's negative
+reads 1.0. `rpo_alpha` adds the chosen reply's negative
 log-likelihood, per token, times alpha (RPO, Pang et al., 2024; TRL's
 `rpo_alpha`), which holds the chosen reply up; `chosen_logp_change`, the
 chosen reply's log-probability against the reference per token, shows

@@ -42,7 +42,7 @@ def resolve(config):
                      else "chat" if is_dialogue_data(config.data) else "causal")
         config = config_lib.replace(config, objective=objective)
     if config.objective in REGISTRY:
-        config = config_lib.with_defaults(config, REGISTRY[config.objective].defaults)
+        config = config_lib.with_defaults(config, REGISTRY[config.objective].defaults(config))
     check(config)
     return config
 
@@ -53,7 +53,7 @@ def defaults_used(config):
     given = config_lib.given_keys(config)
     if given is None:
         return {}
-    return {key: value for key, value in get(config.objective).defaults.items()
+    return {key: value for key, value in get(config.objective).defaults(config).items()
             if key not in given}
 
 

@@ -78,10 +78,10 @@ class Objective:
     # teacher): the job loads it under the strategy, gives the task its
     # backbone (`attach_teacher`) and its tokenizer to the run.
     teacher: typing.Optional[typing.Callable] = None
-    # Its own defaults for general settings ({"train.learning_rate": ...}),
-    # used where the config files and command line leave a key unset
-    # (`tfchat.objectives.resolve`).
-    defaults: typing.Mapping[str, typing.Any] = dataclasses.field(default_factory=dict)
+    # config -> its own defaults for general settings ({"train.learning_rate":
+    # ...}), used where the config files and command line leave a key unset
+    # (`tfchat.objectives.resolve`); they may depend on what was set.
+    defaults: typing.Callable = lambda config: {}
     # (config, validation results) -> what ranks evaluations for the best
     # checkpoint and early stopping, lower is better.
     selection_loss: typing.Callable = lambda config, results: results["val_loss"]
