@@ -321,7 +321,7 @@ def test_versions_are_atomic_and_never_overwritten_without_force(char_run, tmp_p
     code, out, err = _export_cli(["--run", char_run, "--saved-models-dir", saved], capsys)
     assert code == 0, err
     first = os.path.join(saved, "char", "1")
-    assert f"Exported {char_run} to {first}" in out
+    assert f"Exported {char_run} (latest checkpoint, step " in out and f") to {first}\n" in out
     assert "tensorflow/serving" in out
     metadata = os.path.join(first, "assets.extra", "tfchat.json")
     with open(metadata, encoding="utf-8") as f:

@@ -55,7 +55,7 @@ def build_parser():
     parser.add_argument("--system", default="", help="System message to start with.")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
                         help="Which checkpoint of the run to load (default: latest; for a dpo "
-                             "run best, the last evaluation that kept the chosen replies likely).")
+                             "run best: see README, Preference tuning).")
     parser.add_argument("--quantize", choices=("int8",), default=None,
                         help="Quantize the weights first (int8: weight-only, per channel; see "
                              "python -m tfchat.export --help).")

@@ -6,7 +6,11 @@ What is measured depends on the run's objective (its saved config):
     chat      the same on the assistant's tokens only, plus BLEU, ROUGE-L
               and chrF of greedy replies to the validation conversations
     dpo       on the validation preference pairs: the DPO loss, rewards,
-              reward accuracy and how often the chosen reply is likelier
+              reward accuracy, the chosen reply's log-probability change
+              against the reference and how often it is likelier; and
+              greedy replies to their prompts, by chrF against the chosen
+              and rejected replies (a model can rank every pair right and
+              no longer write: these show it)
     mlm       masked-token loss, accuracy and perplexity
     classify  accuracy, macro-F1, per-class precision/recall/F1 and the
               confusion matrix
@@ -119,6 +123,9 @@ def main(argv=None):
                 print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
         for example in results.get("examples", []):
             print(f"\nuser: {example['user']}\nreference: {example['reference']}\nreply: {example['reply']}")
+    warning = run.objective.warning(run.config, results)
+    if warning:
+        print(f"\nWarning: {warning}")
     from tfchat.data.files import write_json_atomic
 
     paths = [run.folder.evaluation] + ([args.json] if args.json else [])

@@ -99,7 +99,7 @@ def build_parser():
     parser.add_argument("--run", required=True, help="Run folder, e.g. runs/default.")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
                         help="Which checkpoint of the run to load (default: latest; for a dpo "
-                             "run best, the last evaluation that kept the chosen replies likely).")
+                             "run best: see README, Preference tuning).")
     parser.add_argument("--name", default=None,
                         help="Model name (folder under the saved models folder). Default: the run's name.")
     parser.add_argument("--version", type=int, default=None,
@@ -141,7 +141,7 @@ def export_hub_format(args):
         run = merged_run(run)
     export_hub(run, args.out, args.format, overwrite=args.force)
     what = "a Hugging Face checkpoint" if args.format == "hf" else "a keras-hub preset"
-    print(f"Exported {args.run} (a {family.name} model, step {run.step}"
+    print(f"Exported {args.run} (a {family.name} model, {run.checkpoint} checkpoint, step {run.step}"
           f"{', LoRA adapters merged' if merged else ''}) to {args.out} as {what}.")
     if args.format == "hf":
         print("Load it with transformers.AutoModelForCausalLM.from_pretrained"
@@ -182,7 +182,7 @@ def main(argv=None):
         return 1
     with open(os.path.join(path, METADATA_DIR, METADATA_FILE), encoding="utf-8") as f:
         signatures = json.load(f)["signatures"]
-    print(f"Exported {args.run} to {path}")
+    print(f"Exported {args.run} ({run.checkpoint} checkpoint, step {run.step}) to {path}")
     for key, spec in sorted(signatures.items()):
         inputs = ", ".join(f"{k}: {v}" for k, v in sorted(spec["inputs"].items()))
         outputs = ", ".join(sorted(spec["outputs"]))

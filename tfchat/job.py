@@ -19,7 +19,9 @@ from tfchat.data.chat_template import use_chat_template
 from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
 from tfchat.errors import TfchatError
 from tfchat.objectives.base import restore_backbone
-from tfchat.run import RunFolder, apply_lora, check_init_from, load_run, same_files
+from tfchat.run import (
+    RunFolder, apply_lora, check_init_from, load_run, same_files, start_checkpoint,
+)
 from tfchat.train.distribute import choose_strategy, input_shard, is_chief
 from tfchat.train.optim import build_optimizer
 from tfchat.train.trainer import Trainer
@@ -62,7 +64,7 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
     if config.init_from:
         check_init_from(config)
         init_folder = RunFolder(config.init_from)
-        init_checkpoint, _ = init_folder.latest_checkpoint()
+        init_checkpoint = start_checkpoint(config.init_from)
         if resume and not same_files(folder.tokenizer, init_folder.tokenizer):
             raise TfchatError(
                 f"The tokenizer in {folder.tokenizer} differs from init_from "
@@ -143,13 +145,14 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
         if advice:
             print(advice)
     history = trainer.fit()
+    best = folder.read_best() if chief else None
     if verbose and chief and trainer.last_warning:
-        print(f"\nWarning: at the last evaluation (step {trainer.step}), {trainer.last_warning}")
-    if verbose and chief and objective.default_checkpoint == "best":
-        best = folder.read_best()
-        if best and best["step"] != trainer.step:
-            print(f"\nThe best checkpoint is step {best['step']}'s, which chat, generate, "
-                  "export and evaluate load (--checkpoint latest for the last).")
+        at_best = folder.evaluation_at(best["step"]) if best else None
+        print(f"\nWarning: at the last evaluation (step {trainer.step}), {trainer.last_warning} "
+              + (objective.closing_note(config, best["step"], at_best) if at_best else ""))
+    elif verbose and chief and objective.default_checkpoint == "best" and best:
+        print(f"\nThe best checkpoint is step {best['step']}'s, which chat, generate, "
+              "export and evaluate load (--checkpoint latest for the last).")
     if objective.report_best and verbose and chief:
         print(objective.report_best(load_run(folder.path, checkpoint="best")))
     return history

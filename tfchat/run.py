@@ -116,6 +116,17 @@ class RunFolder:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
 
+    def evaluation_at(self, step):
+        """The validation results logged at `step` (metrics.jsonl), or None."""
+        if not os.path.isfile(self.metrics):
+            return None
+        with open(self.metrics, encoding="utf-8") as f:
+            for line in f:
+                entry = json.loads(line)
+                if entry["step"] == step and "val_loss" in entry:
+                    return entry
+        return None
+
     def append_metrics(self, values):
         """One JSON line per log, for scripts. A resumed run first drops the
         lines after its checkpoint's step (`Trainer.restore`), then logs
@@ -240,11 +251,11 @@ class Run:
         self.quantization = None
 
     def init_checkpoint(self):
-        """The latest checkpoint of the run this one started from
-        (`init_from`; a DPO run's reference weights)."""
+        """The checkpoint of the run this one started from (`init_from`;
+        a DPO run's reference weights): `start_checkpoint`."""
         if not self.config.init_from:
             raise TfchatError(f"The run at {self.path} has no init_from.")
-        return RunFolder(self.config.init_from).latest_checkpoint()[0]
+        return start_checkpoint(self.config.init_from)
 
 
 def check_generates(run):
@@ -268,6 +279,14 @@ def default_checkpoint(folder, config):
     if which == "best" and folder.read_best() is None:
         return "latest"
     return which
+
+
+def start_checkpoint(path):
+    """The checkpoint a run started from the run at `path` (`init_from`)
+    takes: the one commands load from it (`default_checkpoint`), so that a
+    second round of tuning starts from what chat and export showed."""
+    folder = RunFolder(path)
+    return folder.latest_checkpoint(default_checkpoint(folder, folder.read_config()))[0]
 
 
 def load_run(path, checkpoint=None, forward_pass=True):

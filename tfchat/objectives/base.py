@@ -87,6 +87,9 @@ class Objective:
     selection_loss: typing.Callable = lambda config, results: results["val_loss"]
     # (config, validation results) -> a warning to print, or None.
     warning: typing.Callable = lambda config, results: None
+    # (config, the best checkpoint's step, its validation results) -> what
+    # the end of training adds to the last evaluation's warning.
+    closing_note: typing.Callable = lambda config, step, results: ""
     # The checkpoint chat, generate, export and evaluate load unless told:
     # "latest", or "best" (the latest while there is no best yet).
     default_checkpoint: str = "latest"

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tfchat import config as config_lib
 from tfchat.data.pipeline import preference_dataset
 from tfchat.data.preferences import PreferenceCorpus, encode_pairs
 from tfchat.data.sharding import WHOLE
@@ -103,11 +104,14 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
         if verbose:
             cut = sum(e.cut_tokens > 0 for pair in encoded[split] for e in pair)
             print(
-                f"{split}: {n} preference pairs"
+                f"{split}: {n} preference pair{'s' if n != 1 else ''}"
                 + (f", {cut} replies cut to {m.block_size + 1} tokens" if cut else "")
                 + (f", {corpus.unpaired} labelled replies without an opposite left out"
                    if split == "train" and getattr(corpus, "unpaired", 0) else "")
                 + "."
+                + (f" Few to judge by: the best checkpoint and the chosen-reply check rest on "
+                   f"them (data.val_fraction {config.data.val_fraction:g})."
+                   if split == "val" and n < FEW_HELD_OUT else "")
             )
         train = split == "train"
         result[split] = preference_dataset(
@@ -121,6 +125,10 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
         print(f"Reference log-probabilities of {len(everything)} pairs from "
               f"{config.init_from} in {seconds:.1f} s.")
     return result
+
+
+# Below this many held-out pairs, training says how little they show.
+FEW_HELD_OUT = 5
 
 
 def build_model(config, vocabulary_size, labels=None, forward_pass=True):
@@ -186,20 +194,22 @@ def format_results(results):
     return "\n".join(lines)
 
 
-# Measured on the three tasks of benchmarks/dpo_defaults.py, three seeds
-# each (benchmarks/RESULTS.md, "Preference tuning that keeps the model
-# intact"): with rpo_alpha 1, 1e-4 kept 9 or 10 of 10 held-out replies in
-# the preferred style on every task and seed, full and LoRA; 3e-4 and 1e-3
-# garbled more of them, and a chat run's SFT rate (1e-3) without the
-# likelihood term made every reply degenerate.
+# Measured on the three tasks of benchmarks/dpo_defaults.py, over seeds
+# (benchmarks/RESULTS.md, "Preference tuning that keeps the model intact"):
+# with rpo_alpha 1 and dpo.beta 1, 1e-4 switched the held-out replies to
+# the preferred style and kept them there at 3x the steps, full and LoRA;
+# a chat run's SFT rate (1e-3) without the likelihood term made every
+# reply degenerate.
 LEARNING_RATE = 1e-4
 STEPS = 200
 
 
 def defaults(config):
+    given = config_lib.given_keys(config) or ()
+    peak = config.train.learning_rate if "train.learning_rate" in given else LEARNING_RATE
     return {
         "train.learning_rate": LEARNING_RATE,
-        "train.min_learning_rate": LEARNING_RATE / 10,
+        "train.min_learning_rate": peak / 10,
         "train.max_steps": STEPS,
         "train.warmup_steps": 10,
         "train.eval_interval": 25,
@@ -235,8 +245,18 @@ def warning(config, results):
     return (f"the held-out chosen replies are {-change:.2f} nats per token less likely than "
             f"under the reference (dpo.max_chosen_drop {config.dpo.max_chosen_drop:g}): the "
             "tuning is making every reply unlikely, however good the reward accuracy. Lower "
-            "train.learning_rate or raise dpo.rpo_alpha; the best checkpoint, which chat, "
-            "generate, export and evaluate load, is the last evaluation within the limit.")
+            "train.learning_rate or raise dpo.rpo_alpha (default 1).")
+
+
+def closing_note(config, step, results):
+    """What the end of training says of the best checkpoint (at `step`,
+    with these validation results) after the last evaluation warned."""
+    if chosen_drop(config, results):
+        return (f"No evaluation kept the chosen replies within the limit, so the best checkpoint "
+                f"(step {step}), which chat, generate, export and evaluate load, is only the "
+                f"least damaged one; the starting weights are init_from's ({config.init_from}).")
+    return (f"The best checkpoint (step {step}), which chat, generate, export and evaluate "
+            "load, kept the chosen replies within the limit.")
 
 
 def describe(config, corpus, model):
@@ -278,5 +298,6 @@ OBJECTIVE = Objective(
     defaults=defaults,
     selection_loss=selection_loss,
     warning=warning,
+    closing_note=closing_note,
     default_checkpoint="best",
 )
