@@ -4,6 +4,7 @@ defaults, chosen by measurement on three tasks of different shapes.
     python benchmarks/dpo_defaults.py                      # the whole grid
     python benchmarks/dpo_defaults.py --tasks polite --arms sigmoid:0:1e-3,sigmoid:1:default
     python benchmarks/dpo_defaults.py --arms default --steps 1,3   # defaults, at 1x and 3x
+    python benchmarks/dpo_defaults.py --ceiling --seeds 3          # what the SFT models allow
 
 Each task (tests/preference_tasks.py, shared with tests/test_dpo.py)
 fine-tunes a chat model (SFT) on both of two replies to every one of 30
@@ -120,6 +121,29 @@ def arm_settings(arm):
     return tuple(parts + ["default"] * (4 - len(parts)))
 
 
+def sft_ceiling(run_dir, examples):
+    """The SFT model made to start each reply with the preferred reply's
+    first word: how many of `examples` it then completes exactly, and in
+    the preferred style (the most a switch of style can give)."""
+    import tensorflow as tf
+
+    from tfchat.data.chat_template import Message
+    from tfchat.inference.generator import Generator
+    from tfchat.run import load_run
+
+    run = load_run(run_dir)
+    generator = Generator(run.backbone, run.tokenizer)
+    first = [chosen.split()[0] for _, chosen, _ in examples]
+    prompts = [generator.chat_prompt([Message("user", prompt)]).ids
+               + run.tokenizer.tokenize(tf.constant([word])).to_list()[0]
+               for (prompt, _, _), word in zip(examples, first)]
+    new = generator.generate_ids(prompts, 60, generator.sampler(0.0, 0, 1.0, None),
+                                 stop_at_eos=False, stop_token_ids=generator.chat_stop_ids())
+    replies = [word + text for word, text in zip(first, generator.decode(new))]
+    return (sum(r == chosen for r, (_, chosen, _) in zip(replies, examples)),
+            sum(map(in_preferred_style, replies, examples)))
+
+
 def dpo_run(task, root, sft, arm, steps_factor, name):
     from tfchat.objectives import dpo
     from tfchat.run import load_run
@@ -167,9 +191,21 @@ def main():
     parser.add_argument("--first-seed", type=int, default=0,
                         help="Seeds are 1337 + first-seed, ... (0: the tests' seed).")
     parser.add_argument("--json", default=None, help="Also write every result here.")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="Only the SFT models' ceiling: their held-out replies with the "
+                             "preferred first word forced.")
     args = parser.parse_args()
     from tfchat.objectives import dpo
 
+    if args.ceiling:
+        for task in args.tasks.split(","):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                root = tempfile.mkdtemp(prefix=f"dpo_{task}_{seed}_")
+                exact, style = sft_ceiling(sft_run(task, root, seed=1337 + seed),
+                                           TASKS[task]["examples"][HELD_OUT])
+                print(f"{task}, seed {1337 + seed}: the SFT model, its first word forced, "
+                      f"{exact}/10 exact, {style}/10 in the preferred style", flush=True)
+        return
     print(f"dpo defaults: {dpo.defaults(__import__('tfchat.config').config.Config())}, "
           f"rpo_alpha default "
           f"{__import__('tfchat.config').config.DpoConfig().rpo_alpha}", flush=True)
