@@ -628,10 +628,8 @@ def test_plain_dpo_collapses_with_a_warning_and_the_defaults_do_not(sft_runs, ca
     # (tfchat.objectives.dpo.selection_loss), recomputed here from the log.
     config = load_run(run_dir).config
 
-    def rank(e):
-        preference = e["val_loss"] - config.dpo.rpo_alpha * e["val_chosen_nll"]
-        drop = max(0.0, -e["val_chosen_logp_change"] - config.dpo.max_chosen_drop)
-        return preference + 100 * drop
+    def rank(e):  # the least fall past the limit, then the latest
+        return max(0.0, -e["val_chosen_logp_change"] - config.dpo.max_chosen_drop), -e["step"]
 
     assert load_run(run_dir).folder.read_best()["step"] == min(evaluations, key=rank)["step"]
     # evaluate shows the collapse in what the model writes.
@@ -648,7 +646,9 @@ def test_plain_dpo_collapses_with_a_warning_and_the_defaults_do_not(sft_runs, ca
     out = _fit({**settings, "name": "defaults"}, capsys)
     assert "Warning" not in out
     run_dir = str(root / "runs" / "defaults")
-    assert _evaluations(run_dir)[-1]["val_chosen_logp_change"] > -0.5
+    evaluations = _evaluations(run_dir)
+    assert evaluations[-1]["val_chosen_logp_change"] > -0.5
+    assert load_run(run_dir).folder.read_best()["step"] == evaluations[-1]["step"]  # all within
     replies, _ = _held_out_replies(run_dir, "polite")
     assert chat_cli.main(["--run", run_dir, "--temperature", "0", examples[-1][0]]) == 0
     reply = capsys.readouterr().out

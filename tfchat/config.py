@@ -254,7 +254,8 @@ class TrainConfig:
     early_stopping_patience: int = _field(
         0,
         "Stop after this many evaluations in a row without a lower "
-        "validation loss; 0 = never stop early.",
+        "validation loss (dpo: with the chosen replies past "
+        "dpo.max_chosen_drop); 0 = never stop early.",
     )
 
 
@@ -672,7 +673,8 @@ def validate(config):
         (t.batch_size > 0 and t.max_steps > 0, "train.batch_size and train.max_steps must be positive"),
         (t.learning_rate > 0, "train.learning_rate must be positive"),
         (0 <= t.warmup_steps < t.max_steps,
-         f"train.warmup_steps ({t.warmup_steps}) must be below train.max_steps ({t.max_steps})"),
+         f"train.warmup_steps ({t.warmup_steps}) must be below train.max_steps ({t.max_steps}); "
+         "set --train.warmup_steps too"),
         (t.log_interval > 0 and t.eval_interval > 0, "train.log_interval and train.eval_interval must be positive"),
         (t.keep_checkpoints > 0, "train.keep_checkpoints must be positive"),
         (t.on_nonfinite in ("stop", "skip"), "train.on_nonfinite must be stop or skip"),

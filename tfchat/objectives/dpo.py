@@ -110,7 +110,7 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
                    if split == "train" and getattr(corpus, "unpaired", 0) else "")
                 + "."
                 + (f" Few to judge by: the best checkpoint and the chosen-reply check rest on "
-                   f"them (data.val_fraction {config.data.val_fraction:g})."
+                   f"them; raise data.val_fraction ({config.data.val_fraction:g}) for more."
                    if split == "val" and n < FEW_HELD_OUT else "")
             )
         train = split == "train"
@@ -223,19 +223,17 @@ def chosen_drop(config, results):
 
 
 def selection_loss(config, results):
-    """The held-out preference loss (without the `rpo_alpha` term), plus 100
-    per nat per token the chosen replies fell beyond `dpo.max_chosen_drop`:
-    among the checkpoints that keep the chosen replies likely, the one that
-    separates the pairs best; any of them beats one that does not.
+    """100 per nat per token the held-out chosen replies fell beyond
+    `dpo.max_chosen_drop`, 0 within it; the trainer keeps the latest of
+    equals, so the best checkpoint is the last evaluation within the limit
+    (or, when none stayed within it, the least damaged one).
 
-    Not the whole loss: with `rpo_alpha` the likelihood term on held-out
-    replies rose a little as the margin grew (chosen_logp_change -0.06 to
-    -0.09 nats per token over 200 steps of the polite task in
-    benchmarks/dpo_defaults.py), so the whole loss chose the first
-    evaluation, step 25, before the tuning had switched the replies: 7 of
-    10 held-out replies preferred, against 9 at step 200."""
-    preference = results["val_loss"] - config.dpo.rpo_alpha * results["val_chosen_nll"]
-    return preference + 100.0 * chosen_drop(config, results)
+    Not a loss over the held-out pairs: once the pairs separate, the
+    preference loss is ~0 (1e-7 and below at beta 1) and ranks evaluations
+    by noise, and the likelihood term rises a little as they separate (the
+    whole loss chose step 25 of the polite task in benchmarks/dpo_defaults.py,
+    7 of 10 held-out replies preferred, over step 200's 9)."""
+    return 100.0 * chosen_drop(config, results)
 
 
 def warning(config, results):
@@ -262,7 +260,7 @@ def closing_note(config, step, results):
 def describe(config, corpus, model):
     d = config.dpo
     smoothing = f", label smoothing {d.label_smoothing}" if d.label_smoothing else ""
-    line = (f"{corpus.num_pairs} preference pairs, {d.loss} loss, beta {d.beta}{smoothing}, "
+    line = (f"{corpus.num_pairs} preference pairs, {d.loss} loss, beta {d.beta:g}{smoothing}, "
             f"rpo_alpha {d.rpo_alpha:g}; the reference is {config.init_from}'s weights")
     from tfchat.objectives import defaults_used
 

@@ -38,8 +38,8 @@ class Trainer:
     `folder` is the run's `tfchat.run.RunFolder` (where checkpoints, logs
     and metrics go); `sample`, if given, returns the text logged at each
     evaluation (the objective's sampler). `selection_loss(results)` ranks
-    evaluations for the best checkpoint and early stopping, lower is better
-    (default: the validation loss); `warning(results)` returns a message
+    evaluations for the best checkpoint and early stopping, lower is better,
+    the later of equals (default: the validation loss); `warning(results)` returns a message
     to print after an evaluation, or None.
     """
 
@@ -370,7 +370,9 @@ class Trainer:
         # the other way round it would resume past this step with its
         # checkpoint never kept as the best.
         selection_loss = self.selection_loss(results)
-        if selection_loss < self.best_selection_loss:
+        # A tie goes to the later evaluation (dpo's ranks whole stretches of
+        # training equal; a tie of two validation losses is rare).
+        if selection_loss <= self.best_selection_loss:
             self.best_selection_loss = selection_loss
             self.best_manager.save(checkpoint_number=step)
             if self.is_chief:
