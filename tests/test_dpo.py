@@ -33,7 +33,7 @@ from tfchat.job import train
 from tfchat.model.gpt import GPT
 from tfchat.model.preference import PreferenceLM
 from tfchat.objectives import dpo
-from tfchat.run import load_run
+from tfchat.run import RunFolder, load_run, start_checkpoint
 from tfchat.serving.export import export_run
 
 # --- the losses, against the formulas computed directly ---
@@ -632,9 +632,14 @@ def test_plain_dpo_collapses_with_a_warning_and_the_defaults_do_not(sft_runs, ca
         return max(0.0, -e["val_chosen_logp_change"] - config.dpo.max_chosen_drop), -e["step"]
 
     assert load_run(run_dir).folder.read_best()["step"] == min(evaluations, key=rank)["step"]
-    # evaluate shows the collapse in what the model writes.
+    # Commands load the best checkpoint, and a run started from this one
+    # starts from it too; a chat run's is its latest.
+    best_path = RunFolder(run_dir).latest_checkpoint("best")[0]
+    assert load_run(run_dir).checkpoint == "best" and start_checkpoint(run_dir) == best_path
+    assert start_checkpoint(sft) == RunFolder(sft).latest_checkpoint()[0]
+    # evaluate shows the collapse in what the model writes, and warns.
     assert evaluate_cli.main(["--run", run_dir, "--checkpoint", "latest"]) == 0
-    capsys.readouterr()
+    assert "Warning: the held-out chosen replies are" in capsys.readouterr().out
     with open(os.path.join(run_dir, "evaluation.json"), encoding="utf-8") as f:
         collapsed = json.load(f)
     assert collapsed["val_reward_accuracy"] == 1.0
