@@ -34,9 +34,13 @@ CHAT_TEMPLATES = ("auto", "tfchat", "chatml", "llama3", "plain")
 LORA_TARGETS = ("qkv", "proj", "mlp_in", "mlp_out", "mlp_gate")
 DEFAULT_LORA_TARGETS = ("qkv", "proj", "mlp_in", "mlp_out")
 # The decoder options (tfchat.model.layers).
-NORMS = ("layernorm", "rmsnorm")
+# rmsnorm_plus_one scales by (1 + weight), its weight starting at zero.
+NORMS = ("layernorm", "rmsnorm", "rmsnorm_plus_one")
 POSITIONS = ("learned", "rope")
-MLPS = ("gelu", "swiglu")
+# geglu: swiglu's gate with GELU (tanh approximation) in place of SiLU.
+MLPS = ("gelu", "swiglu", "geglu")
+# The MLP layouts with a gate (mlp_gate) beside the up projection.
+GATED_MLPS = ("swiglu", "geglu")
 
 
 def _field(default, help):
@@ -135,7 +139,8 @@ class ModelConfig:
     dropout: float = _field(0.0, "Dropout rate (0 to learn the data by heart, as the default "
                                  "chat job does; 0.1-0.2 against overfitting on small data).")
     # Decoder options; the defaults are GPT-2's.
-    norm: str = _field("layernorm", "layernorm (GPT-2) | rmsnorm (Llama, Qwen2).")
+    norm: str = _field("layernorm", "layernorm (GPT-2) | rmsnorm (Llama, Qwen2) | "
+                       "rmsnorm_plus_one (scale 1 + weight, Gemma).")
     norm_epsilon: float = _field(1e-5, "Epsilon of every norm (Llama/Qwen2 use 1e-6 or 1e-5).")
     position: str = _field(
         "learned", "learned (a position embedding, GPT-2) | rope (rotary on q and k)."
@@ -149,7 +154,24 @@ class ModelConfig:
     rope_original_max_positions: int = _field(
         8192, "Llama 3 rope scaling: the context length pretraining used."
     )
-    mlp: str = _field("gelu", "gelu (GPT-2) | swiglu (gate, up, down; SiLU).")
+    mlp: str = _field("gelu", "gelu (GPT-2) | swiglu (gate, up, down; SiLU) | geglu "
+                      "(the same with GELU, Gemma).")
+    head_dim: int = _field(
+        0, "Width of each attention head; 0 = hidden_dim / num_heads (Gemma 7B: 256 of 3072/16)."
+    )
+    sliding_window: int = _field(
+        0, "Sliding-window attention: each token sees itself and the sliding_window - 1 "
+           "tokens before it (0 = the whole context; Mistral 7B v0.1: 4096)."
+    )
+    qk_norm: bool = _field(False, "RMSNorm on each head's queries and keys before rope (Qwen3).")
+    scale_embeddings: bool = _field(
+        False, "Multiply the token embeddings by sqrt(hidden_dim) (Gemma)."
+    )
+    family: str = _field(
+        "none", "The pretrained family the model is one of, set by tfchat.convert and kept "
+                "by runs started from it (export writes that family's files); none for "
+                "tfchat's own decoders."
+    )
     num_kv_heads: int = _field(
         0, "Key/value heads (grouped-query attention); 0 = num_heads."
     )
@@ -642,7 +664,10 @@ def validate(config):
         (0 < config.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
         (config.data.encoding_errors in ("strict", "replace"), "data.encoding_errors must be strict or replace"),
         (m.num_layers > 0 and m.num_heads > 0, "model.num_layers and model.num_heads must be positive"),
-        (m.hidden_dim % m.num_heads == 0, "model.hidden_dim must be divisible by model.num_heads"),
+        (m.head_dim > 0 or m.hidden_dim % m.num_heads == 0,
+         "model.hidden_dim must be divisible by model.num_heads (or set model.head_dim)"),
+        (m.head_dim >= 0 and m.sliding_window >= 0,
+         "model.head_dim and model.sliding_window must not be negative"),
         (m.block_size > 0, "model.block_size must be positive"),
         (
             not m.max_positions or m.block_size <= m.max_positions,
@@ -658,8 +683,8 @@ def validate(config):
             "model.num_heads must be divisible by model.num_kv_heads",
         ),
         (
-            m.position != "rope" or (m.hidden_dim // m.num_heads) % 2 == 0,
-            "model.position rope needs an even head width (hidden_dim / num_heads)",
+            m.position != "rope" or (m.head_dim or m.hidden_dim // m.num_heads) % 2 == 0,
+            "model.position rope needs an even head width (head_dim, or hidden_dim / num_heads)",
         ),
         (
             m.rope_theta > 0 and m.rope_scaling_factor > 0
@@ -693,8 +718,8 @@ def validate(config):
             f"model.lora_targets must be a comma-separated list of {', '.join(LORA_TARGETS)}",
         ),
         (
-            m.mlp == "swiglu" or "mlp_gate" not in lora_targets(m),
-            "model.lora_targets mlp_gate needs model.mlp swiglu",
+            m.mlp in GATED_MLPS or "mlp_gate" not in lora_targets(m),
+            f"model.lora_targets mlp_gate needs model.mlp {' or '.join(GATED_MLPS)}",
         ),
     ]
     if t.profile_steps:

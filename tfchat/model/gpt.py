@@ -1,7 +1,8 @@
 """The GPT decoder: token + learned position embeddings, pre-norm blocks, and
-an LM head tied to the token embedding; or, by its options, a Llama- or
-Qwen2-style decoder (RMSNorm, rotary positions, SwiGLU, grouped-query
-attention, an untied head, no biases)."""
+an LM head tied to the token embedding; or, by its options, the decoders of
+other pretrained families (RMSNorm, rotary positions, SwiGLU or GeGLU,
+grouped-query attention, wider heads, q/k norms, a sliding window, scaled
+embeddings, an untied head, no biases; `tfchat.families` maps each)."""
 
 import math
 
@@ -29,7 +30,7 @@ class GPT(keras.Model):
         intermediate_dim: int. MLP width; 0 means 4 * hidden_dim.
         block_size: int. Context length (position embeddings).
         dropout: float.
-        norm: "layernorm" (GPT-2) | "rmsnorm" (Llama, Qwen2).
+        norm: "layernorm" (GPT-2) | "rmsnorm" | "rmsnorm_plus_one".
         norm_epsilon: float. Epsilon of every norm.
         position: "learned" (GPT-2: a position embedding) | "rope" (rotary
             embeddings on q and k, no position embedding weight).
@@ -37,14 +38,20 @@ class GPT(keras.Model):
         rope_scaling_factor, rope_low_freq_factor, rope_high_freq_factor,
             rope_original_max_positions: Llama 3's rope scaling (off at
             factor 1.0); see `tfchat.model.layers.rope_inverse_frequencies`.
-        mlp: "gelu" (GPT-2) | "swiglu" (gate, up, down; SiLU).
+        mlp: "gelu" (GPT-2) | "swiglu" (gate, up, down; SiLU) | "geglu".
         num_kv_heads: int. Key/value heads (grouped-query attention); 0 means
             num_heads.
         tie_embeddings: bool. The LM head is the token embedding (GPT-2,
             Qwen2 small) or a separate `lm_head` weight (Llama).
         qkv_bias: bool. Bias on the q/k/v projection (GPT-2, Qwen2).
-        use_bias: bool. Bias on every other Dense layer (GPT-2; not Llama or
-            Qwen2).
+        use_bias: bool. Bias on every other Dense layer (GPT-2).
+        head_dim: int. Width of each attention head; 0 means hidden_dim /
+            num_heads.
+        sliding_window: int. Each token attends to itself and the
+            sliding_window - 1 tokens before it; 0 means all before it.
+        qk_norm: bool. RMSNorm on each head's queries and keys.
+        scale_embeddings: bool. Token embeddings times sqrt(hidden_dim) (the
+            tied head still uses the table unscaled).
 
     Call: token_ids [B, T] int -> logits [B, T, V] float32. With
     `segment_ids` [B, T] int (a packed block: several sequences per row, see
@@ -84,6 +91,10 @@ class GPT(keras.Model):
         tie_embeddings=True,
         qkv_bias=True,
         use_bias=True,
+        head_dim=0,
+        sliding_window=0,
+        qk_norm=False,
+        scale_embeddings=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -110,6 +121,10 @@ class GPT(keras.Model):
         self.tie_embeddings = tie_embeddings
         self.qkv_bias = qkv_bias
         self.use_bias = use_bias
+        self.head_dim = head_dim  # 0: hidden_dim / num_heads, checked by the blocks
+        self.sliding_window = sliding_window
+        self.qk_norm = qk_norm
+        self.scale_embeddings = scale_embeddings
 
         # === Layers ===
         init = normal()
@@ -135,7 +150,8 @@ class GPT(keras.Model):
                 causal=True, output_stddev=output_stddev,
                 layer_norm_epsilon=norm_epsilon, norm=norm, mlp=mlp,
                 num_kv_heads=self.num_kv_heads, rope=position == "rope",
-                qkv_bias=qkv_bias, use_bias=use_bias,
+                qkv_bias=qkv_bias, use_bias=use_bias, head_dim=head_dim,
+                sliding_window=sliding_window, qk_norm=qk_norm,
                 dtype=self.dtype_policy, name=f"block_{i}",
                 **{name: getattr(self, name) for name in ROPE_ARGS},
             )
@@ -165,6 +181,8 @@ class GPT(keras.Model):
 
     def _embed(self, token_ids, start, training, segment_ids=None):
         x = self.token_embedding(token_ids)  # [B, T, C]
+        if self.scale_embeddings:
+            x = x * ops.cast(math.sqrt(self.hidden_dim), x.dtype)
         if self.position_embedding is not None:
             # With rope, positions enter each block's attention instead.
             if segment_ids is None:
@@ -201,7 +219,7 @@ class GPT(keras.Model):
     def build_cache(self, batch_size, max_length):
         """Zeros for every layer's keys and values: [B, L, 2, S, K, D], K the
         key/value heads (num_kv_heads)."""
-        head_dim = self.hidden_dim // self.num_heads
+        head_dim = self.head_dim or self.hidden_dim // self.num_heads
         shape = (batch_size, self.num_layers, 2, max_length, self.num_kv_heads, head_dim)
         return ops.zeros(shape, dtype=self.compute_dtype)
 
@@ -248,5 +266,9 @@ class GPT(keras.Model):
             tie_embeddings=self.tie_embeddings,
             qkv_bias=self.qkv_bias,
             use_bias=self.use_bias,
+            head_dim=self.head_dim,
+            sliding_window=self.sliding_window,
+            qk_norm=self.qk_norm,
+            scale_embeddings=self.scale_embeddings,
         )
         return config

@@ -1,14 +1,15 @@
 """Transformer layers: causal self-attention with a KV cache, and a pre-norm block.
 
-Besides GPT-2's layout (the defaults) the layers take what Llama- and
-Qwen2-style checkpoints need: RMSNorm, rotary position embeddings (with
-Llama 3's frequency scaling), a SwiGLU MLP, grouped-query attention and
-optional biases.
+Besides GPT-2's layout (the defaults) the layers take what other decoders'
+checkpoints need: RMSNorm (also scaled by 1 + weight), rotary position
+embeddings (with Llama 3's frequency scaling), SwiGLU and GeGLU MLPs,
+grouped-query attention, heads of their own width, RMSNorm on queries and
+keys, a sliding attention window and optional biases.
 
 Shape letters used throughout: B batch, T query length, S key length (the
 cache length when generating), H query heads, K key/value heads (H for
-multi-head attention, fewer for grouped-query), D head width, C = H * D model
-width, F MLP width.
+multi-head attention, fewer for grouped-query), D head width (C / H unless
+given), C model width, F MLP width, W the sliding window.
 """
 
 import math
@@ -18,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tfchat.config import MLPS, NORMS
+from tfchat.config import GATED_MLPS, MLPS, NORMS
 
 
 def normal(stddev=0.02):
@@ -53,22 +54,26 @@ def _check_kv_heads(num_heads, num_kv_heads):
 
 @keras.saving.register_keras_serializable(package="tfchat")
 class RMSNorm(keras.layers.Layer):
-    """Root-mean-square normalization (Llama, Qwen2): x / rms(x) * scale, with
-    no mean subtraction and no bias; computed in float32 under mixed precision.
+    """Root-mean-square normalization: x / rms(x) * scale, with no mean
+    subtraction and no bias; computed in float32 under mixed precision.
 
     Args:
         epsilon: float. Added to the mean square before the square root.
+        unit_offset: bool. Scale by (1 + scale), the weight starting at zero,
+            as checkpoints that store the offset from one do.
 
     Call: x [..., C] -> [..., C] in the compute dtype.
     """
 
-    def __init__(self, epsilon=1e-6, **kwargs):
+    def __init__(self, epsilon=1e-6, unit_offset=False, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
+        self.unit_offset = unit_offset
 
     def build(self, input_shape):
         self.scale = self.add_weight(
-            name="scale", shape=(input_shape[-1],), initializer="ones",
+            name="scale", shape=(input_shape[-1],),
+            initializer="zeros" if self.unit_offset else "ones",
             dtype=self.variable_dtype,
         )
 
@@ -76,19 +81,23 @@ class RMSNorm(keras.layers.Layer):
         x = ops.cast(x, "float32")
         mean_square = ops.mean(ops.square(x), axis=-1, keepdims=True)  # [..., 1]
         x = x * ops.rsqrt(mean_square + self.epsilon)
-        return ops.cast(x * ops.cast(self.scale, "float32"), self.compute_dtype)
+        scale = ops.cast(self.scale, "float32")
+        if self.unit_offset:
+            scale = 1.0 + scale
+        return ops.cast(x * scale, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
-        config.update(epsilon=self.epsilon)
+        config.update(epsilon=self.epsilon, unit_offset=self.unit_offset)
         return config
 
 
 def make_norm(kind, epsilon, dtype, name):
-    """A `layernorm` (GPT-2) or `rmsnorm` (Llama) layer, not yet built."""
+    """A `layernorm`, `rmsnorm` or `rmsnorm_plus_one` layer, not yet built."""
     check_choice("norm", kind, NORMS)
-    if kind == "rmsnorm":
-        return RMSNorm(epsilon=epsilon, dtype=dtype, name=name)
+    if kind != "layernorm":
+        return RMSNorm(epsilon=epsilon, unit_offset=kind == "rmsnorm_plus_one", dtype=dtype,
+                       name=name)
     return keras.layers.LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)
 
 
@@ -224,6 +233,13 @@ class CausalSelfAttention(keras.layers.Layer):
             frequencies, see `rope_inverse_frequencies`.
         qkv_bias: bool. Bias on the fused q/k/v projection.
         use_bias: bool. Bias on the output projection.
+        head_dim: int or None. Width D of each head; None means C / H. When
+            H * D differs from C the output projection maps H * D back to C.
+        sliding_window: int. With `causal`, query t sees keys t - W + 1 .. t
+            only (itself and the W - 1 before it); 0 means every earlier key.
+        qk_norm: bool. An RMSNorm of width D on each head's queries and keys
+            (weights shared across heads), before rope.
+        norm, norm_epsilon: the kind (`make_norm`) and epsilon of those.
 
     The fused `qkv` Dense is (H + 2K) * D wide: q, then k, then v.
 
@@ -268,10 +284,18 @@ class CausalSelfAttention(keras.layers.Layer):
         rope_original_max_positions=8192,
         qkv_bias=True,
         use_bias=True,
+        head_dim=None,
+        sliding_window=0,
+        qk_norm=False,
+        norm="rmsnorm",
+        norm_epsilon=1e-6,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_heads(num_heads, hidden_dim)
+        if not head_dim:
+            _check_heads(num_heads, hidden_dim)
+        if sliding_window < 0:
+            raise ValueError(f"sliding_window must not be negative. Received: {sliding_window}")
         num_kv_heads = num_kv_heads or num_heads
         _check_kv_heads(num_heads, num_kv_heads)
         self.num_heads = num_heads
@@ -288,14 +312,19 @@ class CausalSelfAttention(keras.layers.Layer):
         self.rope_original_max_positions = rope_original_max_positions
         self.qkv_bias = qkv_bias
         self.use_bias = use_bias
-        self.head_dim = hidden_dim // num_heads
+        self.head_dim = head_dim or hidden_dim // num_heads
+        self.sliding_window = sliding_window
+        self.qk_norm = qk_norm
+        self.norm = norm
+        self.norm_epsilon = norm_epsilon
+        self.query_width = num_heads * self.head_dim
         if rope and self.head_dim % 2:
             raise ValueError(f"rope needs an even head width. Received: {self.head_dim}")
 
     def build(self, input_shape):
         kv_width = self.num_kv_heads * self.head_dim
         self.qkv = keras.layers.Dense(
-            self.hidden_dim + 2 * kv_width,
+            self.query_width + 2 * kv_width,
             use_bias=self.qkv_bias,
             kernel_initializer=normal(0.02),
             dtype=self.dtype_policy,
@@ -309,7 +338,13 @@ class CausalSelfAttention(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="proj",
         )
-        self.proj.build(input_shape)
+        self.proj.build(tuple(input_shape[:-1]) + (self.query_width,))
+        if self.qk_norm:
+            head_shape = (None, None, None, self.head_dim)
+            self.q_norm = make_norm(self.norm, self.norm_epsilon, self.dtype_policy, "q_norm")
+            self.q_norm.build(head_shape)
+            self.k_norm = make_norm(self.norm, self.norm_epsilon, self.dtype_policy, "k_norm")
+            self.k_norm.build(head_shape)
         self.attention_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         if self.rope:
@@ -334,17 +369,20 @@ class CausalSelfAttention(keras.layers.Layer):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         qkv = self.qkv(x)  # [B, T, (H + 2K) * D]
         kv_width = self.num_kv_heads * self.head_dim
+        width = self.query_width
         q = ops.reshape(
-            qkv[..., : self.hidden_dim], (batch, length, self.num_heads, self.head_dim)
+            qkv[..., :width], (batch, length, self.num_heads, self.head_dim)
         )  # [B, T, H, D]
         k = ops.reshape(
-            qkv[..., self.hidden_dim : self.hidden_dim + kv_width],
+            qkv[..., width : width + kv_width],
             (batch, length, self.num_kv_heads, self.head_dim),
         )  # [B, T, K, D]
         v = ops.reshape(
-            qkv[..., self.hidden_dim + kv_width :],
+            qkv[..., width + kv_width :],
             (batch, length, self.num_kv_heads, self.head_dim),
         )  # [B, T, K, D]
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope:
             positions = None if segment_ids is None else segment_positions(segment_ids)
             q = apply_rope(q, self.inverse_frequencies, cache_update_index, positions)
@@ -373,7 +411,7 @@ class CausalSelfAttention(keras.layers.Layer):
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         probs = self.attention_dropout(probs, training=training)
         y = ops.matmul(probs, v)  # [B, H, T, D]
-        y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, length, self.hidden_dim))
+        y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, length, self.query_width))
         y = self.output_dropout(self.proj(y), training=training)
         if cache is not None:
             return y, cache
@@ -386,6 +424,12 @@ class CausalSelfAttention(keras.layers.Layer):
             query_pos = ops.arange(length) + ops.cast(start, "int32")
             key_pos = ops.arange(key_length)
             mask = key_pos[None, :] <= query_pos[:, None]  # [T, S]
+            if self.sliding_window:
+                # A band: t - W < s. Positions are the row's (with a cache,
+                # the cache's), and a packed segment is a contiguous run of
+                # them, so distances within a segment are its own.
+                recent = key_pos[None, :] > query_pos[:, None] - self.sliding_window
+                mask = ops.logical_and(mask, recent)
         if padding_mask is not None:
             keys = ops.cast(padding_mask, "bool")[:, None, None, :]  # [B,1,1,S]
             mask = keys if mask is None else ops.logical_and(mask, keys)
@@ -411,6 +455,11 @@ class CausalSelfAttention(keras.layers.Layer):
             rope_original_max_positions=self.rope_original_max_positions,
             qkv_bias=self.qkv_bias,
             use_bias=self.use_bias,
+            head_dim=self.head_dim,
+            sliding_window=self.sliding_window,
+            qk_norm=self.qk_norm,
+            norm=self.norm,
+            norm_epsilon=self.norm_epsilon,
         )
         return config
 
@@ -431,10 +480,12 @@ class TransformerBlock(keras.layers.Layer):
         intermediate_dim: int. Width F of the MLP's hidden layer.
         output_stddev: float. Init stddev of both residual projections.
         layer_norm_epsilon: float. Epsilon of both norms.
-        norm: "layernorm" (GPT-2) | "rmsnorm" (Llama, Qwen2).
-        mlp: "gelu" (GPT-2: mlp_out(gelu(mlp_in(x)))) | "swiglu" (Llama:
-            mlp_out(silu(mlp_gate(x)) * mlp_in(x)), SiLU in float32).
-        num_kv_heads, rope, rope_*, qkv_bias: as in `CausalSelfAttention`.
+        norm: "layernorm" (GPT-2) | "rmsnorm" | "rmsnorm_plus_one" (`make_norm`).
+        mlp: "gelu" (GPT-2: mlp_out(gelu(mlp_in(x)))) | "swiglu"
+            (mlp_out(silu(mlp_gate(x)) * mlp_in(x)), SiLU in float32) |
+            "geglu" (the same with tanh-approximated GELU).
+        num_kv_heads, rope, rope_*, qkv_bias, head_dim, sliding_window,
+            qk_norm: as in `CausalSelfAttention` (its q/k norms are `norm`).
         use_bias: bool. Bias on the attention output and the MLP's layers.
 
     Call arguments are those of `CausalSelfAttention`; returns [B, T, C], or
@@ -461,11 +512,15 @@ class TransformerBlock(keras.layers.Layer):
         rope_original_max_positions=8192,
         qkv_bias=True,
         use_bias=True,
+        head_dim=None,
+        sliding_window=0,
+        qk_norm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         # Fail at construction, not at the first call that builds attention.
-        _check_heads(num_heads, hidden_dim)
+        if not head_dim:
+            _check_heads(num_heads, hidden_dim)
         num_kv_heads = num_kv_heads or num_heads
         _check_kv_heads(num_heads, num_kv_heads)
         check_choice("norm", norm, NORMS)
@@ -488,6 +543,9 @@ class TransformerBlock(keras.layers.Layer):
         self.rope_original_max_positions = rope_original_max_positions
         self.qkv_bias = qkv_bias
         self.use_bias = use_bias
+        self.head_dim = head_dim or hidden_dim // num_heads
+        self.sliding_window = sliding_window
+        self.qk_norm = qk_norm
 
     def build(self, input_shape):
         def norm(name):
@@ -506,6 +564,11 @@ class TransformerBlock(keras.layers.Layer):
             rope=self.rope,
             qkv_bias=self.qkv_bias,
             use_bias=self.use_bias,
+            head_dim=self.head_dim,
+            sliding_window=self.sliding_window,
+            qk_norm=self.qk_norm,
+            norm=self.norm,
+            norm_epsilon=self.layer_norm_epsilon,
             dtype=self.dtype_policy,
             name="attention",
             **{name: getattr(self, name) for name in ROPE_ARGS},
@@ -519,7 +582,7 @@ class TransformerBlock(keras.layers.Layer):
                 dtype=self.dtype_policy, name=name,
             )
 
-        if self.mlp == "swiglu":
+        if self.mlp in GATED_MLPS:
             self.mlp_gate = dense(self.intermediate_dim, 0.02, "mlp_gate")
             self.mlp_gate.build(input_shape)
         self.mlp_in = dense(self.intermediate_dim, 0.02, "mlp_in")  # SwiGLU's "up"
@@ -544,8 +607,12 @@ class TransformerBlock(keras.layers.Layer):
             attended, cache = attended
         x = x + attended
         normed = self.mlp_norm(x)
-        if self.mlp == "swiglu":
-            gate = ops.silu(ops.cast(self.mlp_gate(normed), "float32"))  # [B, T, F]
+        if self.mlp in GATED_MLPS:
+            gate = ops.cast(self.mlp_gate(normed), "float32")  # [B, T, F]
+            if self.mlp == "swiglu":
+                gate = ops.silu(gate)
+            else:
+                gate = keras.activations.gelu(gate, approximate=True)
             hidden = ops.cast(gate, self.compute_dtype) * self.mlp_in(normed)
         else:
             # GPT-2's tanh approximation of GELU: cheaper, and what GPT-2 trained with.
@@ -571,6 +638,9 @@ class TransformerBlock(keras.layers.Layer):
             rope=self.rope,
             qkv_bias=self.qkv_bias,
             use_bias=self.use_bias,
+            head_dim=self.head_dim,
+            sliding_window=self.sliding_window,
+            qk_norm=self.qk_norm,
             **{name: getattr(self, name) for name in ROPE_ARGS},
         )
         return config

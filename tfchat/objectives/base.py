@@ -130,6 +130,7 @@ DECODER_OPTIONS = (
     "norm", "norm_epsilon", "position", "rope_theta", "rope_scaling_factor",
     "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions",
     "mlp", "num_kv_heads", "tie_embeddings", "qkv_bias", "use_bias",
+    "head_dim", "sliding_window", "qk_norm", "scale_embeddings",
 )
 
 
