@@ -27,8 +27,6 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "bfloat16")
 # char, bpe and wordpiece are trained on the corpus; pretrained comes with a
 # converted checkpoint (tfchat.data.tokenizer).
 TOKENIZER_KINDS = ("char", "bpe", "wordpiece", "pretrained")
-# tfchat.data.chat_template.TEMPLATES, and auto.
-CHAT_TEMPLATES = ("auto", "tfchat", "chatml", "llama3", "plain")
 # The Dense layers of a block that LoRA can adapt.
 # mlp_gate exists only with model.mlp swiglu, so it is not a default target.
 LORA_TARGETS = ("qkv", "proj", "mlp_in", "mlp_out", "mlp_gate")
@@ -112,9 +110,10 @@ class TokenizerConfig:
     chat_template: str = _field(
         "auto",
         "How conversations are rendered: tfchat (<|role|>...<|end|>), chatml "
-        "(Qwen2.5, SmolLM2-Instruct), llama3 (Llama 3 instruct), plain (base "
-        "models), or auto: tfchat for tfchat's tokenizers, the checkpoint's own "
-        "for a converted one (tfchat.convert reads its tokenizer_config.json).",
+        "(Qwen2.5, SmolLM2-Instruct), plain (base models), a pretrained family's "
+        "own (python -m tfchat.convert --help lists them all), or auto: tfchat for "
+        "tfchat's tokenizers, the checkpoint's own for a converted one "
+        "(tfchat.convert reads its tokenizer_config.json).",
     )
     system_prompt: str = _field(
         "",
@@ -636,8 +635,6 @@ def validate(config):
     an objective needs of the config is checked by `tfchat.objectives.check`."""
     m, t = config.model, config.train
     checks = [
-        (config.tokenizer.chat_template in CHAT_TEMPLATES,
-         f"tokenizer.chat_template must be one of {', '.join(CHAT_TEMPLATES)}"),
         (config.tokenizer.kind in TOKENIZER_KINDS, f"tokenizer.kind must be one of {', '.join(TOKENIZER_KINDS)}"),
         (t.strategy in STRATEGIES, f"train.strategy must be one of {', '.join(STRATEGIES)}"),
         (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
