@@ -117,11 +117,11 @@ def checksum(variables):
 
 def gpt_from_backbone(backbone, block_size):
     from tfchat.model.gpt import GPT
-    from tfchat.model.keras_hub_weights import llama_gpt_args, llama_weights_to_gpt
+    from tfchat.families import llama
 
-    gpt = GPT(**llama_gpt_args(backbone, block_size=block_size), name="gpt")
+    gpt = GPT(**llama.gpt_args(backbone, block_size=block_size), name="gpt")
     gpt.build()
-    llama_weights_to_gpt(backbone, gpt)
+    llama.FAMILY.copy_weights(backbone, gpt)
     return gpt
 
 
@@ -245,7 +245,7 @@ def worker_check(args, shape):
     for the memory processes."""
     import numpy as np
 
-    from tfchat.model.keras_hub_weights import llama_gpt_args
+    from tfchat.families import llama
 
     backbone, causal_lm = build_keras_hub(shape, args.seed)
     gpt = gpt_from_backbone(backbone, args.seq_len)
@@ -255,7 +255,7 @@ def worker_check(args, shape):
     ours = gpt(ids).numpy()
     gpt.save_weights(os.path.join(args.weights_dir, WEIGHTS_FILE))
     with open(os.path.join(args.weights_dir, "gpt_args.json"), "w") as f:
-        json.dump(llama_gpt_args(backbone, block_size=args.seq_len), f)
+        json.dump(llama.gpt_args(backbone, block_size=args.seq_len), f)
     names = getattr(backbone, "get_lora_target_names", backbone.default_lora_layer_names)()
     return {"max_abs_diff": float(np.max(np.abs(theirs - ours))),
             "logit_scale": float(np.max(np.abs(theirs))),

@@ -15,7 +15,7 @@ import keras_hub
 import numpy as np
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
-from tfchat.serving.hub_export import qwen2_tokenizer_json
+from tfchat.families.qwen2 import qwen2_tokenizer_json
 
 FAMILIES = ("gpt2", "llama", "qwen2")
 # Llama 2's layout with its SentencePiece tokenizer (keras-hub's LlamaBackbone

@@ -15,6 +15,7 @@ from tfchat.data.chat_template import (
     render_prompt_tf, render_text, template_from_jinja,
 )
 from tfchat.data.tokenizer import PretrainedTokenizer
+from tfchat.errors import TfchatError
 
 # Qwen2.5-Instruct's form (without its tools branch): a default system message.
 QWEN_CHATML = (
@@ -52,8 +53,32 @@ LLAMA3 = (
     "{{ content }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
-JINJA = {"qwen": QWEN_CHATML, "smollm": SMOLLM_CHATML, "chatml": PLAIN_CHATML, "llama3": LLAMA3}
-BOS = {"llama3": "<|begin_of_text|>"}
+# Gemma instruct's form (gemma-1.1 / gemma-2 -it tokenizer_config.json).
+GEMMA = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+# Mistral-7B-Instruct-v0.1's form: no generation prompt (a prompt ends at
+# [/INST]), the reply closed by the end token.
+MISTRAL = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
+    "{% endif %}{% endfor %}"
+)
+JINJA = {"qwen": QWEN_CHATML, "smollm": SMOLLM_CHATML, "chatml": PLAIN_CHATML, "llama3": LLAMA3,
+         "gemma": GEMMA, "mistral": MISTRAL}
+BOS = {"llama3": "<|begin_of_text|>", "gemma": "<bos>", "mistral": "<s>"}
+EOS = {"mistral": "</s>"}
 
 CONVERSATIONS = [
     [Message("user", "Hi!")],
@@ -66,24 +91,45 @@ CONVERSATIONS = [
 ]
 
 
-def jinja_render(source, messages, add_generation_prompt, bos_token=""):
-    """As transformers renders a chat_template."""
+class TemplateError(Exception):
+    pass
+
+
+def _raise_exception(message):
+    raise TemplateError(message)
+
+
+def jinja_render(source, messages, add_generation_prompt, bos_token="", eos_token=""):
+    """As transformers renders a chat_template (its `raise_exception` too)."""
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
     return env.from_string(source).render(
         messages=[{"role": m.role, "content": m.content} for m in messages],
-        add_generation_prompt=add_generation_prompt, bos_token=bos_token,
+        add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token,
     )
 
 
 @pytest.mark.parametrize("form", sorted(JINJA))
 def test_renders_as_the_checkpoints_jinja_template(form):
     name, system = template_from_jinja(JINJA[form])
-    assert name == ("llama3" if form == "llama3" else "chatml")
+    assert name == (form if form in ("llama3", "gemma", "mistral") else "chatml")
     template = get_template(name, system)
     bos = BOS.get(form, "")
     for messages in CONVERSATIONS:
         for prompt in (False, True):
-            expected = jinja_render(JINJA[form], messages, prompt, bos_token=bos)
+            try:
+                expected = jinja_render(JINJA[form], messages, prompt, bos_token=bos,
+                                        eos_token=EOS.get(form, ""))
+            except TemplateError:
+                # The original refuses the conversation (a system turn in a
+                # format without one); so does tfchat, in Python and in graph.
+                assert any(m.role == "system" for m in messages)
+                with pytest.raises(TfchatError, match="no system turn"):
+                    render_text(messages, template, prompt, start=bos)
+                with pytest.raises(tf.errors.InvalidArgumentError, match="no system role"):
+                    render_prompt_tf([m.role for m in messages], [m.content for m in messages],
+                                     template)
+                continue
             assert render_text(messages, template, prompt, start=bos) == expected
             if prompt:  # the in-graph rendering (the start token is the tokenizer's)
                 rendered = render_prompt_tf([m.role for m in messages], [m.content for m in messages],
@@ -96,14 +142,22 @@ def test_exported_jinja_renders_as_tfchat(name):
     """What an export to Hugging Face form writes as its chat_template
     renders, in jinja2, what tfchat renders; and is recognised again."""
     for system in ("", "You are a helpful assistant."):
+        if system and not TEMPLATES[name].system_role:
+            with pytest.raises(TfchatError, match="no system turn"):
+                get_template(name, system)
+            continue
         template = get_template(name, system)
         bos = "<s>" if template.add_start_token else ""
         for messages in CONVERSATIONS:
+            if not template.system_role and any(m.role == "system" for m in messages):
+                with pytest.raises(TemplateError):
+                    jinja_render(template.to_jinja(), messages, False, bos_token="<s>")
+                continue
             for prompt in (False, True):
                 assert jinja_render(template.to_jinja(), messages, prompt, bos_token="<s>") == \
                     render_text(messages, template, prompt, start=bos)
-        if name in ("chatml", "llama3"):
-            assert template_from_jinja(template.to_jinja()) == (name, system if name == "chatml" else "")
+        if template.markers:
+            assert template_from_jinja(template.to_jinja()) == (name, system)
 
 
 def test_unknown_jinja_is_plain():

@@ -181,8 +181,13 @@ def test_precision_advice_only_for_bfloat16_with_xla_on_a_cpu():
 
 
 def test_chat_template_choices_are_the_templates():
-    """config.CHAT_TEMPLATES (validated before TensorFlow loads) names
-    exactly tfchat.data.chat_template.TEMPLATES, plus auto."""
-    from tfchat.data.chat_template import TEMPLATES
+    """tfchat.convert's --chat_template choices (read before TensorFlow
+    loads) are exactly tfchat.data.chat_template.TEMPLATES, plus auto, and
+    an unknown name is refused naming them."""
+    from tfchat.convert import build_parser
+    from tfchat.data.chat_template import TEMPLATES, get_template
 
-    assert set(config_lib.CHAT_TEMPLATES) == {"auto", *TEMPLATES}
+    choices = next(a.choices for a in build_parser()._actions if a.dest == "chat_template")
+    assert set(choices) == {"auto", *TEMPLATES}
+    with pytest.raises(TfchatError, match="gemma"):
+        get_template("vicuna")

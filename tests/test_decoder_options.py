@@ -12,9 +12,7 @@ from tfchat import config as config_lib
 from tfchat.errors import TfchatError
 from tfchat.inference.generator import Generator, greedy_uncached
 from tfchat.model.gpt import GPT
-from tfchat.model.keras_hub_weights import (
-    llama_gpt_args, llama_weights_to_gpt, qwen2_gpt_args, qwen2_weights_to_gpt,
-)
+from tfchat.families import llama, qwen2
 from tfchat.model.layers import rope_inverse_frequencies
 
 V, T = 97, 16
@@ -62,11 +60,11 @@ def test_llama3_logits_equal_keras_hub():
         tie_word_embeddings=False,
     )
     scale_up(backbone, seed=1)
-    args = llama_gpt_args(backbone, block_size=T)
+    args = llama.gpt_args(backbone, block_size=T)
     assert args["rope_scaling_factor"] == 8.0 and not args["tie_embeddings"]
     gpt = GPT(**args)
     gpt.build()
-    llama_weights_to_gpt(backbone, gpt)
+    llama.FAMILY.copy_weights(backbone, gpt)
     ids = token_ids()
     expected = keras_hub_logits(backbone, ids)
     got = gpt(ids).numpy()
@@ -84,11 +82,11 @@ def test_qwen2_logits_equal_keras_hub():
         rope_max_wavelength=10000, layer_norm_epsilon=1e-6, tie_word_embeddings=True,
     )
     scale_up(backbone, seed=2)
-    args = qwen2_gpt_args(backbone, block_size=T)
+    args = qwen2.gpt_args(backbone, block_size=T)
     assert args["qkv_bias"] and not args["use_bias"] and args["tie_embeddings"]
     gpt = GPT(**args)
     gpt.build()
-    qwen2_weights_to_gpt(backbone, gpt)
+    qwen2.FAMILY.copy_weights(backbone, gpt)
     ids = token_ids(seed=1)
     expected = keras_hub_logits(backbone, ids)
     got = gpt(ids).numpy()

@@ -223,8 +223,13 @@ def test_runs_keras_hub_cannot_write_fail_in_one_line(tmp_path, capsys):
     odd = str(tmp_path / "odd")
     _fake_run(odd, tokenizer="pretrained", norm="rmsnorm", position="learned")
     line = _fails(capsys, ["--run", odd, "--format", "keras-hub", "--out", str(tmp_path / "b")],
-                  "of no family keras-hub writes", tmp_path / "b")
-    assert "gpt2 (" in line and "llama (" in line and "qwen2 (" in line
+                  "of no pretrained family", tmp_path / "b")
+    assert "gpt2, llama, qwen2, mistral" in line
+    edited = str(tmp_path / "edited")
+    _fake_run(edited, tokenizer="pretrained", family="llama", norm="rmsnorm", position="learned")
+    line = _fails(capsys, ["--run", edited, "--format", "hf", "--out", str(tmp_path / "d")],
+                  "records model.family llama but its decoder is not one", tmp_path / "d")
+    assert "position learned (not rope)" in line and "mlp gelu (not swiglu)" in line
 
     _fails(capsys, ["--run", str(tmp_path / "nowhere"), "--format", "hf", "--out",
                     str(tmp_path / "c")], "No tfchat run", tmp_path / "c")

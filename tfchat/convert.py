@@ -23,14 +23,19 @@ from tfchat import quiet
 
 quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 
-from tfchat.config import CHAT_TEMPLATES
 from tfchat.errors import TfchatError
 
 
 def _description():
-    from tfchat.model.keras_hub_weights import supported_families  # numpy only
+    from tfchat.families import supported_families  # pure Python
 
     return __doc__.format(families=supported_families())
+
+
+def _chat_templates():
+    from tfchat.families import chat_templates  # pure Python
+
+    return ("auto", *chat_templates())
 
 
 def build_parser():
@@ -57,7 +62,7 @@ def build_parser():
              "the run then computes in bfloat16).",
     )
     parser.add_argument(
-        "--chat_template", default="auto", choices=CHAT_TEMPLATES,
+        "--chat_template", default="auto", choices=_chat_templates(),
         help="How the run renders conversations (default auto: the checkpoint's own, from its "
              "tokenizer_config.json or its special tokens).",
     )

@@ -60,7 +60,7 @@ def build_parser():
         help="Delete an existing run of the same name and start over.",
     )
     quiet.add_verbose_flag(parser)
-    from tfchat.model.keras_hub_weights import supported_families  # numpy only
+    from tfchat.families import supported_families  # pure Python
 
     parser.epilog = (parser.epilog or "") + (
         "\n\nPretrained families --init_from converts (python -m tfchat.convert --help):\n"

@@ -10,9 +10,11 @@ Sources (`describe_source` says which a string is, before any weights load):
     downloaded by keras-hub when the machine is online.
 
 keras-hub reads every one of them (`Backbone.from_preset` converts Hugging
-Face checkpoints itself); `tfchat.model.keras_hub_weights` then maps its
-weights into tfchat's `GPT`, and the checkpoint's own tokenizer is kept as a
-`PretrainedTokenizer`. The run folder is written beside its final place and
+Face checkpoints itself) and the family's module (`tfchat.families`) maps
+its weights into tfchat's `GPT`, except the Hugging Face checkpoints of the
+families tfchat reads itself (`Family.hugging_face`: keras-hub 0.32 gets
+them wrong), whose config.json and safetensors are read here; the
+checkpoint's own tokenizer is kept as a `PretrainedTokenizer`. The run folder is written beside its final place and
 renamed into it, so a failed conversion leaves nothing behind.
 
 Memory: keras-hub's backbone and tfchat's GPT are alive together (two
@@ -37,11 +39,13 @@ import tempfile
 import tensorflow as tf
 
 from tfchat import config as config_lib
-from tfchat.data.chat_template import template_from_jinja
+from tfchat.data.chat_template import TEMPLATES, template_from_jinja
 from tfchat.errors import TfchatError
-from tfchat.model.keras_hub_weights import (
-    family_of_backbone, family_of_model_type, supported_backbones, supported_model_types,
+from tfchat.families import (
+    architectures, family_of_backbone, family_of_model_type, supported_backbones,
+    supported_model_types,
 )
+from tfchat.families.weights import load_hugging_face_tensors, read_safetensors
 from tfchat.run import CONFIG_FILE, TOKENIZER_DIR, RunFolder
 
 HANDLE_PREFIXES = ("hf://", "kaggle://", "gs://", "modelscope://")
@@ -122,19 +126,21 @@ def _hugging_face_source(source, config):
             f"convert; it converts model_type {supported_model_types()} "
             "(python -m tfchat.convert --help)."
         )
-    architectures = [a for a in config.get("architectures") or [] if not a.endswith("ForCausalLM")
-                     and a != "GPT2LMHeadModel"]
-    if architectures:
+    others = [a for a in config.get("architectures") or [] if not a.endswith("ForCausalLM")
+              and a not in architectures()]
+    if others:
         raise TfchatError(
-            f"{source} is a {architectures[0]}; tfchat converts causal language models "
-            "(LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)."
+            f"{source} is a {others[0]}; tfchat converts causal language models "
+            f"({', '.join(architectures())})."
         )
     names = os.listdir(source)
     if not any(n.endswith(".safetensors") for n in names):
         raise TfchatError(f"{source} has no *.safetensors weights (PyTorch .bin files are not read).")
-    if "tokenizer.json" not in names and not {"vocab.json", "merges.txt"} <= set(names):
+    if "tokenizer.json" not in names and "tokenizer.model" not in names \
+            and not {"vocab.json", "merges.txt"} <= set(names):
         raise TfchatError(
-            f"{source} has no tokenizer files (tokenizer.json, or vocab.json and merges.txt)."
+            f"{source} has no tokenizer files (tokenizer.json, tokenizer.model, or vocab.json "
+            "and merges.txt)."
         )
     context = int(config.get("max_position_embeddings") or config.get("n_positions") or 0)
     return Source(source, "hugging-face", family, context)
@@ -146,24 +152,30 @@ def _require(source, names, what):
         raise TfchatError(f"{source} is a {what} without {', '.join(missing)}.")
 
 
+def _one_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 def _load_keras_hub(source, dtype):
     """keras-hub's backbone and tokenizer of `source`, with errors made
-    one-line: a failed download says the machine may be offline."""
+    one-line: a failed download says the machine may be offline. The
+    backbone is None where tfchat reads the weights itself
+    (`_reads_itself`)."""
     import keras_hub  # pylint: disable=import-outside-toplevel  (slow; after argument checks)
 
     try:
-        backbone = keras_hub.models.Backbone.from_preset(
-            source.path, dtype=dtype, **_missing_backbone_args(source)
-        )
         tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(source.path)
+        if _reads_itself(source):
+            return None, tokenizer, source.family
+        extra = source.family.missing_backbone_args(source.kind, source.path) if source.family else {}
+        backbone = keras_hub.models.Backbone.from_preset(source.path, dtype=dtype, **extra)
     except Exception as e:  # keras-hub, huggingface_hub and h5py raise many kinds
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         if source.kind == "handle":
             raise TfchatError(
-                f"Could not load {source.path}: {first}. If this machine is offline, download "
-                "the checkpoint where there is a network and pass its local directory."
+                f"Could not load {source.path}: {_one_line(e)}. If this machine is offline, "
+                "download the checkpoint where there is a network and pass its local directory."
             ) from None
-        raise TfchatError(f"Could not load {source.path}: {first}") from None
+        raise TfchatError(f"Could not load {source.path}: {_one_line(e)}") from None
     family = family_of_backbone(type(backbone).__name__)
     if family is None:
         raise TfchatError(
@@ -173,35 +185,8 @@ def _load_keras_hub(source, dtype):
     return backbone, tokenizer, family
 
 
-def _missing_backbone_args(source):
-    """What keras-hub 0.32 drops from a Llama's config when it reads one.
-
-    A Hugging Face Llama: its converter ignores `rms_norm_eps` (every Llama
-    would get keras-hub's default 1e-6; Llama 3 and SmolLM2 use 1e-5), so it
-    is passed here.
-
-    A keras-hub preset: `LlamaBackbone.get_config` does not write
-    `tie_word_embeddings`, so a tied Llama (SmolLM2, Llama 3.2 1B) saved as a
-    preset reloads untied and fails, in keras-hub too, for want of
-    `reverse_embeddings`. The weights file tells: a tied embedding has one
-    variable, an untied one two."""
-    if source.family is None or source.family.name != "llama":
-        return {}
-    if source.kind == "hugging-face":
-        eps = _read_json(os.path.join(source.path, "config.json")).get("rms_norm_eps")
-        return {} if eps is None else {"layer_norm_epsilon": float(eps)}
-    if source.kind != "keras-hub":
-        return {}
-    config = _read_json(os.path.join(source.path, "config.json")).get("config", {})
-    if "tie_word_embeddings" in config:
-        return {}
-    import h5py  # pylint: disable=import-outside-toplevel  (Keras' own dependency)
-
-    with h5py.File(os.path.join(source.path, "model.weights.h5"), "r") as weights:
-        group = weights.get("layers/reversible_embedding/vars")
-        if group is None:
-            return {}
-        return {"tie_word_embeddings": len(group) == 1}
+def _reads_itself(source):
+    return source.kind == "hugging-face" and source.family.hugging_face is not None
 
 
 def checkpoint_chat_template(source, tokenizer):
@@ -216,14 +201,10 @@ def checkpoint_chat_template(source, tokenizer):
             jinja = next((t.get("template") for t in jinja if t.get("name") == "default"), None)
         if jinja:
             return template_from_jinja(jinja)
-    def single_tokens(*markers):
-        ids = tokenizer.tokenize(tf.constant(markers)).to_list()
-        return all(len(i) == 1 for i in ids)
-
-    if single_tokens("<|im_start|>", "<|im_end|>"):
-        return "chatml", ""
-    if single_tokens("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"):
-        return "llama3", ""
+    for template in TEMPLATES.values():
+        if template.markers and all(
+                len(ids) == 1 for ids in tokenizer.tokenize(tf.constant(template.markers)).to_list()):
+            return template.name, ""
     return "plain", ""
 
 
@@ -233,7 +214,8 @@ def _chat_settings(source, tokenizer, chat_template, system_prompt):
     return name, default_system if system_prompt is None else system_prompt
 
 
-def run_config(name, runs_dir, gpt_args, vocabulary_size, context, dtype, chat=("plain", "")):
+def run_config(name, runs_dir, gpt_args, vocabulary_size, context, dtype, chat=("plain", ""),
+               family="none"):
     """The config of a converted run: a model of the checkpoint's shape with
     its own tokenizer and chat template; a `chat` run when the checkpoint
     has a chat format (so chat, evaluate and export treat it as one), else
@@ -243,6 +225,7 @@ def run_config(name, runs_dir, gpt_args, vocabulary_size, context, dtype, chat=(
         **{k: v for k, v in gpt_args.items() if k in model_fields},
         dropout=0.0,
         max_positions=context,
+        family=family,
     )
     return config_lib.Config(
         name=name,
@@ -282,23 +265,35 @@ def convert(source, run_path, block_size=0, dtype="float32", overwrite=False, ve
         )
     block = block_size or context or DEFAULT_ROPE_CONTEXT
     try:
-        gpt_args = family.gpt_args(backbone, block)
-    except ValueError as e:
+        if backbone is None:
+            hf_config = _read_json(os.path.join(described.path, "config.json"))
+            gpt_args = family.hugging_face.gpt_args(hf_config, block)
+        else:
+            gpt_args = family.gpt_args(backbone, block)
+    except (ValueError, KeyError) as e:
         raise TfchatError(f"{source}: {e}") from None
+    vocabulary_size = gpt_args["vocabulary_size"]
     tokenizer = PretrainedTokenizer(hub_tokenizer)
-    if tokenizer.vocabulary_size > backbone.vocabulary_size:
+    if tokenizer.vocabulary_size > vocabulary_size:
         raise TfchatError(
             f"{source}: the tokenizer has {tokenizer.vocabulary_size} tokens but the model's "
-            f"embedding only {backbone.vocabulary_size}."
+            f"embedding only {vocabulary_size}."
         )
     parent = os.path.dirname(os.path.abspath(run_path))
     name = os.path.basename(os.path.normpath(run_path))
     config = run_config(name, os.path.dirname(os.path.normpath(run_path)), gpt_args,
-                        backbone.vocabulary_size, context, dtype,
-                        chat=_chat_settings(described, tokenizer, chat_template, system_prompt))
+                        vocabulary_size, context, dtype,
+                        chat=_chat_settings(described, tokenizer, chat_template, system_prompt),
+                        family=family.name)
     config_lib.validate(config)
-    model = build_causal_lm(config, backbone.vocabulary_size, forward_pass=False)
-    family.copy_weights(backbone, model.backbone)
+    model = build_causal_lm(config, vocabulary_size, forward_pass=False)
+    try:
+        if backbone is None:
+            load_hugging_face_tensors(read_safetensors(described.path), model.backbone)
+        else:
+            family.copy_weights(backbone, model.backbone)
+    except ValueError as e:
+        raise TfchatError(f"{source}: {e}") from None
     del backbone  # one copy of the weights fewer before the checkpoint is written
     gc.collect()
 

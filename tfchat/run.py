@@ -34,6 +34,7 @@ from tfchat.data.chat_template import use_chat_template
 from tfchat.data.files import write_json_atomic
 from tfchat.data.tokenizer import load_tokenizer
 from tfchat.errors import TfchatError
+from tfchat.families import family_of_old_run
 from tfchat.model.lora import enable_lora, merge_lora
 from tfchat.model.quantize import METHOD as QUANTIZATION_METHOD, quantize_int8
 from tfchat.objectives.base import DECODER_OPTIONS
@@ -82,9 +83,23 @@ class RunFolder:
         return os.path.join(self.path, WORKERS_DIR, f"worker_{task_id}")
 
     def read_config(self):
+        """The run's config. A run written before `model.family` existed
+        gets its family from its decoder options, recorded in its config.json
+        once (where the folder can be written)."""
         if not self.exists():
             raise TfchatError(f"No tfchat run at {self.path} (no {CONFIG_FILE}).")
-        return config_lib.load(self.config)
+        config = config_lib.load(self.config)
+        with open(self.config, encoding="utf-8") as f:
+            recorded = "family" in (json.load(f).get("model") or {})
+        if not recorded:
+            family = family_of_old_run(config.model, config.tokenizer.kind)
+            config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, family=family))
+            try:
+                write_json_atomic(self.config, config.to_dict())
+            except OSError:
+                pass  # a read-only run still loads; it is inferred again next time
+        return config
 
     def create(self, config, tokenizer, labels=None):
         """Writes the files a new run starts with; the config last, as it is

@@ -1,15 +1,11 @@
 """Chat templates: how a conversation becomes tokens, for training and for
 generation alike, in tfchat's own format or a pretrained family's.
 
-A `ChatTemplate` is data: the text before and after each role's content, and
-the end-of-turn marker that closes an assistant reply. `TEMPLATES` holds
-
-    tfchat   <|system|>Be brief.<|end|><|user|>Hi!<|end|><|assistant|>Hello.<|end|>
-    chatml   <|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n
-             (Qwen2.5, SmolLM2-Instruct)
-    llama3   <|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>... (Llama 3
-             instruct; contents are trimmed, as its Jinja template does)
-    plain    User:\nHi!\n\nAssistant:\nHello.\n\n (base models without chat tokens)
+A `ChatTemplate` (`tfchat.data.chat_format`) is data: the text before and
+after each role's content, and the end-of-turn marker that closes an
+assistant reply. `TEMPLATES` holds the generic ones (tfchat, chatml, plain)
+and every pretrained family's own (`tfchat.families`: Llama 3's headers,
+Gemma's turns, Mistral's [INST]).
 
 A prompt for generation is the conversation so far followed by the
 assistant's prefix; the model writes the reply and ends it with the
@@ -55,94 +51,16 @@ encoded.ids, encoded.weights  # weights are 1 on "Hello." and its end marker
 """
 
 import dataclasses
-import json
 import re
-import typing
 
 import tensorflow as tf
 
+from tfchat.data.chat_format import ROLES, ChatTemplate  # noqa: F401  (re-exported)
 from tfchat.errors import TfchatError
-
-ROLES = ("system", "user", "assistant")
-
-
-@dataclasses.dataclass(frozen=True)
-class ChatTemplate:
-    """What surrounds each message.
-
-    name: its name in configs (`tokenizer.chat_template`).
-    prefixes: role -> text before the content.
-    suffixes: role -> text after it; an assistant's starts with
-        `end_of_turn`.
-    end_of_turn: the marker the model writes to end its reply.
-    strip_content: contents are stripped of surrounding whitespace (Llama 3).
-    default_system: the system message of a conversation that has none.
-    add_start_token: a conversation starts with the tokenizer's start token
-        (Llama 3's template writes its bos_token; ChatML's writes none).
-    """
-
-    name: str
-    prefixes: typing.Mapping[str, str]
-    suffixes: typing.Mapping[str, str]
-    end_of_turn: str
-    strip_content: bool = False
-    default_system: str = ""
-    add_start_token: bool = True
-
-    def content(self, text):
-        return text.strip() if self.strip_content else text
-
-    def to_jinja(self):
-        """This template as a Hugging Face `chat_template` (Jinja), for
-        `tokenizer_config.json`: what transformers, vLLM and llama.cpp
-        render from, giving `render_text`'s text (tests check)."""
-        quote = json.dumps  # a JSON string literal is a valid Jinja one
-        prefixes = "{" + ", ".join(f"{quote(r)}: {quote(self.prefixes[r])}" for r in ROLES) + "}"
-        suffixes = "{" + ", ".join(f"{quote(r)}: {quote(self.suffixes[r])}" for r in ROLES) + "}"
-        content = "message['content'] | trim" if self.strip_content else "message['content']"
-        parts = [f"{{%- set prefixes = {prefixes} -%}}{{%- set suffixes = {suffixes} -%}}"]
-        if self.add_start_token:
-            parts.append("{{- bos_token -}}")
-        if self.default_system:
-            system = self.prefixes["system"] + self.content(self.default_system) + self.suffixes["system"]
-            parts.append("{%- if not messages or messages[0]['role'] != 'system' -%}"
-                         f"{{{{- {quote(system)} -}}}}{{%- endif -%}}")
-        parts.append("{%- for message in messages -%}"
-                     f"{{{{- prefixes[message['role']] + {content} + suffixes[message['role']] -}}}}"
-                     "{%- endfor -%}")
-        parts.append("{%- if add_generation_prompt -%}"
-                     f"{{{{- {quote(self.prefixes['assistant'])} -}}}}{{%- endif -%}}")
-        return "".join(parts)
+from tfchat.families import chat_templates
 
 
-def _same_for_roles(prefix, suffix):
-    return {role: prefix.format(role=role) for role in ROLES}, {role: suffix for role in ROLES}
-
-
-TEMPLATES = {
-    "tfchat": ChatTemplate(
-        "tfchat",
-        prefixes={"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"},
-        suffixes={role: "<|end|>" for role in ROLES},
-        end_of_turn="<|end|>",
-    ),
-    "chatml": ChatTemplate(
-        "chatml", *_same_for_roles("<|im_start|>{role}\n", "<|im_end|>\n"), end_of_turn="<|im_end|>",
-        add_start_token=False,
-    ),
-    "llama3": ChatTemplate(
-        "llama3", *_same_for_roles("<|start_header_id|>{role}<|end_header_id|>\n\n", "<|eot_id|>"),
-        end_of_turn="<|eot_id|>", strip_content=True,
-    ),
-    # Newlines around every piece: a byte-level BPE splits text there anyway,
-    # so the pieces tokenize as the whole text does.
-    "plain": ChatTemplate(
-        "plain",
-        prefixes={"system": "System:\n", "user": "User:\n", "assistant": "Assistant:\n"},
-        suffixes={role: "\n\n" for role in ROLES},
-        end_of_turn="\n\n",
-    ),
-}
+TEMPLATES = chat_templates()
 # tfchat's own format, read by its tokenizers as single reserved tokens.
 MARKERS = dict(TEMPLATES["tfchat"].prefixes)
 END_OF_TURN = TEMPLATES["tfchat"].end_of_turn
@@ -155,6 +73,11 @@ def get_template(name, default_system=""):
             f"Unknown chat template {name!r}; use one of {', '.join(TEMPLATES)} (or auto)."
         )
     template = TEMPLATES[name]
+    if default_system and not template.system_role:
+        raise TfchatError(
+            f"The {name} chat format has no system turn, so it cannot have a default system "
+            "message; set tokenizer.system_prompt ''."
+        )
     if default_system:
         template = dataclasses.replace(template, default_system=default_system)
     return template
@@ -162,18 +85,25 @@ def get_template(name, default_system=""):
 
 def template_from_jinja(jinja):
     """(template name, default system message) for a Hugging Face
-    `chat_template` Jinja string: ChatML and Llama 3's header format are
-    recognised by their markers; anything else is rendered `plain`."""
-    if not jinja:
-        return "plain", ""
-    if "<|im_start|>" in jinja and "<|im_end|>" in jinja:
-        # Qwen2.5 and SmolLM2 write a literal system message for
-        # conversations without one.
-        match = re.search(r"<\|im_start\|>system\\n([^'\"{}]+?)<\|im_end\|>", jinja)
-        return "chatml", (match.group(1) if match else "")
-    if "<|start_header_id|>" in jinja and "<|eot_id|>" in jinja:
-        return "llama3", ""
+    `chat_template` Jinja string: the first template whose markers it all
+    holds; anything else is rendered `plain`."""
+    for template in TEMPLATES.values():
+        if jinja and template.markers and all(m in jinja for m in template.markers):
+            return template.name, _literal_system_message(jinja, template)
     return "plain", ""
+
+
+def _literal_system_message(jinja, template):
+    """The system message a Jinja template writes for conversations without
+    one (Qwen2.5 and SmolLM2 do), where it is a literal; else ""."""
+    prefix, suffix = template.prefixes["system"], template.suffixes["system"]
+    if not template.system_role or not prefix:
+        return ""
+    # The template source escapes newlines as \n.
+    pattern = (re.escape(prefix.replace("\n", "\\n")) + r"([^'\"{}]+?)"
+               + re.escape(suffix.replace("\n", "\\n").split("\\n")[0]))
+    match = re.search(pattern, jinja)
+    return match.group(1) if match else ""
 
 
 def use_chat_template(tokenizer, tokenizer_config):
@@ -208,6 +138,7 @@ class Encoded:
 
 
 def _with_default_system(messages, template):
+    template.check_roles([m.role for m in messages])
     if template.default_system and not (messages and messages[0].role == "system"):
         return [Message("system", template.default_system)] + list(messages)
     return list(messages)
@@ -237,6 +168,20 @@ def _role_index(roles):
         return tf.argmax(tf.cast(matches, tf.int32), axis=1)
 
 
+def _known_roles(roles, template):
+    """[N] indices into ROLES of `roles`, failing (InvalidArgumentError) on
+    an unknown role or a system turn the template cannot write."""
+    index = _role_index(roles)
+    if template.system_role:
+        return index
+    check = tf.debugging.assert_equal(
+        tf.reduce_any(tf.equal(roles, "system")), False,
+        message=f"the {template.name} chat format has no system role",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(index)
+
+
 def render_prompt_tf(roles, contents, template=TEMPLATES["tfchat"]):
     """`render_text(messages, template, add_generation_prompt=True)` in
     TensorFlow ops (the start token is the tokenizer's to add).
@@ -251,7 +196,7 @@ def render_prompt_tf(roles, contents, template=TEMPLATES["tfchat"]):
     """
     roles = tf.convert_to_tensor(roles, tf.string)
     contents = tf.convert_to_tensor(contents, tf.string)
-    index = _role_index(roles)
+    index = _known_roles(roles, template)
     prefixes = tf.gather(tf.constant([template.prefixes[r] for r in ROLES]), index)
     suffixes = tf.gather(tf.constant([template.suffixes[r] for r in ROLES]), index)
     if template.strip_content:
@@ -280,13 +225,13 @@ def chat_turns_tf(tokenizer, roles, contents):
                            lambda: contents)
     if template.strip_content:
         contents = tf.strings.strip(contents)
-    index = _role_index(roles)
+    index = _known_roles(roles, template)
     # The template's pieces are constants: tokenized once, eagerly, rather
     # than traced into the graph (a byte-level BPE's graph is large, and
     # exporting traced it once per piece).
     with tf.init_scope():
         pieces = [template.prefixes[r] for r in ROLES] + [template.suffixes[r] for r in ROLES]
-        piece_ids = tokenizer.tokenize(tf.constant(pieces)).to_list()
+        piece_ids = tokenizer.tokenize_pieces(pieces)
     prefixes = tf.ragged.constant(piece_ids[: len(ROLES)], dtype=tf.int32)
     suffixes = tf.ragged.constant(piece_ids[len(ROLES):], dtype=tf.int32)
     body = tokenizer.tokenize(contents)  # [N, None]
@@ -324,7 +269,7 @@ def encode_conversations(tokenizer, conversations, max_tokens=None, add_generati
     content_ids = tokenizer.tokenize(tf.constant(contents, tf.string)).to_list() if contents else []
     pieces = [template.prefixes[r] for r in ROLES] + [template.suffixes[r] for r in ROLES]
     pieces += [template.end_of_turn]
-    piece_ids = dict(zip(pieces, tokenizer.tokenize(tf.constant(pieces)).to_list()))
+    piece_ids = dict(zip(pieces, tokenizer.tokenize_pieces(pieces)))
     end_ids = piece_ids[template.end_of_turn]
     # A pretrained family's start token opens every conversation, where the
     # template writes one.
@@ -362,7 +307,7 @@ def chat_stop_ids(tokenizer):
     """The ids a reply ends at: the tokenizer's end tokens, and the
     template's end-of-turn marker where it is one token (else generation
     stops at its text, `chat_stop_strings`)."""
-    end = tokenizer.tokenize(tf.constant(tokenizer.chat_template.end_of_turn)).numpy().tolist()
+    end = tokenizer.tokenize_pieces([tokenizer.chat_template.end_of_turn])[0]
     return tuple(tokenizer.stop_ids) + (tuple(end) if len(end) == 1 else ())
 
 

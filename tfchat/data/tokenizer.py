@@ -49,6 +49,7 @@ from tensorflow_text.python.ops import sentencepiece_tokenizer as sp_ops
 from tfchat.data.chat_template import TEMPLATES
 from tfchat.data.files import write_json_atomic
 from tfchat.errors import TfchatError
+from tfchat.families import stop_tokens as family_stop_tokens
 from tfchat.quiet import muted_notices
 
 # Ids 0-3 are fixed; the chat tokens are reserved now so a vocabulary built
@@ -126,6 +127,11 @@ class Tokenizer(tf.Module):
     def special_tokens(self):
         """{name: id} of every special token (for export metadata)."""
         return {name: self.token_id(name) for name in SPECIAL_TOKENS}
+
+    def tokenize_pieces(self, pieces):
+        """[[id, ...], ...]: each of a chat template's fixed pieces (a list
+        of strings) tokenized, eagerly."""
+        return self.tokenize(tf.constant(list(pieces), tf.string)).to_list()
 
     def save(self, directory):
         raise NotImplementedError
@@ -499,6 +505,10 @@ class PretrainedTokenizer(Tokenizer):
         second = getattr(hub_tokenizer, "end_token2_id", None)  # Llama 3's <|eot_id|>
         if second is not None:
             stops.append(int(second))
+        for token in family_stop_tokens(type(hub_tokenizer).__name__):
+            token_id = hub_tokenizer.token_to_id(token) if token in self._vocabulary() else None
+            if token_id is not None and int(token_id) not in stops:
+                stops.append(int(token_id))
         self._stop_ids = tuple(stops)
         self.start_ids = () if self.bos_id is None else (self.bos_id,)
         self._silent = tf.constant(sorted({*self._stop_ids, *self.start_ids}), tf.int32)
@@ -524,6 +534,34 @@ class PretrainedTokenizer(Tokenizer):
     def special_tokens(self):
         names = getattr(self.hub_tokenizer, "special_tokens", None) or []
         return {name: int(self.hub_tokenizer.token_to_id(name)) for name in names}
+
+    def _vocabulary(self):
+        vocabulary = getattr(self.hub_tokenizer, "vocabulary", None)
+        if isinstance(vocabulary, dict):
+            return vocabulary
+        return set(self.hub_tokenizer.get_vocabulary())
+
+    def tokenize_pieces(self, pieces):
+        """A piece that holds the tokenizer's special tokens (Mistral's
+        reply ends with the text </s>) gets their ids: a SentencePiece
+        model does not read its control symbols from text."""
+        special = self.special_tokens()
+        if not special:
+            return super().tokenize_pieces(pieces)
+        pattern = re.compile("(" + "|".join(re.escape(t) for t in sorted(special, key=len, reverse=True)) + ")")
+        result = []
+        for piece in pieces:
+            parts = [part for part in pattern.split(piece) if part]
+            if all(part not in special for part in parts):
+                result.append(None)  # tokenized whole, below
+                continue
+            ids = []
+            for part in parts:
+                ids += [special[part]] if part in special else super().tokenize_pieces([part])[0]
+            result.append(ids)
+        whole = [piece for piece, ids in zip(pieces, result) if ids is None]
+        whole_ids = iter(super().tokenize_pieces(whole) if whole else [])
+        return [next(whole_ids) if ids is None else ids for ids in result]
 
     def tokenize(self, strings):
         def tokenize_vector(flat):

@@ -8,27 +8,25 @@ outside TensorFlow Serving (`python -m tfchat.export --format hf|keras-hub`).
                model.weights.h5, tokenizer.json, preprocessor.json,
                task.json, assets/): `keras_hub.models.CausalLM.from_preset`
 
-Runs of the families keras-hub writes can go: GPT-2, Llama (Llama 3's
-byte-level BPE as `Llama3Backbone`; Llama 2's SentencePiece as a keras-hub
-preset only) and Qwen2, with the checkpoint's own tokenizer (runs made by
-`tfchat.convert` or fine-tuned from one). The family is the one whose
-decoder options the run has (`keras_hub_weights.family_of_decoder`).
+Runs of a pretrained family with the checkpoint's own tokenizer can go (runs
+made by `tfchat.convert` or fine-tuned from one); the family is the one the
+run's config records (`model.family`, `tfchat.families`).
 
-The way out is the way in reversed: `keras_hub_weights` copies the GPT's
-weights into a freshly built keras-hub backbone of the family, keras-hub's
-CausalLM gets the run's own keras-hub tokenizer in the family's
-preprocessor, and keras-hub writes it (`save_to_preset`,
-`export_to_transformers`). Then what keras-hub 0.32 leaves out is added:
+A keras-hub preset is the way in reversed: the family's module copies the
+GPT's weights into a freshly built keras-hub backbone of the family,
+keras-hub's CausalLM gets the run's own keras-hub tokenizer in the family's
+preprocessor, and keras-hub writes it (`save_to_preset`; the family adds
+what keras-hub leaves out, `Family.complete_preset`).
 
-  * Hugging Face `config.json`: "architectures" (keras-hub's own loader
-    needs it), the context the run records as "max_position_embeddings"
-    (rope families), Qwen2's "use_sliding_window": false, "sliding_window"
-    and "max_window_layers", "torch_dtype";
-  * Qwen2's `tokenizer.json` (keras-hub writes vocab.json and merges.txt;
-    its reader, and real Qwen2 checkpoints, have tokenizer.json);
-  * a Llama preset's "tie_word_embeddings" (`LlamaBackbone.get_config`
-    omits it from config.json and task.json, so keras-hub would reload a
-    tied Llama untied and fail).
+The Hugging Face form is keras-hub's `export_to_transformers` for the
+families it writes correctly (GPT-2, Llama, Qwen2), completed with
+"architectures" (keras-hub's own loader needs it), the context the run
+records as "max_position_embeddings" (rope families), "torch_dtype" and the
+family's own additions (`Family.complete_hugging_face`: Qwen2's sliding
+window keys and tokenizer.json). The families keras-hub 0.32 writes wrongly
+or not at all are written by tfchat itself (`Family.hugging_face`:
+config.json, model.safetensors in the shared layout, the tokenizer's files).
+Either way tokenizer_config.json gets the run's chat template as Jinja.
 
 A LoRA run is exported merged: pass `tfchat.run.merged_run(run)` (the
 command does). The output is written beside its place and renamed into it,
@@ -41,16 +39,12 @@ import shutil
 import tempfile
 
 from tfchat.errors import TfchatError
-from tfchat.model.keras_hub_weights import exportable_families, family_of_decoder
+from tfchat.families import REGISTRY, exportable_families, of_run
+from tfchat.families.weights import hugging_face_tensors
 from tfchat.model.lora import lora_layers
 from tfchat.serving.export import replace_dir
 
 FORMATS = {"hf": "a Hugging Face checkpoint", "keras-hub": "a keras-hub preset"}
-# Qwen2's pre-tokenizer regex, as in its tokenizer.json.
-QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 
 def check_exportable(config, fmt, path="the run"):
@@ -66,14 +60,21 @@ def check_exportable(config, fmt, path="the run"):
             f"tfchat's own {config.tokenizer.kind} tokenizer, which keras-hub and Hugging Face "
             "tools cannot read. Export it for TF Serving with --format saved_model."
         )
-    family = family_of_decoder(config.model)
+    m = config.model
+    family = of_run(m)
     if family is None:
-        m = config.model
         raise TfchatError(
-            f"{path} has a decoder (norm {m.norm}, position {m.position}, mlp {m.mlp}, "
-            f"qkv_bias {str(m.qkv_bias).lower()}, use_bias {str(m.use_bias).lower()}, "
-            f"tie_embeddings {str(m.tie_embeddings).lower()}) of no family keras-hub writes; "
-            f"--format {fmt} exports {exportable_families()}."
+            f"{path} is of no pretrained family (model.family none: a decoder of tfchat's "
+            f"own); --format {fmt} exports runs converted from a checkpoint of "
+            f"{', '.join(REGISTRY)} (python -m tfchat.convert) or fine-tuned from one."
+        )
+    differing = [f"{k} {getattr(m, k)} (not {v})" for k, v in family.decoder.items()
+                 if getattr(m, k) != v]
+    if differing or not family.has_decoder(m):
+        raise TfchatError(
+            f"{path} records model.family {family.name} but its decoder is not one "
+            f"({', '.join(differing) or 'grouped-query attention'}); --format {fmt} exports "
+            f"{exportable_families()}."
         )
     return family
 
@@ -90,7 +91,7 @@ def _hub_classes(run, family, fmt):
             f"a {family.name} exports with {' or '.join(family.hub_classes)}."
         )
     *names, writes_hugging_face = classes
-    if fmt == "hf" and not writes_hugging_face:
+    if fmt == "hf" and not writes_hugging_face and family.hugging_face is None:
         raise TfchatError(
             f"keras-hub cannot write a {names[0]} with a {name} in Hugging Face form; "
             f"export {run.path} with --format keras-hub."
@@ -138,19 +139,20 @@ def export_hub(run, out, fmt, overwrite=False):
         staging = tempfile.mkdtemp(prefix=f".{name}.exporting-", dir=parent)
     except OSError as e:
         raise TfchatError(f"Cannot write to {parent}: {e.strerror or e}.") from None
+    family = check_exportable(run.config, fmt, run.path)
     try:
         try:
             if fmt == "keras-hub":
                 causal_lm.save_to_preset(staging)
+                family.complete_preset(staging, causal_lm.backbone)
+            elif family.hugging_face is not None:
+                _write_hugging_face(staging, run, family, causal_lm.preprocessor.tokenizer)
             else:
                 causal_lm.export_to_transformers(staging)
+                _complete_hugging_face(staging, run, family, causal_lm)
         except (ValueError, TypeError, KeyError, NotImplementedError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise TfchatError(f"keras-hub could not write {run.path} as {FORMATS[fmt]}: {first}") from None
-        if fmt == "keras-hub":
-            _complete_preset(staging, causal_lm.backbone)
-        else:
-            _complete_hugging_face(staging, run, causal_lm)
         replace_dir(staging, os.path.abspath(out), f"{staging}.old")
     except OSError as e:
         raise TfchatError(f"Cannot write to {out}: {e.strerror or e}.") from None
@@ -169,84 +171,42 @@ def _write(path, value):
         json.dump(value, f, indent=2, ensure_ascii=False)
 
 
-def _complete_preset(path, backbone):
-    """keras-hub 0.32's `LlamaBackbone.get_config` leaves out
-    `tie_word_embeddings`: written here into the backbone's config, in
-    config.json and in task.json, so keras-hub (and tfchat.convert) reload
-    a tied Llama tied."""
-    if not hasattr(backbone, "tie_word_embeddings"):
-        return
-    tied = bool(backbone.tie_word_embeddings)
-    for name, keys in (("config.json", ("config",)), ("task.json", ("config", "backbone", "config"))):
-        file_path = os.path.join(path, name)
-        if not os.path.isfile(file_path):
-            continue
-        document = _read(file_path)
-        config = document
-        for key in keys:
-            config = config[key]
-        if "tie_word_embeddings" not in config:
-            config["tie_word_embeddings"] = tied
-            _write(file_path, document)
+def _context(run):
+    return run.config.model.max_positions or run.backbone.block_size
 
 
-def _complete_hugging_face(path, run, causal_lm):
+def _complete_hugging_face(path, run, family, causal_lm):
     """What real checkpoints' config.json and tokenizer files have and
     keras-hub 0.32's exporter leaves out (module docs)."""
-    family = family_of_decoder(run.backbone)
     config_path = os.path.join(path, "config.json")
     config = _read(config_path)
     config["architectures"] = [family.architecture]
     config.setdefault("torch_dtype", run.backbone.token_embedding.embeddings.dtype)
-    context = run.config.model.max_positions or run.backbone.block_size
     if run.backbone.position == "rope":
-        config["max_position_embeddings"] = context
-    if family.name == "qwen2":
-        config.update(use_sliding_window=False, sliding_window=context,
-                      max_window_layers=run.backbone.num_layers)
+        config["max_position_embeddings"] = _context(run)
+    family.complete_hugging_face(path, config, run.backbone, _context(run),
+                                 causal_lm.preprocessor.tokenizer)
     _write(config_path, config)
-    tokenizer = causal_lm.preprocessor.tokenizer
     # The run's chat template, as the Jinja that Hugging Face tools render.
     tokenizer_config_path = os.path.join(path, "tokenizer_config.json")
     tokenizer_config = _read(tokenizer_config_path) if os.path.isfile(tokenizer_config_path) else {}
     tokenizer_config["chat_template"] = run.tokenizer.chat_template.to_jinja()
     _write(tokenizer_config_path, tokenizer_config)
-    if family.name == "qwen2" and not os.path.exists(os.path.join(path, "tokenizer.json")):
-        _write(os.path.join(path, "tokenizer.json"), qwen2_tokenizer_json(
-            tokenizer.vocabulary, tokenizer.merges, _special_tokens(tokenizer)))
 
 
-def _special_tokens(tokenizer):
-    """A keras-hub byte-pair tokenizer's special (unsplittable) tokens."""
-    return sorted(set(getattr(tokenizer, "unsplittable_tokens", None) or [])
-                  | set(getattr(tokenizer, "special_tokens", None) or []))
+def _write_hugging_face(path, run, family, hub_tokenizer):
+    """A family tfchat writes itself: config.json, model.safetensors (one
+    file) and the tokenizer's files, the chat template included."""
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
-
-def qwen2_tokenizer_json(vocabulary, merges, special_tokens):
-    """Qwen2's tokenizer.json in the Hugging Face `tokenizers` layout: its
-    pre-tokenizer regex and byte-level BPE over `vocabulary` ({token: id})
-    and `merges` (["a b", ...]), `special_tokens` as added tokens."""
-    vocabulary = dict(vocabulary)
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            {"id": vocabulary[t], "content": t, "single_word": False, "lstrip": False,
-             "rstrip": False, "normalized": False, "special": True}
-            for t in sorted(special_tokens, key=vocabulary.get)
-        ],
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated",
-             "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-             "use_regex": False},
-        ]},
-        "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                    "use_regex": False},
-        "model": {"type": "BPE", "vocab": vocabulary, "merges": list(merges), "dropout": None,
-                  "unk_token": None, "continuing_subword_prefix": "", "end_of_word_suffix": "",
-                  "fuse_unk": False, "byte_fallback": False},
-    }
+    gpt = run.backbone
+    dtype = gpt.token_embedding.embeddings.dtype
+    config = family.hugging_face.config(gpt, _context(run), dtype)
+    config.update(bos_token_id=run.tokenizer.bos_id, eos_token_id=run.tokenizer.eos_id,
+                  pad_token_id=run.tokenizer.pad_id)
+    _write(os.path.join(path, "config.json"), config)
+    save_file(hugging_face_tensors(gpt), os.path.join(path, "model.safetensors"),
+              metadata={"format": "pt"})
+    family.hugging_face.write_tokenizer(
+        hub_tokenizer, path, {"chat_template": run.tokenizer.chat_template.to_jinja(),
+                              "model_max_length": _context(run)})
