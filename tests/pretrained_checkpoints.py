@@ -207,3 +207,170 @@ def sentencepiece_proto():
         character_coverage=1.0, minloglevel=2,
     )
     return model.getvalue()
+
+
+# --- The families of issue 29, built by keras-hub, in their own conventions ---
+
+NEW_FAMILIES = ("mistral", "gemma", "qwen3")
+# Shapes that catch what keras-hub's exporters get wrong: heads 12 wide on a
+# 32-wide model (H * D != C), grouped or single key/value heads, and a
+# Mistral window shorter than the prompts the tests use.
+MISTRAL_WINDOW = 6
+_QWEN3_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def gemma_sentencepiece_proto():
+    """A SentencePiece model in Gemma's conventions: <pad> 0, <eos> 1,
+    <bos> 2, <unk> 3, its turn markers as user-defined symbols (one token
+    each, read from text), no dummy prefix, byte fallback."""
+    import io
+
+    import sentencepiece as spm
+
+    text = ["the cat sat on the mat", "hello world, how are you?", "héllo wörld 中文",
+            "a quick brown fox jumps over the lazy dog"] * 20
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text), model_writer=model, model_type="bpe", vocab_size=300,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+        bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
+        add_dummy_prefix=False, byte_fallback=True, character_coverage=1.0, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+# Seeds whose greedy continuations of the tests' prompt are varied text.
+_NEW_FAMILY_SEEDS = {"mistral": 0, "gemma": 1, "qwen3": 0}
+
+
+def make_new_family_lm(family, seed=None, scale=0.3):
+    """A keras-hub CausalLM of a new family with random weights (norm
+    scales drawn around their identity value too, so a misplaced norm
+    shows). Mistral's weights are float16 values (keras-hub's Hugging Face
+    reader casts to float16, so the reference reads them exactly)."""
+    seed = _NEW_FAMILY_SEEDS[family] if seed is None else seed
+    keras.utils.set_random_seed(seed)
+    shape = dict(num_layers=2, num_query_heads=4, hidden_dim=32, head_dim=12)
+    if family == "mistral":
+        tokenizer = keras_hub.models.MistralTokenizer(proto=sentencepiece_proto())
+        backbone = keras_hub.models.MistralBackbone(
+            vocabulary_size=tokenizer.vocabulary_size(), num_key_value_heads=2,
+            intermediate_dim=48, sliding_window=MISTRAL_WINDOW, **shape)
+        classes = keras_hub.models.MistralCausalLMPreprocessor, keras_hub.models.MistralCausalLM
+    elif family == "gemma":
+        tokenizer = keras_hub.models.GemmaTokenizer(proto=gemma_sentencepiece_proto())
+        backbone = keras_hub.models.GemmaBackbone(
+            vocabulary_size=tokenizer.vocabulary_size(), num_key_value_heads=1,
+            intermediate_dim=96, **shape)
+        classes = keras_hub.models.GemmaCausalLMPreprocessor, keras_hub.models.GemmaCausalLM
+    elif family == "qwen3":
+        vocab = vocabulary("gpt2")
+        for token in _QWEN3_SPECIALS:
+            vocab.setdefault(token, len(vocab))
+        tokenizer = keras_hub.models.Qwen3Tokenizer(
+            vocabulary=vocab, merges=MERGES, unsplittable_tokens=_QWEN3_SPECIALS)
+        backbone = keras_hub.models.Qwen3Backbone(
+            vocabulary_size=len(vocab), num_key_value_heads=2, intermediate_dim=48,
+            tie_word_embeddings=False, **shape)
+        classes = keras_hub.models.Qwen3CausalLMPreprocessor, keras_hub.models.Qwen3CausalLM
+    else:
+        raise ValueError(family)
+    rng = np.random.default_rng(seed)
+    for weight in backbone.weights:
+        value = rng.normal(0.0, scale, weight.shape)
+        if weight.path.endswith("scale"):
+            value = np.asarray(weight.numpy()) + rng.normal(0.0, 0.2, weight.shape)
+        value = value.astype("float16").astype("float32") if family == "mistral" else value
+        weight.assign(value.astype("float32"))
+    preprocessor_cls, task_cls = classes
+    return task_cls(backbone, preprocessor_cls(tokenizer, sequence_length=32))
+
+
+def _torch_linear(kernel):
+    """A keras [in, ...out] kernel as a torch Linear weight [out, in]."""
+    kernel = np.asarray(kernel)
+    return kernel.reshape(kernel.shape[0], -1).T
+
+
+def write_hugging_face_checkpoint(model, family, directory):
+    """`model` (a keras-hub CausalLM of a new family) as a Hugging Face
+    checkpoint, written here straight from keras-hub's own weights in the
+    layout transformers reads (not with tfchat's writer, nor with keras-hub
+    0.32's exporter, which is wrong for these shapes). The tests check
+    keras-hub's own reader gets the same model back."""
+    from safetensors.numpy import save_file
+
+    backbone = model.backbone
+    os.makedirs(directory, exist_ok=True)
+    weights = {"model.embed_tokens.weight": np.asarray(backbone.token_embedding.embeddings),
+               "model.norm.weight": np.asarray(backbone.layer_norm.scale)}
+    for i, layer in enumerate(backbone.transformer_layers):
+        prefix = f"model.layers.{i}."
+        if family == "gemma":
+            attention = layer.attention
+            q, k, v = (np.asarray(d.kernel).transpose(0, 2, 1).reshape(-1, backbone.hidden_dim)
+                       for d in (attention.query_dense, attention.key_dense, attention.value_dense))
+            o = np.asarray(attention.output_dense.kernel)  # [H, D, C]
+            weights.update({
+                prefix + "self_attn.o_proj.weight": o.reshape(-1, backbone.hidden_dim).T,
+                prefix + "input_layernorm.weight": np.asarray(layer.pre_attention_norm.scale),
+                prefix + "post_attention_layernorm.weight": np.asarray(layer.pre_ffw_norm.scale),
+                prefix + "mlp.gate_proj.weight": _torch_linear(layer.gating_ffw.kernel),
+                prefix + "mlp.up_proj.weight": _torch_linear(layer.gating_ffw_2.kernel),
+                prefix + "mlp.down_proj.weight": _torch_linear(layer.ffw_linear.kernel),
+            })
+        else:
+            attention = layer._self_attention_layer
+            q, k, v = (_torch_linear(d.kernel) for d in
+                       (attention._query_dense, attention._key_dense, attention._value_dense))
+            o = np.asarray(attention._output_dense.kernel)  # [H, D, C]
+            weights.update({
+                prefix + "self_attn.o_proj.weight": o.reshape(-1, backbone.hidden_dim).T,
+                prefix + "input_layernorm.weight": np.asarray(layer._self_attention_layernorm.scale),
+                prefix + "post_attention_layernorm.weight": np.asarray(layer._feedforward_layernorm.scale),
+                prefix + "mlp.gate_proj.weight": _torch_linear(layer._feedforward_gate_dense.kernel),
+                prefix + "mlp.up_proj.weight": _torch_linear(layer._feedforward_intermediate_dense.kernel),
+                prefix + "mlp.down_proj.weight": _torch_linear(layer._feedforward_output_dense.kernel),
+            })
+            if family == "qwen3":
+                weights[prefix + "self_attn.q_norm.weight"] = np.asarray(attention._query_dense_layer_norm.scale)
+                weights[prefix + "self_attn.k_norm.weight"] = np.asarray(attention._key_dense_layer_norm.scale)
+        weights.update({prefix + "self_attn.q_proj.weight": q, prefix + "self_attn.k_proj.weight": k,
+                        prefix + "self_attn.v_proj.weight": v})
+    if family != "gemma":
+        weights["lm_head.weight"] = np.asarray(backbone.token_embedding.reverse_embeddings).T
+    save_file({n: np.ascontiguousarray(w, dtype="float32") for n, w in weights.items()},
+              os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "vocab_size": backbone.vocabulary_size, "hidden_size": backbone.hidden_dim,
+        "num_hidden_layers": backbone.num_layers, "num_attention_heads": backbone.num_query_heads,
+        "num_key_value_heads": backbone.num_key_value_heads, "head_dim": backbone.head_dim,
+        "rms_norm_eps": backbone.layer_norm_epsilon, "max_position_embeddings": 64,
+        "torch_dtype": "float32",
+    }
+    tokenizer = model.preprocessor.tokenizer
+    if family == "mistral":
+        config.update(model_type="mistral", architectures=["MistralForCausalLM"],
+                      intermediate_size=backbone.intermediate_dim, rope_theta=10000.0,
+                      sliding_window=backbone.sliding_window, tie_word_embeddings=False)
+    elif family == "gemma":
+        config.update(model_type="gemma", architectures=["GemmaForCausalLM"],
+                      intermediate_size=backbone.intermediate_dim // 2, rope_theta=10000.0,
+                      hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh")
+    else:
+        config.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"],
+                      intermediate_size=backbone.intermediate_dim,
+                      rope_theta=float(backbone.rope_max_wavelength), use_sliding_window=False,
+                      sliding_window=None, tie_word_embeddings=False)
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    if family == "qwen3":
+        with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(qwen2_tokenizer_json(tokenizer.vocabulary, MERGES, _QWEN3_SPECIALS,
+                                           merges_as_pairs=True), f)
+    else:
+        with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+            f.write(tokenizer.proto)
+        with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump({"bos_token": tokenizer.start_token, "eos_token": tokenizer.end_token}, f)
+    return directory

@@ -164,7 +164,13 @@ def _load_keras_hub(source, dtype):
     import keras_hub  # pylint: disable=import-outside-toplevel  (slow; after argument checks)
 
     try:
-        tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(source.path)
+        # keras-hub picks among the tokenizer classes of a backbone in no
+        # fixed order (Mistral's SentencePiece or its Tekken one): a family
+        # with one is asked for by name.
+        classes = tuple(source.family.hub_classes) if source.family else ()
+        tokenizer_cls = (getattr(keras_hub.models, classes[0]) if len(classes) == 1
+                         else keras_hub.tokenizers.Tokenizer)
+        tokenizer = tokenizer_cls.from_preset(source.path)
         if _reads_itself(source):
             return None, tokenizer, source.family
         extra = source.family.missing_backbone_args(source.kind, source.path) if source.family else {}

@@ -308,7 +308,8 @@ def chat_stop_ids(tokenizer):
     template's end-of-turn marker where it is one token (else generation
     stops at its text, `chat_stop_strings`)."""
     end = tokenizer.tokenize_pieces([tokenizer.chat_template.end_of_turn])[0]
-    return tuple(tokenizer.stop_ids) + (tuple(end) if len(end) == 1 else ())
+    stops = tuple(tokenizer.stop_ids)
+    return stops + (tuple(end) if len(end) == 1 and end[0] not in stops else ())
 
 
 def chat_stop_strings(tokenizer):

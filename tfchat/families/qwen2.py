@@ -49,11 +49,14 @@ def special_tokens(tokenizer):
                   | set(getattr(tokenizer, "special_tokens", None) or []))
 
 
-def qwen2_tokenizer_json(vocabulary, merges, special):
+def qwen2_tokenizer_json(vocabulary, merges, special, merges_as_pairs=False):
     """Qwen2's tokenizer.json in the Hugging Face `tokenizers` layout: its
     pre-tokenizer regex and byte-level BPE over `vocabulary` ({token: id})
-    and `merges` (["a b", ...]), `special` tokens as added tokens."""
+    and `merges` (["a b", ...]; written as [["a", "b"], ...] with
+    `merges_as_pairs`, as newer `tokenizers` releases and Qwen3 do),
+    `special` tokens as added tokens."""
     vocabulary = dict(vocabulary)
+    merges = [m.split(" ") for m in merges] if merges_as_pairs else list(merges)
     return {
         "version": "1.0",
         "truncation": None,
@@ -73,17 +76,18 @@ def qwen2_tokenizer_json(vocabulary, merges, special):
         "post_processor": None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
                     "use_regex": False},
-        "model": {"type": "BPE", "vocab": vocabulary, "merges": list(merges), "dropout": None,
+        "model": {"type": "BPE", "vocab": vocabulary, "merges": merges, "dropout": None,
                   "unk_token": None, "continuing_subword_prefix": "", "end_of_word_suffix": "",
                   "fuse_unk": False, "byte_fallback": False},
     }
 
 
-def write_tokenizer_json(path, hub_tokenizer):
+def write_tokenizer_json(path, hub_tokenizer, merges_as_pairs=False):
     """tokenizer.json beside keras-hub's vocab.json and merges.txt."""
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
         write_json(os.path.join(path, "tokenizer.json"), qwen2_tokenizer_json(
-            hub_tokenizer.vocabulary, hub_tokenizer.merges, special_tokens(hub_tokenizer)))
+            hub_tokenizer.vocabulary, hub_tokenizer.merges, special_tokens(hub_tokenizer),
+            merges_as_pairs))
 
 
 def complete_hugging_face(path, config, gpt, context, hub_tokenizer):

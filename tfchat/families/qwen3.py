@@ -63,7 +63,8 @@ def write_tokenizer(hub_tokenizer, directory, tokenizer_config):
         json.dump(hub_tokenizer.vocabulary, f, ensure_ascii=False)
     with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(hub_tokenizer.merges) + "\n")
-    write_tokenizer_json(directory, hub_tokenizer)
+    # keras-hub's Qwen3 reader takes the merges as pairs.
+    write_tokenizer_json(directory, hub_tokenizer, merges_as_pairs=True)
     write_json(os.path.join(directory, "tokenizer_config.json"), dict(
         tokenizer_config, tokenizer_class="Qwen2Tokenizer", bos_token=None,
         eos_token=hub_tokenizer.end_token, pad_token=hub_tokenizer.pad_token,
