@@ -137,3 +137,75 @@ def test_no_module_cites_an_untracked_issue_number():
         if TRACKER_NUMBER.search(line)
     ]
     assert citations == []
+
+
+def _family_words():
+    """Every name that is one family's: its name, its Hugging Face
+    model_types and architectures, its keras-hub classes and its chat
+    formats' names."""
+    from tfchat.families import REGISTRY
+
+    words = set()
+    for family in REGISTRY.values():
+        words |= {family.name, *family.model_types, family.architecture, *family.backbones}
+        words |= {name for classes in family.hub_classes.items() for name in (classes[0], *classes[1][:3])}
+        words |= {template.name for template in family.chat_templates}
+    return {w.lower() for w in words}
+
+
+def family_name_uses(root=PACKAGE, words=None):
+    """Code outside tfchat/families/ that names a family: a string constant
+    that is one of `_family_words` or holds one of its class names, or an
+    identifier with a family name among its `_`-separated parts. Prose in
+    docstrings and help texts may cite families as examples; code may not
+    branch on them."""
+    words = _family_words() if words is None else words
+    names = {w for w in words if re.fullmatch(r"[a-z0-9]+", w)}
+    classes = {w for w in words if w not in names}
+    uses = []
+    for path in package_modules(root):
+        if path.startswith("tfchat/families/"):
+            continue
+        tree = ast.parse((root.parent / path).read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            found = None
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and id(node) not in docstrings and len(node.value) < 60:
+                text = node.value.lower()
+                if text in words or any(c in text for c in classes):
+                    found = node.value
+            identifier = (node.id if isinstance(node, ast.Name) else node.attr
+                          if isinstance(node, ast.Attribute) else node.arg
+                          if isinstance(node, ast.arg) else node.name
+                          if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else None)
+            if identifier and set(identifier.lower().split("_")) & names:
+                found = identifier
+            if found:
+                uses.append(f"{path}:{node.lineno}: {found}")
+    return uses
+
+
+def test_no_family_is_named_outside_its_module():
+    """Everything about a family lives in tfchat/families/<name>.py and the
+    registry: no other module tests for one by name."""
+    assert family_name_uses() == []
+
+
+def test_the_family_check_catches_a_branch_on_a_family(tmp_path):
+    package = tmp_path / "tfchat"
+    (package / "families").mkdir(parents=True)
+    (package / "families" / "llama.py").write_text('NAME = "llama"\n')
+    (package / "export.py").write_text(
+        '"""Llama runs export (prose may say so)."""\n'
+        'def write(family, backbone):\n'
+        '    if family.name == "qwen2":\n'
+        '        return "QwenBackbone"\n'
+        '    return llama_hub_args(backbone)\n'
+    )
+    assert family_name_uses(package, {"llama", "qwen2", "qwenbackbone"}) == [
+        "tfchat/export.py:3: qwen2", "tfchat/export.py:4: QwenBackbone",
+        "tfchat/export.py:5: llama_hub_args",
+    ]
