@@ -255,3 +255,31 @@ def test_a_run_written_before_families_were_recorded_loads(checkpoints, runs_dir
         assert json.load(f)["model"]["family"] == "qwen2"  # recorded once
     own = RunFolder(old).read_config().model
     assert family_of_old_run(own, "char") == "none"
+
+
+def test_qwen2_sliding_window_converts_and_exports(tmp_path):
+    """Qwen2's sliding window (all layers, as keras-hub applies it) converts
+    with the same logits past the window, and its Hugging Face export says
+    so and converts back windowed (keras-hub 0.32's own reader drops the
+    window: tfchat passes it)."""
+    from pretrained_checkpoints import make_causal_lm
+
+    model = make_causal_lm("qwen2", use_sliding_window_attention=True, sliding_window_size=5)
+    preset = str(tmp_path / "preset")
+    model.save_to_preset(preset)
+    run_path = _convert(preset, str(tmp_path / "runs"), "windowed")
+    run = load_run(run_path)
+    assert run.config.model.sliding_window == 5
+    ids = np.random.default_rng(3).integers(0, model.backbone.vocabulary_size, (2, 20)).astype("int32")
+    expected = keras_hub_logits(model, ids)
+    assert np.abs(run.backbone(tf.constant(ids)).numpy() - expected).max() < 1e-4
+    unwindowed = make_causal_lm("qwen2")
+    assert np.abs(keras_hub_logits(unwindowed, ids)[:, 5:] - expected[:, 5:]).max() > 1e-2
+    out = str(tmp_path / "hf")
+    assert export_command.main(["--run", run_path, "--format", "hf", "--out", out]) == 0
+    with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    assert (config["use_sliding_window"], config["sliding_window"]) == (True, 5)
+    again = load_run(_convert(out, str(tmp_path / "runs"), "again"))
+    assert again.config.model.sliding_window == 5
+    assert np.abs(again.backbone(tf.constant(ids)).numpy() - expected).max() < 1e-4

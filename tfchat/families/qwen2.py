@@ -15,7 +15,7 @@ import os
 from tfchat.families.base import Family
 from tfchat.families.weights import (
     copy_rms_decoder, copy_rms_decoder_back, rms_decoder_common_args,
-    rms_decoder_common_hub_args, write_json,
+    read_json_file, rms_decoder_common_hub_args, write_json,
 )
 
 # Qwen2's pre-tokenizer regex, as in its tokenizer.json.
@@ -41,6 +41,25 @@ def hub_args(gpt):
     return dict(rms_decoder_common_hub_args(gpt), tie_word_embeddings=bool(gpt.tie_embeddings),
                 rope_scaling_factor=1.0, use_sliding_window_attention=bool(gpt.sliding_window),
                 sliding_window_size=gpt.sliding_window or 32768)
+
+
+def missing_backbone_args(kind, path):
+    """keras-hub 0.32's Hugging Face reader passes Qwen2's window under a
+    name `QwenBackbone` does not take, so a windowed checkpoint would load
+    unwindowed: the window is passed here. Hugging Face windows the layers
+    from `max_window_layers` on; tfchat (like keras-hub) windows all or none."""
+    if kind != "hugging-face":
+        return {}
+    config = read_json_file(os.path.join(path, "config.json"))
+    if not config.get("use_sliding_window"):
+        return {}
+    layers = config.get("max_window_layers", 0) or 0
+    if 0 < layers < config["num_hidden_layers"]:
+        raise ValueError(f"a sliding window in layers {layers} and up only is not supported "
+                         "(tfchat windows every layer or none)")
+    if layers >= config["num_hidden_layers"]:
+        return {}  # no layer is windowed
+    return {"use_sliding_window_attention": True, "sliding_window_size": int(config["sliding_window"])}
 
 
 def special_tokens(tokenizer):
@@ -113,4 +132,5 @@ FAMILY = Family(
                  rope_scaling_factor=1.0),
     limits="linear rope scaling; a sliding window only in some layers (max_window_layers).",
     complete_hugging_face=complete_hugging_face,
+    missing_backbone_args=missing_backbone_args,
 )
