@@ -7,9 +7,10 @@
 writes runs/NAME: the untouched pretrained model (step 0) with the
 checkpoint's own tokenizer, on which generate, chat, evaluate, export and
 `fit --init_from runs/NAME` all work (`fit --init_from SOURCE` also converts
-a source itself, into runs/pretrained/). keras-hub reads the checkpoint;
+a source itself, into runs/pretrained/). keras-hub reads the checkpoint (and
+tfchat itself reads the Hugging Face form of Mistral, Gemma and Qwen3);
 tfchat maps its weights into its own decoder, which exports for stock TF
-Serving.
+Serving. The run records its family (model.family).
 
 Supported families:
 {families}

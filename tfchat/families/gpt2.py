@@ -125,5 +125,5 @@ FAMILY = Family(
     decoder=dict(norm="layernorm", norm_epsilon=1e-5, position="learned", mlp="gelu",
                  tie_embeddings=True, qkv_bias=True, use_bias=True),
     multi_head_only=True,
-    limits="keras-hub's GPT-2 export assumes an MLP 4x the width.",
+    limits="exporting an MLP other than 4x the width (keras-hub's GPT-2 reader assumes 4x).",
 )
