@@ -43,7 +43,7 @@ def main(argv=None):
         if args.top_k < 1:
             raise TfchatError(f"--top-k must be at least 1. Received: {args.top_k}")
         run = load_run(args.run, checkpoint=args.checkpoint)
-        if run.config.objective != "mlm":
+        if not run.objective.fills_masks:
             raise TfchatError(
                 f"{args.run} is a {run.config.objective} run; fill-mask needs an mlm run."
             )

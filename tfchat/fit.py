@@ -72,7 +72,7 @@ def build_parser():
 def make_config(args):
     overrides = config_lib.overrides_from_args(args)
     if args.resume:
-        from tfchat.run import load_config
+        from tfchat.run_folder import load_config
 
         name = overrides.get("name", config_lib.Config.name)
         runs_dir = overrides.get("runs_dir", config_lib.Config.runs_dir)
@@ -86,26 +86,28 @@ def make_config(args):
         # the command line says otherwise (then `train` explains).
         base = {"tokenizer": tokenizer_settings(config.data.path)}
         config = config_lib.build_config(args.config, overrides, base=base)
-    if config.objective == "distill" and config.distill.teacher:
-        # A student uses its teacher's tokenizer (a pretrained checkpoint is
-        # converted into a run first).
-        from tfchat.pretrained import init_from_run
-        from tfchat.run import load_config
+    from tfchat import objectives
+    from tfchat.objectives.base import config_value
 
-        teacher = init_from_run(config.distill.teacher, config.runs_dir)
-        overrides.setdefault("distill", {})["teacher"] = teacher
-        base = {"tokenizer": load_config(teacher).to_dict()["tokenizer"]}
-        config = config_lib.build_config(args.config, overrides, base=base)
-    if config.init_from:
-        # Fine-tuning keeps the pretrained run's model shape and tokenizer
-        # unless the command line says otherwise (then `train` explains).
+    # The runs whose settings the objective takes (fine-tuning keeps init_from's
+    # model shape and tokenizer; a student takes its teacher's tokenizer),
+    # unless the command line says otherwise (then `train` explains).
+    for key, sections in objectives.settings_from(config):
+        path = config_value(config, key)
+        if not path:
+            continue
         from tfchat.pretrained import init_from_run
-        from tfchat.run import load_config
+        from tfchat.run_folder import load_config
 
         # A checkpoint that is not a tfchat run yet is converted first.
-        overrides["init_from"] = init_from_run(config.init_from, config.runs_dir)
-        saved = load_config(overrides["init_from"]).to_dict()
-        base = {"model": saved["model"], "tokenizer": saved["tokenizer"]}
+        run_path = init_from_run(path, config.runs_dir)
+        *parents, leaf = key.split(".")
+        section = overrides
+        for parent in parents:
+            section = section.setdefault(parent, {})
+        section[leaf] = run_path
+        saved = load_config(run_path).to_dict()
+        base = {name: saved[name] for name in sections}
         config = config_lib.build_config(args.config, overrides, base=base)
     return config
 

@@ -19,9 +19,8 @@ from tfchat.data.chat_template import use_chat_template
 from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
 from tfchat.errors import TfchatError
 from tfchat.objectives.base import restore_backbone
-from tfchat.run import (
-    RunFolder, apply_lora, check_init_from, load_run, same_files, start_checkpoint,
-)
+from tfchat.run import apply_lora, check_init_from, load_run, start_checkpoint
+from tfchat.run_folder import RunFolder, same_files
 from tfchat.train.distribute import choose_strategy, input_shard, is_chief
 from tfchat.train.optim import build_optimizer
 from tfchat.train.trainer import Trainer
@@ -71,9 +70,11 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
                 f"{config.init_from}'s; the run and its pretrained weights must share a "
                 "vocabulary."
             )
-    teacher_path = objective.teacher(config) if objective.teacher else None
+    # The other runs it reads (distill's teacher), checked before any work.
+    objective.check_sources(config, folder if resume else None)
+    teacher_path = objective.teacher_path(config)
     if teacher_path:
-        teacher_folder = check_teacher(config, teacher_path, folder if resume else None)
+        teacher_folder = RunFolder(teacher_path)
     if objective.labelled:
         # A resumed run's label ids must stay those its checkpoint learnt.
         data = objective.read_data(config, labels=folder.read_labels() if resume else None)
@@ -95,7 +96,7 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
         # The student predicts the teacher's tokens.
         tokenizer = load_tokenizer(teacher_folder.tokenizer)
         if prepared:
-            data.check_tokenizer(teacher_folder.tokenizer, f"distill.teacher {teacher_path}")
+            data.check_tokenizer(teacher_folder.tokenizer, f"{objective.teacher} {teacher_path}")
     elif prepared:
         data.check_settings(config.tokenizer)
         tokenizer = load_tokenizer(data.tokenizer_dir)
@@ -158,30 +159,6 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
     return history
 
 
-def check_teacher(config, teacher_path, resumed_folder=None):
-    """Checks that the run at `teacher_path` can teach `config`'s student
-    (a GPT with a checkpoint, positions for the student's context, and the
-    resumed run's tokenizer); returns its `RunFolder`."""
-    teacher_folder = RunFolder(teacher_path)
-    teacher_config = teacher_folder.read_config()
-    if not objectives.get(teacher_config.objective).generates:
-        raise TfchatError(f"distill.teacher {teacher_path} is a {teacher_config.objective} "
-                          "run; the teacher must be a GPT (a causal, chat or dpo run).")
-    teacher_folder.latest_checkpoint()  # fails clearly if it has none
-    tm = teacher_config.model
-    if tm.position == "learned" and config.model.block_size > tm.block_size:
-        raise TfchatError(
-            f"model.block_size {config.model.block_size} is longer than distill.teacher "
-            f"{teacher_path}'s {tm.block_size} (it has no positions beyond); use at most "
-            f"{tm.block_size}."
-        )
-    if resumed_folder and not same_files(resumed_folder.tokenizer, teacher_folder.tokenizer):
-        raise TfchatError(f"The tokenizer in {resumed_folder.tokenizer} differs from "
-                          f"distill.teacher {teacher_path}'s; a student shares its teacher's "
-                          "vocabulary.")
-    return teacher_folder
-
-
 def compile_task(model, train_config):
     """Builds the optimizer's variables up front (the strategy loop needs
     them before its first step) and attaches it to the model."""
@@ -209,7 +186,7 @@ def _banner(config, objective, data, model, tokenizer, replicas):
         f"{model.backbone.num_params() / 1e6:.2f}M parameters, "
         f"vocabulary {tokenizer.vocabulary_size} ({config.tokenizer.kind}), "
         f"{t.precision}; global batch {t.batch_size} = {replicas} replica(s) x "
-        f"{t.batch_size // replicas} {'pairs' if getattr(model, 'sequences_per_example', 1) == 2 else 'sequences'}"
+        f"{t.batch_size // replicas} {objective.batch_rows}"
         + (f" in {t.grad_accumulation_steps} micro-batches" if t.grad_accumulation_steps > 1 else "")
         + f", {m.block_size} tokens each."
         + (f" LoRA rank {m.lora_rank}: {trainable} trainable parameters." if m.lora_rank else "")

@@ -11,6 +11,7 @@ from tfchat.errors import TfchatError
 from tfchat.data.preferences import is_preference_data
 from tfchat.data.prepared import is_prepared
 from tfchat.objectives import causal, chat, classify, distill, dpo, mlm
+from tfchat.objectives.base import INIT_FROM_SETTINGS
 
 REGISTRY = {
     objective.name: objective
@@ -37,14 +38,28 @@ def resolve(config):
     defaults in the keys nobody set (`Objective.defaults`), after checking
     that the objective can use the config's settings (`check`)."""
     if config.objective == AUTO:
-        objective = ("causal" if is_prepared(config.data.path)
-                     else "dpo" if is_preference_data(config.data)
-                     else "chat" if is_dialogue_data(config.data) else "causal")
-        config = config_lib.replace(config, objective=objective)
+        config = config_lib.replace(config, objective=_auto_objective(config))
     if config.objective in REGISTRY:
         config = config_lib.with_defaults(config, REGISTRY[config.objective].defaults(config))
     check(config)
     return config
+
+
+def _auto_objective(config):
+    """The objective `objective: auto` becomes for `config`'s data."""
+    return ("causal" if is_prepared(config.data.path)
+            else "dpo" if is_preference_data(config.data)
+            else "chat" if is_dialogue_data(config.data) else "causal")
+
+
+def settings_from(config):
+    """(config key naming a run, the sections of its config taken) for each
+    run whose settings `config`'s objective takes where they were left
+    unset (`Objective.settings_from`; `auto` resolved from the data, an
+    unknown objective read as one that starts from init_from)."""
+    name = _auto_objective(config) if config.objective == AUTO else config.objective
+    objective = REGISTRY.get(name)
+    return objective.settings_from if objective else INIT_FROM_SETTINGS
 
 
 def defaults_used(config):
@@ -63,9 +78,10 @@ def check(config):
     config_lib.validate(config)
     objective = get(config.objective)
     problems = objective.check_config(config)
-    if is_prepared(config.data.path) and objective.name not in ("causal", "distill"):
+    if is_prepared(config.data.path) and not objective.reads_prepared:
+        readers = " and ".join(name for name, o in REGISTRY.items() if o.reads_prepared)
         problems.append(f"data.path {config.data.path} holds prepared tokens (python -m "
-                        f"tfchat.prepare), which objectives causal and distill read, not "
+                        f"tfchat.prepare), which objectives {readers} read, not "
                         f"{objective.name}")
     if config.data.format == "csv" and not objective.labelled:
         problems.append(f"data.format csv is for labelled data (objective classify), "

@@ -22,6 +22,10 @@ from tfchat.model.gpt import GPT
 from tfchat.model.tasks import CausalLM
 
 
+# Fine-tuning keeps the model shape and tokenizer of the run it starts from.
+INIT_FROM_SETTINGS = (("init_from", ("model", "tokenizer")),)
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """One training objective, from data to export.
@@ -74,10 +78,6 @@ class Objective:
     # Its datasets score the data with init_from's weights (DPO's
     # reference): `datasets` takes `init_checkpoint`, that run's latest.
     scores_with_init: bool = False
-    # config -> the run whose model the trained one learns from (distill's
-    # teacher): the job loads it under the strategy, gives the task its
-    # backbone (`attach_teacher`) and its tokenizer to the run.
-    teacher: typing.Optional[typing.Callable] = None
     # config -> its own defaults for general settings ({"train.learning_rate":
     # ...}), used where the config files and command line leave a key unset
     # (`tfchat.objectives.resolve`); they may depend on what was set.
@@ -93,6 +93,40 @@ class Objective:
     # The checkpoint chat, generate, export and evaluate load unless told:
     # "latest", or "best" (the latest while there is no best yet).
     default_checkpoint: str = "latest"
+    # It trains on a folder of prepared tokens (`python -m tfchat.prepare`).
+    reads_prepared: bool = False
+    # What one row of a batch is, in the line training starts with (dpo:
+    # "pairs", a chosen and a rejected sequence).
+    batch_rows: str = "sequences"
+    # An encoder whose runs fill in [MASK]s (`python -m tfchat.fill_mask`,
+    # the exported `fill_mask` signature and its mask_token).
+    fills_masks: bool = False
+    # The other runs whose settings a new run takes where the config files
+    # and command line leave them unset: (the config key naming the run,
+    # the sections of its config taken), in order (`tfchat.fit.make_config`,
+    # which first converts a pretrained checkpoint named there into a run).
+    settings_from: tuple = INIT_FROM_SETTINGS
+    # The config key naming the run whose model the trained one learns from
+    # (distill's teacher), or None. The job checks it (`check_sources`),
+    # gives the new run that run's tokenizer (the model predicts its
+    # tokens), loads it under the strategy and gives the task its backbone
+    # (`attach_teacher`).
+    teacher: typing.Optional[str] = None
+    # (config, the run folder being resumed or None) -> raises TfchatError
+    # if a run the config reads besides init_from (the teacher) cannot serve.
+    check_sources: typing.Callable = lambda config, resumed_folder: None
+
+    def teacher_path(self, config):
+        """The path of `config`'s teacher run (`teacher`), or "" for none."""
+        return config_value(config, self.teacher) if self.teacher else ""
+
+
+def config_value(config, key):
+    """The value of the dotted `key` ("distill.teacher") in `config`."""
+    value = config
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
 
 
 def read_corpus(config):

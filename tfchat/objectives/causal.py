@@ -120,4 +120,5 @@ OBJECTIVE = Objective(
     evaluate=evaluate,
     signatures=(add_generate_signature, add_score_signature),
     next_steps=next_steps,
+    reads_prepared=True,
 )

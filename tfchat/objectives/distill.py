@@ -4,9 +4,9 @@ next-token distribution and the usual next-token loss
 (`tfchat.model.distill`), on the data pipeline the data calls for: chat's
 (assistant-only weights) for dialogue data, causal LM's otherwise.
 
-The student uses the teacher's tokenizer. The teacher is loaded by the
-training job under the same strategy (`Objective.teacher`) and runs in
-inference mode on each batch. A distilled run is then an ordinary GPT run:
+The student uses the teacher's tokenizer. The teacher is checked
+(`check_teacher`), then loaded by the training job under the same strategy
+(`Objective.teacher`) and runs in inference mode on each batch. A distilled run is then an ordinary GPT run:
 it generates, chats, evaluates and exports as causal and chat runs do.
 """
 
@@ -20,6 +20,7 @@ from tfchat.model.distill import DistillLM
 from tfchat.model.gpt import GPT
 from tfchat.objectives import causal, chat
 from tfchat.objectives.base import Objective, backbone_args, decoder_args
+from tfchat.run_folder import RunFolder, same_files
 
 
 def _data_objective(config):
@@ -36,6 +37,34 @@ def check_config(config):
         problems.append("objective distill trains a new student from scratch; leave out "
                         "init_from (distill.teacher is the model it learns from)")
     return problems + _data_objective(config).check_config(config)
+
+
+def check_teacher(config, resumed_folder=None):
+    """Checks that the run at `distill.teacher` can teach `config`'s student
+    (a GPT with a checkpoint, positions for the student's context, and the
+    resumed run's tokenizer); `resumed_folder` is the run being resumed."""
+    from tfchat import objectives  # the registry, which imports this module
+
+    teacher_path = config.distill.teacher
+    if not teacher_path:
+        return  # check_config says so
+    teacher_folder = RunFolder(teacher_path)
+    teacher_config = teacher_folder.read_config()
+    if not objectives.get(teacher_config.objective).generates:
+        raise TfchatError(f"distill.teacher {teacher_path} is a {teacher_config.objective} "
+                          "run; the teacher must be a GPT (a causal, chat or dpo run).")
+    teacher_folder.latest_checkpoint()  # fails clearly if it has none
+    tm = teacher_config.model
+    if tm.position == "learned" and config.model.block_size > tm.block_size:
+        raise TfchatError(
+            f"model.block_size {config.model.block_size} is longer than distill.teacher "
+            f"{teacher_path}'s {tm.block_size} (it has no positions beyond); use at most "
+            f"{tm.block_size}."
+        )
+    if resumed_folder and not same_files(resumed_folder.tokenizer, teacher_folder.tokenizer):
+        raise TfchatError(f"The tokenizer in {resumed_folder.tokenizer} differs from "
+                          f"distill.teacher {teacher_path}'s; a student shares its teacher's "
+                          "vocabulary.")
 
 
 def read_data(config):
@@ -111,5 +140,10 @@ OBJECTIVE = Objective(
     signatures=chat.OBJECTIVE.signatures,
     next_steps=next_steps,
     chats=True,
-    teacher=lambda config: config.distill.teacher,
+    reads_prepared=True,
+    # A student uses its teacher's tokenizer (a pretrained checkpoint is
+    # converted into a run first).
+    settings_from=(("distill.teacher", ("tokenizer",)), ("init_from", ("model", "tokenizer"))),
+    teacher="distill.teacher",
+    check_sources=check_teacher,
 )

@@ -298,4 +298,5 @@ OBJECTIVE = Objective(
     warning=warning,
     closing_note=closing_note,
     default_checkpoint="best",
+    batch_rows="pairs",
 )

@@ -112,4 +112,5 @@ OBJECTIVE = Objective(
     signatures=(add_fill_mask_signature,),
     describe=describe,
     next_steps=next_steps,
+    fills_masks=True,
 )

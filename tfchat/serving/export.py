@@ -221,7 +221,7 @@ def _metadata(run, signatures):
     tokenizer = run.tokenizer
     special_tokens = tokenizer.special_tokens()
     extra = {}
-    if run.config.objective == "mlm":
+    if run.objective.fills_masks:
         extra["mask_token"] = MASK_TOKEN
     if run.labels is not None:
         extra["labels"] = list(run.labels)
