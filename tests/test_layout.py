@@ -209,3 +209,126 @@ def test_the_family_check_catches_a_branch_on_a_family(tmp_path):
         "tfchat/export.py:3: qwen2", "tfchat/export.py:4: QwenBackbone",
         "tfchat/export.py:5: llama_hub_args",
     ]
+
+
+# --- an objective is one module: no branch on its name elsewhere ---
+
+OBJECTIVES = PACKAGE / "objectives"
+# Comparisons with an objective's name allowed outside tfchat/objectives/,
+# {module path: reason}. None is needed today: what differs between
+# objectives is an attribute of `Objective` that its module sets.
+NAME_COMPARISONS_ALLOWED = {}
+
+
+def objective_names(root=PACKAGE):
+    """The `name=` of every `Objective(...)` its objective modules define."""
+    names = set()
+    for path in sorted((root / "objectives").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Objective":
+                names.update(k.value.value for k in node.keywords
+                             if k.arg == "name" and isinstance(k.value, ast.Constant))
+    return names
+
+
+def _string_literals(node):
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return set().union(*(_string_literals(e) for e in node.elts)) if node.elts else set()
+    return set()
+
+
+def objective_name_comparisons(root=PACKAGE, names=None):
+    """Every `==`, `!=`, `in` or `not in` with an objective's name as a
+    string literal (alone or in a tuple, list or set) in a module outside
+    tfchat/objectives/, as "path:line: expression"."""
+    names = objective_names(root) if names is None else names
+    found = []
+    for path in package_modules(root):
+        if path.startswith("tfchat/objectives/") or path in NAME_COMPARISONS_ALLOWED:
+            continue
+        tree = ast.parse((root.parent / path).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Compare):
+                continue
+            if not any(isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn)) for op in node.ops):
+                continue
+            if any(_string_literals(e) & names for e in (node.left, *node.comparators)):
+                found.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_objective_names_are_read_from_their_modules():
+    assert {"causal", "chat", "mlm", "classify", "dpo", "distill"} <= objective_names()
+
+
+def test_no_module_outside_the_objectives_branches_on_an_objective_name():
+    """What differs between objectives is asked of the objective
+    (`tfchat.objectives.base.Objective`), so adding one is one module."""
+    assert objective_name_comparisons() == []
+
+
+def test_the_check_catches_a_branch_on_an_objective_name(tmp_path):
+    package = tmp_path / "tfchat"
+    (package / "objectives").mkdir(parents=True)
+    (package / "objectives" / "mlm.py").write_text(
+        'OBJECTIVE = Objective(name="mlm")\nok = config.objective == "mlm"\n')
+    (package / "objectives" / "dpo.py").write_text('OBJECTIVE = Objective(name="dpo")\n')
+    (package / "job.py").write_text(
+        'def f(config, o):\n'
+        '    if o.name not in ("causal", "mlm"):\n        pass\n'
+        '    hint = "a" if config.objective != "dpo" else "b"\n'
+        '    return f"{config.objective == \'mlm\'}", o.kind == "plain", {"mlm": 1}\n')
+    assert objective_names(package) == {"mlm", "dpo"}
+    assert objective_name_comparisons(package) == [
+        "tfchat/job.py:2: o.name not in ('causal', 'mlm')",
+        "tfchat/job.py:4: config.objective != 'dpo'",
+        "tfchat/job.py:5: config.objective == 'mlm'",
+    ]
+
+
+# --- the run folder is a leaf: it imports no objective ---
+
+RUN_FOLDER = "tfchat/run_folder.py"
+
+
+def transitive_imports(path, root=PACKAGE):
+    """Every tfchat module file importing `path` runs, at any remove: what
+    it imports, their packages' `__init__.py`, and what those import."""
+    seen, todo = set(), [path]
+    while todo:
+        for target in imported_modules(todo.pop(), root):
+            parts = pathlib.PurePosixPath(target).parts
+            packages = [str(pathlib.PurePosixPath(*parts[:i], "__init__.py"))
+                        for i in range(1, len(parts))]
+            for module in [target, *packages]:
+                if module not in seen and module != path and (root.parent / module).is_file():
+                    seen.add(module)
+                    todo.append(module)
+    return seen
+
+
+def objectives_imported(path, root=PACKAGE):
+    return sorted(m for m in transitive_imports(path, root) if m.startswith("tfchat/objectives/"))
+
+
+def test_the_run_folder_imports_no_objective():
+    """`RunFolder` (paths, file names, checkpoint steps) stays light: loading
+    it loads no objective, hence no generator, keras-hub or exporter."""
+    assert (REPO_ROOT / RUN_FOLDER).is_file()
+    assert objectives_imported(RUN_FOLDER) == []
+
+
+def test_the_check_catches_an_objective_imported_at_a_remove(tmp_path):
+    package = tmp_path / "tfchat"
+    (package / "objectives").mkdir(parents=True)
+    (package / "data").mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "objectives" / "__init__.py").write_text("from tfchat.objectives import mlm\n")
+    (package / "objectives" / "mlm.py").write_text("import os\n")
+    (package / "data" / "__init__.py").write_text("from tfchat import objectives\n")
+    (package / "data" / "files.py").write_text("import json\n")
+    (package / "run_folder.py").write_text("from tfchat.data.files import write_json_atomic\n")
+    assert objectives_imported(RUN_FOLDER, root=package) == [
+        "tfchat/objectives/__init__.py", "tfchat/objectives/mlm.py"]
