@@ -153,6 +153,29 @@ def test_validate_accepts_a_good_config():
         config_lib.validate(config)
 
 
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"mlm": {"mask_rate": 0.0}}, r"^mlm\.mask_rate must be between 0 and 1\.$"),
+        ({"mlm": {"mask_token_rate": 0.9, "random_token_rate": 0.2}}, "sum to at most 1"),
+        ({"dpo": {"loss": "kto"}}, r"^dpo\.loss must be one of sigmoid, ipo, apo_zero\.$"),
+        ({"dpo": {"beta": 0.0}}, r"^dpo\.beta must be positive\.$"),
+        ({"dpo": {"loss": "ipo", "label_smoothing": 0.1}}, "applies to dpo.loss sigmoid only"),
+        ({"distill": {"alpha": 1.5}}, r"^distill\.alpha must be in \[0, 1\]\.$"),
+        ({"distill": {"temperature": 0.0}}, r"^distill\.temperature must be positive\.$"),
+    ],
+)
+def test_objective_sections_are_checked_by_their_objectives(overrides, message):
+    """An objective's own section is checked by its module
+    (`Objective.check_settings`), on every config whatever it trains."""
+    from tfchat import objectives
+
+    config = config_lib.build_config(overrides={"objective": "causal", **overrides})
+    config_lib.validate(config)  # the other sections are fine
+    with pytest.raises(TfchatError, match=message):
+        objectives.check(config)
+
+
 def test_save_load_round_trip(tmp_path):
     config = parse(["--model.num_layers", "3", "--train.sample_prompt", "x\\ny",
                     "--name", "saved"])

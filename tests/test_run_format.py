@@ -3,11 +3,13 @@ input position (before they held the random state too) still loads: every
 command reads it, and training resumes from it.
 
 The folder is written here by hand, with literal file names, not through
-tfchat.run, so renaming a file or a checkpointed attribute in the package
+tfchat.run_folder, so renaming a file or a checkpointed attribute in the package
 breaks this test rather than silently orphaning users' runs."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -76,3 +78,35 @@ def test_a_run_folder_of_the_earlier_format_loads_and_resumes(make_config, tmp_p
     # The resumed run writes the current format: the random state is saved.
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     assert any(name.startswith("random/") for name, _ in tf.train.list_variables(latest))
+
+
+def test_the_run_folder_reads_a_run_without_loading_an_objective(tmp_path):
+    """`tfchat.run_folder` reads a run's config.json (the objective
+    sections included, as every earlier run wrote them) with no objective,
+    generator, exporter or keras-hub loaded; `tfchat.run` gives the same
+    names."""
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({
+        "name": "old", "objective": "dpo", "init_from": "runs/sft",
+        "model": {"num_layers": 2, "family": "none"},
+        "mlm": {"mask_rate": 0.2}, "dpo": {"beta": 0.5}, "distill": {"teacher": "runs/t"},
+    }), encoding="utf-8")
+    code = (
+        "import sys\n"
+        "from tfchat.run_folder import RunFolder\n"
+        f"config = RunFolder({str(run_dir)!r}).read_config()\n"
+        "print(config.objective, config.dpo.beta, config.mlm.mask_rate, config.distill.teacher)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('tfchat.objectives', "
+        "'tfchat.inference', 'tfchat.serving', 'tfchat.run', 'keras_hub')) "
+        "and m != 'tfchat.run_folder'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["dpo 0.5 0.2 runs/t", "[]"]
+
+    from tfchat import run, run_folder
+
+    assert run.RunFolder is run_folder.RunFolder
+    assert run.load_config is run_folder.load_config

@@ -76,6 +76,9 @@ def check(config):
     """Raises `TfchatError` naming every setting of `config` that its
     objective cannot use (the rest of the config was checked when built)."""
     config_lib.validate(config)
+    settings = [problem for o in REGISTRY.values() for problem in o.check_settings(config)]
+    if settings:
+        raise TfchatError(settings[0] + ".")
     objective = get(config.objective)
     problems = objective.check_config(config)
     if is_prepared(config.data.path) and not objective.reads_prepared:

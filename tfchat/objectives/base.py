@@ -115,6 +115,11 @@ class Objective:
     # (config, the run folder being resumed or None) -> raises TfchatError
     # if a run the config reads besides init_from (the teacher) cannot serve.
     check_sources: typing.Callable = lambda config, resumed_folder: None
+    # config -> messages for the values of its own config section (mlm, dpo,
+    # distill) that a type alone cannot check. Every objective's are checked
+    # on every config (`tfchat.objectives.check`), as `tfchat.config.validate`
+    # checks the other sections: a bad value is an error whatever trains.
+    check_settings: typing.Callable = lambda config: []
 
     def teacher_path(self, config):
         """The path of `config`'s teacher run (`teacher`), or "" for none."""

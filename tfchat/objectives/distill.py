@@ -39,6 +39,16 @@ def check_config(config):
     return problems + _data_objective(config).check_config(config)
 
 
+def check_settings(config):
+    """The values of the `distill` section that a type alone cannot check."""
+    d = config.distill
+    checks = [
+        (0 <= d.alpha <= 1, "distill.alpha must be in [0, 1]"),
+        (d.temperature > 0, "distill.temperature must be positive"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
 def check_teacher(config, resumed_folder=None):
     """Checks that the run at `distill.teacher` can teach `config`'s student
     (a GPT with a checkpoint, positions for the student's context, and the
@@ -146,4 +156,5 @@ OBJECTIVE = Objective(
     settings_from=(("distill.teacher", ("tokenizer",)), ("init_from", ("model", "tokenizer"))),
     teacher="distill.teacher",
     check_sources=check_teacher,
+    check_settings=check_settings,
 )

@@ -44,6 +44,21 @@ def check_config(config):
     return problems
 
 
+def check_settings(config):
+    """The values of the `dpo` section that a type alone cannot check."""
+    d = config.dpo
+    checks = [
+        (d.loss in config_lib.DPO_LOSSES, f"dpo.loss must be one of {', '.join(config_lib.DPO_LOSSES)}"),
+        (d.beta > 0, "dpo.beta must be positive"),
+        (d.rpo_alpha >= 0, "dpo.rpo_alpha must be 0 or positive"),
+        (d.max_chosen_drop > 0, "dpo.max_chosen_drop must be positive"),
+        (0 <= d.label_smoothing < 0.5, "dpo.label_smoothing must be in [0, 0.5)"),
+        (d.loss == "sigmoid" or not d.label_smoothing,
+         "dpo.label_smoothing applies to dpo.loss sigmoid only"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
 def read_data(config):
     return PreferenceCorpus(config.data)
 
@@ -299,4 +314,5 @@ OBJECTIVE = Objective(
     closing_note=closing_note,
     default_checkpoint="best",
     batch_rows="pairs",
+    check_settings=check_settings,
 )

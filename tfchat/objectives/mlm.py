@@ -17,6 +17,21 @@ from tfchat.objectives.base import (
 from tfchat.serving.export import add_fill_mask_signature
 
 
+def check_settings(config):
+    """The values of the `mlm` section that a type alone cannot check."""
+    m = config.mlm
+    checks = [
+        (0 < m.mask_rate < 1, "mlm.mask_rate must be between 0 and 1"),
+        (
+            m.mask_token_rate >= 0 and m.random_token_rate >= 0
+            and m.mask_token_rate + m.random_token_rate <= 1,
+            "mlm.mask_token_rate and mlm.random_token_rate must be non-negative and sum to at most 1",
+        ),
+        (m.max_predictions >= 0, "mlm.max_predictions must be 0 or positive"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
 def check_data(config, corpus, tokenizer, workers=1):
     """Fails early, and clearly, when a split (or a worker's share of the
     training split) gives no encoder sequence."""
@@ -113,4 +128,5 @@ OBJECTIVE = Objective(
     describe=describe,
     next_steps=next_steps,
     fills_masks=True,
+    check_settings=check_settings,
 )
