@@ -4,6 +4,7 @@ run trains (on text and on chats), resumes exactly (dropout on) and then is
 an ordinary GPT run."""
 
 import dataclasses
+import json
 import os
 
 import keras
@@ -158,3 +159,38 @@ def test_chat_student_and_bad_settings(teacher_run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
         assert not os.path.exists(os.path.join(settings["runs_dir"], "bad"))
+
+
+def _config_only_run(path, **sections):
+    """A folder that reads as a tfchat run (config.json, tokenizer/), enough
+    for `fit.make_config` to take its settings."""
+    os.makedirs(os.path.join(path, "tokenizer"))
+    config = config_lib.build_config(overrides=sections)
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config.to_dict(), f)
+    return str(path)
+
+
+def test_the_student_takes_its_teachers_tokenizer_and_a_fine_tuned_run_its_init(tmp_path):
+    """`fit.make_config` asks the objective which runs' settings it takes
+    (`Objective.settings_from`): distill its teacher's tokenizer (not its
+    model), the others init_from's model and tokenizer; the command line
+    still wins."""
+    teacher = _config_only_run(tmp_path / "teacher", tokenizer={"kind": "char", "lowercase": False},
+                               model={"num_layers": 3, "hidden_dim": 64})
+    args = ["--objective", "distill", "--distill.teacher", teacher, "--data.path", "x.txt"]
+    config = fit.make_config(fit.build_parser().parse_args(args))
+    assert config.distill.teacher == teacher
+    assert (config.tokenizer.kind, config.tokenizer.lowercase) == ("char", False)
+    assert config.model == config_lib.ModelConfig()  # the student keeps its own shape
+    config = fit.make_config(fit.build_parser().parse_args(args + ["--tokenizer.kind", "bpe"]))
+    assert config.tokenizer.kind == "bpe"
+    # Another objective ignores distill.teacher, and takes init_from's settings.
+    for objective in ("causal", "auto"):
+        config = fit.make_config(fit.build_parser().parse_args(
+            ["--objective", objective, "--distill.teacher", teacher, "--init_from", teacher,
+             "--data.path", "x.txt"]))
+        assert config.tokenizer.kind == "char" and config.model.num_layers == 3
+        config = fit.make_config(fit.build_parser().parse_args(
+            ["--objective", objective, "--distill.teacher", teacher, "--data.path", "x.txt"]))
+        assert config.tokenizer.kind == "bpe" and config.model.num_layers == 4

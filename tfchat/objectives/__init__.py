@@ -22,6 +22,7 @@ REGISTRY = {
 # dialogue data and causal otherwise; a run's saved config holds the
 # objective it resolved to.
 AUTO = "auto"
+AUTO_CHOICES = ("causal", "dpo", "chat")
 
 
 def get(name):
@@ -55,10 +56,16 @@ def _auto_objective(config):
 def settings_from(config):
     """(config key naming a run, the sections of its config taken) for each
     run whose settings `config`'s objective takes where they were left
-    unset (`Objective.settings_from`; `auto` resolved from the data, an
-    unknown objective read as one that starts from init_from)."""
-    name = _auto_objective(config) if config.objective == AUTO else config.objective
-    objective = REGISTRY.get(name)
+    unset (`Objective.settings_from`). For `auto`, those of the objectives
+    it may become when they agree (the data is then not read yet), else of
+    the one the data makes it; an unknown objective (an error soon after)
+    is read as one that starts from init_from."""
+    if config.objective == AUTO:
+        choices = {REGISTRY[name].settings_from for name in AUTO_CHOICES}
+        if len(choices) == 1:
+            return choices.pop()
+        return REGISTRY[_auto_objective(config)].settings_from
+    objective = REGISTRY.get(config.objective)
     return objective.settings_from if objective else INIT_FROM_SETTINGS
 
 
