@@ -6,8 +6,9 @@ next-token distribution and the usual next-token loss
 
 The student uses the teacher's tokenizer. The teacher is checked
 (`check_teacher`), then loaded by the training job under the same strategy
-(`Objective.teacher`) and runs in inference mode on each batch. A distilled run is then an ordinary GPT run:
-it generates, chats, evaluates and exports as causal and chat runs do.
+(`Objective.teacher`) and runs in inference mode on each batch. A distilled
+run is then an ordinary GPT run: it generates, chats, evaluates and exports
+as causal and chat runs do.
 """
 
 import tensorflow as tf
