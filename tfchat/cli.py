@@ -48,15 +48,16 @@ SAMPLING_HELP = {
 }
 
 
-def add_sampling_flags(parser, temperature=0.8, top_k=0, **help):
+def add_sampling_flags(parser, temperature=0.8, top_k=0, help_texts=None):
     """Adds the six sampling flags of the commands that generate text:
     --temperature, --top-k, --top-p, --repetition-penalty, --stop
     (repeatable) and --seed. `temperature` and `top_k` are the command's
-    defaults; `help` replaces a flag's help by its name (`stop=...`)."""
-    unknown = set(help) - set(SAMPLING_HELP)
+    defaults; `help_texts` replaces flags' help by name ({"stop": ...})."""
+    help_texts = help_texts or {}
+    unknown = set(help_texts) - set(SAMPLING_HELP)
     if unknown:
         raise ValueError(f"No sampling flag {sorted(unknown)}; they are {sorted(SAMPLING_HELP)}.")
-    texts = {**SAMPLING_HELP, **help}
+    texts = {**SAMPLING_HELP, **help_texts}
     parser.add_argument("--temperature", type=float, default=temperature, help=texts["temperature"])
     parser.add_argument("--top-k", type=int, default=top_k, help=texts["top_k"])
     parser.add_argument("--top-p", type=float, default=1.0, help=texts["top_p"])

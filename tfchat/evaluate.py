@@ -32,7 +32,7 @@ from tfchat import quiet
 
 quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 
-from tfchat.errors import TfchatError
+from tfchat import cli
 
 
 def build_parser():
@@ -61,53 +61,25 @@ def build_parser():
                              "once, then decodes much faster).")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="Also write the results to this JSON file.")
-    parser.add_argument("--quantize", choices=("int8",), default=None,
-                        help="Quantize the weights first (int8: weight-only, per channel; see "
-                             "python -m tfchat.export --help).")
+    cli.add_quantize_flag(parser)
     quiet.add_verbose_flag(parser)
     return parser
 
 
-def _load_run(path, checkpoint):
-    from tfchat import objectives
-    from tfchat.run import RunFolder, load_run
-
-    if checkpoint or objectives.get(RunFolder(path).read_config().objective).generates:
-        # Unless told, the model chat, generate and export use: the latest
-        # (the default chat job learns its conversations by heart, and its
-        # validation loss is lowest a third of the way in, long before it
-        # recalls them), or a dpo run's best.
-        run = load_run(path, checkpoint=checkpoint)
-        return run, run.checkpoint
-    try:
-        return load_run(path, checkpoint="best"), "best"
-    except TfchatError:
-        # No evaluation has saved a best checkpoint yet (an interrupted run).
-        return load_run(path, checkpoint="latest"), "latest"
-
-
+@cli.command
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        run, checkpoint = _load_run(args.run, args.checkpoint)
-        if args.quantize:
-            from tfchat.run import quantized_run
-
-            run = quantized_run(run, args.quantize)
-        if args.data:
-            data = dataclasses.replace(run.config.data, path=args.data)
-            run.config = dataclasses.replace(run.config, data=data)
-        options = dict(
-            data=args.data, max_new_tokens=args.max_new_tokens, limit=args.limit,
-            jit_compile=args.jit_compile,
-        )
-        if args.batch_size:
-            options["batch_size"] = args.batch_size
-        start = time.perf_counter()
-        results = run.objective.evaluate(run, **options)
-    except TfchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    run = cli.load_run_to_evaluate(args.run, args.checkpoint, args.quantize)
+    checkpoint = run.checkpoint
+    if args.data:
+        data = dataclasses.replace(run.config.data, path=args.data)
+        run.config = dataclasses.replace(run.config, data=data)
+    options = dict(data=args.data, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                   jit_compile=args.jit_compile)
+    if args.batch_size:
+        options["batch_size"] = args.batch_size
+    start = time.perf_counter()
+    results = run.objective.evaluate(run, **options)
     objective = run.config.objective
     results = {"objective": objective, "step": run.step, "checkpoint": checkpoint,
                **({"quantized": args.quantize} if args.quantize else {}), **results,

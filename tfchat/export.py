@@ -84,6 +84,7 @@ from tfchat import quiet
 
 quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 
+from tfchat import cli
 from tfchat.errors import TfchatError
 
 DEFAULT_SAVED_MODELS_DIR = "saved_models"
@@ -97,9 +98,7 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--run", required=True, help="Run folder, e.g. runs/default.")
-    parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
-                        help="Which checkpoint of the run to load (default: latest; for a dpo "
-                             "run best: see README, Preference tuning).")
+    cli.add_checkpoint_flag(parser)
     parser.add_argument("--name", default=None,
                         help="Model name (folder under the saved models folder). Default: the run's name.")
     parser.add_argument("--version", type=int, default=None,
@@ -113,11 +112,10 @@ def build_parser():
                              "or keras-hub (a keras-hub preset).")
     parser.add_argument("--out", default=None,
                         help="The folder to write, for --format hf and keras-hub.")
-    parser.add_argument("--quantize", choices=("int8",), default=None,
-                        help="SavedModel with int8 weights: every Dense kernel (one scale "
-                             "per output column) and embedding table (one per row) of a "
-                             "causal or chat run; computation stays in floating point, core "
-                             "ops only. The method and scales go into tfchat.json.")
+    cli.add_quantize_flag(parser, help="SavedModel with int8 weights: every Dense kernel (one "
+                          "scale per output column) and embedding table (one per row) of a "
+                          "causal or chat run; computation stays in floating point, core "
+                          "ops only. The method and scales go into tfchat.json.")
     quiet.add_verbose_flag(parser)
     return parser
 
@@ -125,6 +123,9 @@ def build_parser():
 def export_hub_format(args):
     """`--format hf|keras-hub`: the run checked from its config first, then
     loaded, LoRA adapters merged in memory, and written to `--out`."""
+    if args.quantize:
+        raise TfchatError(f"--quantize is for --format saved_model; --format {args.format} "
+                          "writes float weights.")
     if args.out is None:
         raise TfchatError(f"--format {args.format} needs --out DIR, the folder to write.")
     if args.name is not None or args.version is not None:
@@ -150,36 +151,21 @@ def export_hub_format(args):
         print(f"Load it with keras_hub.models.CausalLM.from_preset({args.out!r})")
 
 
+@cli.command
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.format != "saved_model":
-        if args.quantize:
-            print(f"error: --quantize is for --format saved_model; --format {args.format} "
-                  "writes float weights.", file=sys.stderr)
-            return 1
-        try:
-            export_hub_format(args)
-        except TfchatError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        export_hub_format(args)
         return 0
     if args.out is not None:
-        print("error: --out is for --format hf and keras-hub; a SavedModel goes to "
-              "--saved-models-dir/<name>/<version>.", file=sys.stderr)
-        return 1
+        raise TfchatError("--out is for --format hf and keras-hub; a SavedModel goes to "
+                          "--saved-models-dir/<name>/<version>.")
     # Here, not at the top: --help and argument errors answer without
     # loading TensorFlow.
-    from tfchat.run import load_run, quantized_run
     from tfchat.serving.export import METADATA_DIR, METADATA_FILE, export_run
 
-    try:
-        run = load_run(args.run, checkpoint=args.checkpoint)
-        if args.quantize:
-            run = quantized_run(run, args.quantize)
-        path = export_run(run, args.saved_models_dir, args.name, args.version, args.force)
-    except TfchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    run = cli.load_command_run(args.run, args.checkpoint, args.quantize)
+    path = export_run(run, args.saved_models_dir, args.name, args.version, args.force)
     with open(os.path.join(path, METADATA_DIR, METADATA_FILE), encoding="utf-8") as f:
         signatures = json.load(f)["signatures"]
     print(f"Exported {args.run} ({run.checkpoint} checkpoint, step {run.step}) to {path}")

@@ -15,6 +15,7 @@ from tfchat import quiet
 
 quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 
+from tfchat import cli
 from tfchat.errors import TfchatError
 
 MASK = "[MASK]"  # tfchat.data.tokenizer.MASK_TOKEN, without importing TensorFlow for --help
@@ -28,31 +29,21 @@ def build_parser():
     parser.add_argument("--run", required=True, help="Run folder, e.g. runs/enc.")
     parser.add_argument("texts", nargs="+", metavar="TEXT", help=f"Text with one or more {MASK}.")
     parser.add_argument("--top-k", type=int, default=5, help="Candidates shown per [MASK].")
-    parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
-                        help="Which checkpoint of the run to load.")
+    cli.add_checkpoint_flag(parser, default="latest", choices=("latest", "best"),
+                            help="Which checkpoint of the run to load.")
     quiet.add_verbose_flag(parser)
     return parser
 
 
+@cli.command
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.top_k < 1:
+        raise TfchatError(f"--top-k must be at least 1. Received: {args.top_k}")
     from tfchat.inference.fill_mask import FillMask
-    from tfchat.run import load_run
 
-    try:
-        if args.top_k < 1:
-            raise TfchatError(f"--top-k must be at least 1. Received: {args.top_k}")
-        run = load_run(args.run, checkpoint=args.checkpoint)
-        if not run.objective.fills_masks:
-            raise TfchatError(
-                f"{args.run} is a {run.config.objective} run; fill-mask needs an mlm run."
-            )
-        fill = FillMask(run.model, run.tokenizer)
-        top_k = min(args.top_k, run.tokenizer.vocabulary_size - run.tokenizer.num_special_tokens)
-        predictions = fill.predict(args.texts, top_k)
-    except TfchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    fill = FillMask.for_run(cli.load_command_run(args.run, args.checkpoint))
+    predictions = fill.predict(args.texts, min(args.top_k, fill.candidates))
     for text, masks in zip(args.texts, predictions):
         print(text)
         for i, candidates in enumerate(masks, start=1):

@@ -13,7 +13,7 @@ from tfchat import quiet
 
 quiet.command_startup(__name__, fast_exit=True)  # first, before anything imports TensorFlow
 
-from tfchat.errors import TfchatError
+from tfchat import cli
 
 
 def build_parser():
@@ -25,44 +25,26 @@ def build_parser():
     parser.add_argument("--prompt", action="append", default=None,
                         help="Prompt text (repeat for a batch; \\n is a newline). Default: a newline.")
     parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
-                        help="Which checkpoint of the run to load (default: latest; for a dpo "
-                             "run best: see README, Preference tuning).")
-    parser.add_argument("--quantize", choices=("int8",), default=None,
-                        help="Quantize the weights first (int8: weight-only, per channel; see "
-                             "python -m tfchat.export --help).")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="0 = greedy; higher = more random.")
-    parser.add_argument("--top-k", type=int, default=0, help="Sample from the k most likely tokens (0 = all).")
-    parser.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling threshold (1 = off).")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0,
-                        help="Divide the logits of tokens already present by this (1 = off).")
-    parser.add_argument("--stop", action="append", default=[],
-                        help="Stop before this text (repeatable; \\n is a newline).")
-    parser.add_argument("--seed", type=int, default=None, help="Seed for reproducible samples.")
+    cli.add_checkpoint_flag(parser)
+    cli.add_quantize_flag(parser)
+    cli.add_sampling_flags(parser, temperature=0.8, top_k=0, help_texts={
+        "temperature": "0 = greedy; higher = more random.",
+        "stop": "Stop before this text (repeatable; \\n is a newline)."})
     quiet.add_verbose_flag(parser)
     return parser
 
 
+@cli.command
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from tfchat.inference.generator import Generator
-    from tfchat.run import check_generates, load_run, quantized_run
 
-    try:
-        run = check_generates(load_run(args.run, checkpoint=args.checkpoint, forward_pass=False))
-        if args.quantize:
-            run = quantized_run(run, args.quantize)
-        prompts = [p.replace("\\n", "\n") for p in (args.prompt or ["\n"])]
-        generator = Generator(run.backbone, run.tokenizer)
-        texts = generator.generate(
-            prompts, args.max_new_tokens, args.temperature, args.top_k,
-            args.top_p, args.seed, repetition_penalty=args.repetition_penalty,
-            stop_strings=[s.replace("\\n", "\n") for s in args.stop],
-        )
-    except TfchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    run = cli.load_command_run(args.run, args.checkpoint, args.quantize, generates=True,
+                               forward_pass=False)
+    prompts = [p.replace("\\n", "\n") for p in (args.prompt or ["\n"])]
+    options = cli.sampling_options(args)
+    options["stop_strings"] = [s.replace("\\n", "\n") for s in args.stop]
+    texts = Generator(run.backbone, run.tokenizer).generate(prompts, args.max_new_tokens, **options)
     for prompt, text in zip(prompts, texts):
         print(prompt + text)
         if len(texts) > 1:

@@ -17,7 +17,7 @@ from tfchat import quiet
 
 quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 
-from tfchat.errors import TfchatError
+from tfchat import cli
 
 
 def build_parser():
@@ -35,16 +35,13 @@ def build_parser():
     return parser
 
 
+@cli.command
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out = args.out or os.path.normpath(args.run) + "_merged"
     from tfchat.run import merge_lora_run
 
-    try:
-        merge_lora_run(args.run, out, overwrite=args.overwrite)
-    except TfchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    merge_lora_run(args.run, out, overwrite=args.overwrite)
     print(f"Merged the adapters of {args.run} into {out}.\n"
           f"  python -m tfchat.chat --run {out}")
     return 0

@@ -23,6 +23,7 @@ from tfchat import quiet
 
 quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 
+from tfchat import cli
 from tfchat import config as config_lib
 from tfchat.errors import TfchatError
 
@@ -45,47 +46,44 @@ def build_parser():
     return parser
 
 
+@cli.command
 def main(argv=None):
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    try:
-        if unknown:
-            keys = ", ".join(k for k, *_ in config_lib.flat_keys() if k.startswith(("data.", "tokenizer.")))
-            raise TfchatError(f"Unknown option {unknown[0]!r}. Valid keys here: {keys}.")
-        if args.shard_tokens is not None and args.shard_tokens < 1:
-            raise TfchatError(f"--shard-tokens must be at least 1, not {args.shard_tokens}.")
-        # Here, not at the top: --help answers without loading TensorFlow.
-        from tfchat.data import prepared
-        from tfchat.data.corpus import Corpus
-        from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
-        from tfchat.run import RunFolder
+    if unknown:
+        keys = ", ".join(k for k, *_ in config_lib.flat_keys() if k.startswith(("data.", "tokenizer.")))
+        raise TfchatError(f"Unknown option {unknown[0]!r}. Valid keys here: {keys}.")
+    if args.shard_tokens is not None and args.shard_tokens < 1:
+        raise TfchatError(f"--shard-tokens must be at least 1, not {args.shard_tokens}.")
+    # Here, not at the top: --help answers without loading TensorFlow.
+    from tfchat.data import prepared
+    from tfchat.data.corpus import Corpus
+    from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
+    from tfchat.run import RunFolder
 
-        overrides = config_lib.overrides_from_args(args)
-        if args.tokenizer_from:
-            source = RunFolder(args.tokenizer_from)
-            # That run's vocabulary settings, which the index records.
-            overrides["tokenizer"] = source.read_config().to_dict()["tokenizer"]
-        config = config_lib.build_config(args.config, overrides)
-        config_lib.validate(config)
-        if prepared.is_prepared(config.data.path):
-            raise TfchatError(f"{config.data.path} is prepared already.")
-        corpus = Corpus(config.data)
-        if args.tokenizer_from:
-            tokenizer = load_tokenizer(source.tokenizer)
-        elif prepared.is_prepared(args.out):
-            # Resuming: the tokenizer the first call trained.
-            tokenizer = load_tokenizer(f"{args.out}/{prepared.TOKENIZER_DIR}")
-        else:
-            if config.tokenizer.kind == "pretrained":
-                raise TfchatError("A pretrained tokenizer comes with its run: pass "
-                                  "--tokenizer-from runs/<converted run>.")
-            print(f"Training the {config.tokenizer.kind} tokenizer on {config.data.path}...")
-            tokenizer = train_tokenizer(config.tokenizer, corpus.iter_texts("train"))
-        shard_tokens = args.shard_tokens or prepared.DEFAULT_SHARD_TOKENS
-        prepared.prepare(corpus, tokenizer, config.tokenizer, args.out, shard_tokens)
-    except TfchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    overrides = config_lib.overrides_from_args(args)
+    if args.tokenizer_from:
+        source = RunFolder(args.tokenizer_from)
+        # That run's vocabulary settings, which the index records.
+        overrides["tokenizer"] = source.read_config().to_dict()["tokenizer"]
+    config = config_lib.build_config(args.config, overrides)
+    config_lib.validate(config)
+    if prepared.is_prepared(config.data.path):
+        raise TfchatError(f"{config.data.path} is prepared already.")
+    corpus = Corpus(config.data)
+    if args.tokenizer_from:
+        tokenizer = load_tokenizer(source.tokenizer)
+    elif prepared.is_prepared(args.out):
+        # Resuming: the tokenizer the first call trained.
+        tokenizer = load_tokenizer(f"{args.out}/{prepared.TOKENIZER_DIR}")
+    else:
+        if config.tokenizer.kind == "pretrained":
+            raise TfchatError("A pretrained tokenizer comes with its run: pass "
+                              "--tokenizer-from runs/<converted run>.")
+        print(f"Training the {config.tokenizer.kind} tokenizer on {config.data.path}...")
+        tokenizer = train_tokenizer(config.tokenizer, corpus.iter_texts("train"))
+    shard_tokens = args.shard_tokens or prepared.DEFAULT_SHARD_TOKENS
+    prepared.prepare(corpus, tokenizer, config.tokenizer, args.out, shard_tokens)
     print(f"\nTrain on it with: python -m tfchat.fit --data.path {args.out} ...")
     return 0
 

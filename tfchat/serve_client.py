@@ -29,7 +29,7 @@ from tfchat import quiet
 
 quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 
-from tfchat.errors import TfchatError
+from tfchat import cli
 from tfchat.serving.client import predict_grpc, predict_rest
 
 
@@ -62,6 +62,7 @@ def build_parser():
     return parser
 
 
+@cli.command
 def main(argv=None):
     args = build_parser().parse_args(argv)
     texts = [t.replace("\\n", "\n") for t in args.texts]
@@ -71,16 +72,12 @@ def main(argv=None):
                     "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
     elif args.signature == "fill_mask":
         settings = {"top_k": args.top_k}
-    try:
-        if args.url:
-            rows = predict_rest(args.url, args.model, texts, settings, args.signature,
-                                args.form, args.version, args.timeout)
-        else:
-            rows = predict_grpc(args.grpc, args.model, texts, settings, args.signature,
-                                args.version, args.timeout)
-    except TfchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.url:
+        rows = predict_rest(args.url, args.model, texts, settings, args.signature,
+                            args.form, args.version, args.timeout)
+    else:
+        rows = predict_grpc(args.grpc, args.model, texts, settings, args.signature,
+                            args.version, args.timeout)
     for text, row in zip(texts, rows):
         if "text" in row:
             print(text + row["text"])

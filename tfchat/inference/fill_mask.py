@@ -29,6 +29,22 @@ class FillMask:
         self.block_size = model.backbone.block_size
         self._logits = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
+    @classmethod
+    def for_run(cls, run):
+        """A `FillMask` of a loaded run (`tfchat.run.load_run`); raises
+        `TfchatError` unless its objective fills masks (mlm)."""
+        if not run.objective.fills_masks:
+            raise TfchatError(
+                f"{run.path} is a {run.config.objective} run; fill-mask needs an mlm run."
+            )
+        return cls(run.model, run.tokenizer)
+
+    @property
+    def candidates(self):
+        """How many pieces can fill a [MASK]: the vocabulary without its
+        special tokens (the most `predict`'s `top_k` gives)."""
+        return self.tokenizer.vocabulary_size - self.tokenizer.num_special_tokens
+
     def encode(self, text):
         """One text -> (token ids with [CLS]/[SEP], positions of its masks)."""
         pieces = text.split(MASK)
