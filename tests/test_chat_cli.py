@@ -147,3 +147,106 @@ def test_evaluate_scores_unseen_prompts_apart(chat_run, tmp_path):
     # Four single-exchange training prompts, three of them learnt.
     assert results["training_prompts"] == 4
     assert results["training_prompt_recall"] == 0.75
+
+
+class EchoGenerator:
+    """Stands in for a `Generator`: reply n to a message is "reply n to
+    <message>", in two pieces; no model, no TensorFlow graph."""
+
+    class backbone:
+        block_size = 48
+
+    class Prompt:
+        truncated = False
+        dropped_messages = 0
+        cut_tokens = 0
+
+    def __init__(self):
+        self.calls = 0
+
+    def chat_prompt(self, messages, max_new_tokens):
+        return self.Prompt()
+
+    def stream_chat(self, messages, max_new_tokens, prompt=None, **sampling):
+        self.calls += 1
+        yield "reply "
+        yield f"{self.calls} to {messages[-1].content}"
+
+
+def test_the_chat_loop_and_its_commands(tmp_path, monkeypatch):
+    """`tfchat.inference.chat_loop.interactive`, line by line as the
+    terminal shows it, with the judging commands writing the feedback file."""
+    import io
+
+    from tfchat.data.preferences import FeedbackLog
+    from tfchat.inference import chat_loop
+
+    lines = iter(["hi", "/retry", "/prefer 2", "/good", "/bad x", "/prefer", "/nope",
+                  "/system be kind", "/reset", "/retry", "", "/exit", "never read"])
+
+    def typed(prompt=""):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None  # Ctrl-D
+
+    monkeypatch.setattr("builtins.input", typed)
+    out = io.StringIO()
+    feedback = FeedbackLog(str(tmp_path / "prefs.jsonl"))
+    session = ChatSession(EchoGenerator())
+    chat_loop.interactive(session, stdout=out, feedback=feedback)
+    path = feedback.path
+    assert out.getvalue() == "".join(line + "\n" for line in [
+        chat_loop.HELP,
+        chat_loop.FEEDBACK_HELP.format(path=path),
+        "bot[1]> reply 1 to hi",
+        "bot[2]> reply 2 to hi",
+        f"(recorded reply 2 over 1 other reply in {path})",
+        f"(recorded the last reply as good in {path})",
+        "(/bad takes no argument.)",
+        "(Use /prefer N, N the number of the best reply.)",
+        f"(unknown command /nope; {chat_loop.HELP})",
+        "(system message set to: be kind)",
+        "(the conversation was reset)",
+        "(There is no reply to retry yet.)",
+    ])
+    assert feedback.records == 2
+    with open(path, encoding="utf-8") as f:
+        assert len(f.read().splitlines()) == 2
+    assert chat_loop.feedback_summary(feedback, "runs/default/") == (
+        f"2 judgement(s) appended to {path}; train on them:\n"
+        f"  python -m tfchat.fit --objective dpo --init_from runs/default/ "
+        f"--data.path {path} --name default_dpo")
+    assert chat_loop.feedback_summary(None, "runs/default") is None
+
+    # Without a feedback log the replies are not numbered and judging says how.
+    lines = iter(["hi", "/good"])
+    out = io.StringIO()
+    chat_loop.interactive(ChatSession(EchoGenerator()), stdout=out)
+    assert out.getvalue() == "".join(line + "\n" for line in [
+        chat_loop.HELP, "bot> reply 1 to hi",
+        "(/good records feedback: start the chat with --feedback FILE)", ""])
+
+
+def test_one_message_comes_from_the_arguments_or_stdin():
+    import io
+
+    from tfchat.errors import TfchatError
+    from tfchat.inference.chat_loop import one_message, reply_once
+
+    class Pipe(io.StringIO):
+        def isatty(self):
+            return False
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert one_message(["what", "is", "AI?"], Pipe("ignored")) == "what is AI?"
+    assert one_message([], Pipe("from stdin\n")) == "from stdin\n"
+    assert one_message([], Tty()) is None
+    with pytest.raises(TfchatError, match="No message: stdin was empty."):
+        one_message([], Pipe(" \n"))
+    out = io.StringIO()
+    reply_once(ChatSession(EchoGenerator()), "  ping \n", stdout=out)
+    assert out.getvalue() == "reply 1 to ping\n"
