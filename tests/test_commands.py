@@ -118,3 +118,29 @@ def test_the_quantize_modes_are_the_libraries():
     from tfchat.run import QUANTIZE_MODES
 
     assert cli.QUANTIZE_MODES == QUANTIZE_MODES
+
+
+@pytest.mark.parametrize("module,argv,message", [
+    ("export", ["--run", "r", "--format", "hf", "--quantize", "int8"],
+     "--quantize is for --format saved_model; --format hf writes float weights."),
+    ("export", ["--run", "r", "--out", "o"],
+     "--out is for --format hf and keras-hub; a SavedModel goes to "
+     "--saved-models-dir/<name>/<version>."),
+    ("export", ["--run", "r", "--format", "keras-hub"],
+     "--format keras-hub needs --out DIR, the folder to write."),
+    ("fill_mask", ["--run", "r", "--top-k", "0", "a [MASK]"],
+     "--top-k must be at least 1. Received: 0"),
+    ("chat", ["--run", "r", "--feedback", "f.jsonl", "hi"],
+     "--feedback records judgements in the interactive chat; run it in a terminal "
+     "without a message."),
+    ("prepare", ["--shard-tokens", "0"], "--shard-tokens must be at least 1, not 0."),
+    ("prepare", ["--model.nope", "3"], "Unknown option '--model.nope'. Valid keys here: "),
+])
+def test_argument_errors_are_one_line_and_exit_code_1(module, argv, message, capsys):
+    import importlib
+
+    main = importlib.import_module(f"tfchat.{module}").main
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert out == ""
