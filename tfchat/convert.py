@@ -24,6 +24,7 @@ from tfchat import quiet
 
 quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 
+from tfchat import cli
 from tfchat.errors import TfchatError
 
 
@@ -77,20 +78,17 @@ def build_parser():
     return parser
 
 
+@cli.command
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        if args.block_size < 0:
-            raise TfchatError(f"--block_size must be 0 or positive. Received: {args.block_size}")
-        from tfchat.pretrained import convert
+    if args.block_size < 0:
+        raise TfchatError(f"--block_size must be 0 or positive. Received: {args.block_size}")
+    from tfchat.pretrained import convert
 
-        run_path = os.path.join(args.runs_dir, args.name)
-        convert(args.source, run_path, block_size=args.block_size, dtype=args.dtype,
-                overwrite=args.overwrite, chat_template=args.chat_template,
-                system_prompt=args.system_prompt)
-    except TfchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    run_path = os.path.join(args.runs_dir, args.name)
+    convert(args.source, run_path, block_size=args.block_size, dtype=args.dtype,
+            overwrite=args.overwrite, chat_template=args.chat_template,
+            system_prompt=args.system_prompt)
     print(
         f"Next: python -m tfchat.generate --run {run_path} --prompt 'Once upon a time'\n"
         f"      python -m tfchat.fit --init_from {run_path} --data.path chats.jsonl "

@@ -10,69 +10,33 @@ checkpoint or a keras-hub preset.
 
 Formats (`--format`):
 
-  * `saved_model` (default): TF Serving's SavedModel, below.
+  * `saved_model` (default): TF Serving's base-path layout,
+    `saved_models/<name>/<version>/` (point `--model_base_path` at
+    `saved_models/<name>`). Signatures (tag `serve`) take and return strings;
+    tokenizer, sampling loop and detokenizer run in the graph with core
+    TensorFlow and tensorflow-text ops only, so no tfchat, Keras or Python is
+    needed to serve. Causal runs: `generate` (prompt -> text) and `score`
+    (text -> log_likelihood, perplexity); chat runs add `chat` (roles,
+    contents -> the reply); mlm runs `fill_mask`; classify runs `classify`
+    (each printed with its inputs; README's "Export and serve" has them all).
   * `hf`: a Hugging Face checkpoint in `--out` (config.json with
     "architectures", model.safetensors, the tokenizer's files) for
     transformers, vLLM or llama.cpp's convert_hf_to_gguf.py.
   * `keras-hub`: a keras-hub preset in `--out`, for
     `keras_hub.models.CausalLM.from_preset`.
 
-`hf` and `keras-hub` take runs of the families keras-hub writes, GPT-2,
-Llama (Llama 2's SentencePiece tokenizer: keras-hub only) and Qwen2, with the
+`hf` and `keras-hub` take runs of a pretrained family (the run's
+model.family; `python -m tfchat.convert --help` lists them) with the
 checkpoint's own tokenizer: runs made by `python -m tfchat.convert` or
-fine-tuned from one (`fit --init_from`). A LoRA run is exported with its
-adapters merged. `--out` is written whole or not at all; an existing one is
-replaced only with `--force`.
-
-The SavedModel lands in TF Serving's base-path layout,
-`saved_models/<name>/<version>/`: point TF Serving's `--model_base_path` at
-`saved_models/<name>` and it loads the highest version. Signatures (tag
-`serve`) take and return strings; the tokenizer, the sampling loop and the
-detokenizer run inside the graph with core TensorFlow and tensorflow-text ops
-only (no `py_function`, no XLA), so no tfchat, Keras or Python is needed to
-serve. The first signature of each objective is also `serving_default`.
-
-Causal (GPT) runs; chat runs add `chat` (roles, contents -> the reply):
-
-  * `generate`: `prompt` [B] string, and optionally `max_new_tokens`,
-    `temperature`, `top_k`, `top_p`, `seed` (one value, or one per prompt)
-    -> `text`, `num_tokens`, `num_prompt_tokens`.
-  * `score`: `text` [B] string -> `log_likelihood` (mean per token),
-    `perplexity`, `num_tokens`.
-
-Masked-LM (mlm) runs:
-
-  * `fill_mask`: `text` [B] string with `[MASK]` markers, optional `top_k`
-    (default 5; one value, or one per text) -> `tokens` [B, M, K] string and
-    `probabilities` [B, M, K] float (the top-k pieces for every [MASK],
-    best first, padded with "" and 0.0), `num_masks` [B], `filled` [B] (the
-    text with each [MASK] replaced by its best piece). A text without a
-    [MASK] gets no candidates and comes back unchanged.
-
-Classify runs:
-
-  * `classify`: `text` [B] string -> `label` [B] string, `probabilities`
-    [B, K] float, `labels` [B, K] string (the label names, in the order of
-    `probabilities`).
-
-An encoder reads `[CLS] text [SEP]`; a text longer than the context is cut
-at the end, as in training (a [MASK] past the cut is not read).
+fine-tuned from one. A LoRA run is exported with its adapters merged.
 
 `--quantize int8` stores every Dense kernel and embedding table of a causal
-or chat run as int8 with abs-max scales (one per output column, one per
-embedding row: Keras' int8 scheme with its activation quantizer off), about a
-quarter of the float32 size. Matmuls still run in floating point on the
-dequantized weights, with core ops only, so the same TF Serving runs it.
-`chat`, `generate` and `evaluate` take `--quantize int8` too, to try the
-quantized model before exporting it.
-
-`<version>/assets.extra/tfchat.json` records what was exported: tfchat
-version, config, tokenizer, training step, validation metrics, signatures,
-the quantization (method, and each weight's scales: min, median, max), and
-the label names (classify) or the mask token (mlm).
-A version is written to a temporary folder and renamed into place, so TF
-Serving never sees half a model; an existing version is replaced only with
-`--force`.
+or chat run as int8 with abs-max scales, about a quarter of the float32
+size; matmuls still run in floating point, with core ops only.
+`<version>/assets.extra/tfchat.json` records what was exported (version,
+config, tokenizer, step, metrics, signatures, quantization scales, labels or
+mask token). A version or `--out` is written to a temporary folder and
+renamed into place; an existing one is replaced only with `--force`.
 """
 
 import argparse
@@ -144,11 +108,10 @@ def export_hub_format(args):
     what = "a Hugging Face checkpoint" if args.format == "hf" else "a keras-hub preset"
     print(f"Exported {args.run} (a {family.name} model, {run.checkpoint} checkpoint, step {run.step}"
           f"{', LoRA adapters merged' if merged else ''}) to {args.out} as {what}.")
-    if args.format == "hf":
-        print("Load it with transformers.AutoModelForCausalLM.from_pretrained"
-              f"({args.out!r}), vLLM, or llama.cpp's convert_hf_to_gguf.py {args.out}")
-    else:
-        print(f"Load it with keras_hub.models.CausalLM.from_preset({args.out!r})")
+    print("Load it with " + (f"transformers.AutoModelForCausalLM.from_pretrained({args.out!r}), "
+                             f"vLLM, or llama.cpp's convert_hf_to_gguf.py {args.out}"
+                             if args.format == "hf" else
+                             f"keras_hub.models.CausalLM.from_preset({args.out!r})"))
 
 
 @cli.command

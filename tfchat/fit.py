@@ -45,6 +45,7 @@ from tfchat import quiet
 
 quiet.command_startup(__name__)  # first, before anything imports TensorFlow
 
+from tfchat import cli
 from tfchat import config as config_lib
 from tfchat.errors import TfchatError
 
@@ -112,25 +113,20 @@ def make_config(args):
     return config
 
 
+@cli.command
 def main(argv=None):
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    try:
-        if unknown:
-            keys = ", ".join(k for k, *_ in config_lib.flat_keys())
-            raise TfchatError(
-                f"Unknown option {unknown[0]!r}. Valid config keys: {keys}."
-            )
-        # Here, not at the top: --help and argument errors answer without
-        # loading TensorFlow.
-        from tfchat import objectives
-        from tfchat.job import train
+    if unknown:
+        keys = ", ".join(k for k, *_ in config_lib.flat_keys())
+        raise TfchatError(f"Unknown option {unknown[0]!r}. Valid config keys: {keys}.")
+    # Here, not at the top: --help and argument errors answer without
+    # loading TensorFlow.
+    from tfchat import objectives
+    from tfchat.job import train
 
-        config = objectives.resolve(make_config(args))
-        train(config, resume=args.resume, overwrite=args.overwrite)
-    except TfchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    config = objectives.resolve(make_config(args))
+    train(config, resume=args.resume, overwrite=args.overwrite)
     print("\nDone. " + objectives.get(config.objective).next_steps(config))
     return 0
 
