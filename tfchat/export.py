@@ -27,8 +27,7 @@ Formats (`--format`):
 
 `hf` and `keras-hub` take runs of a pretrained family (the run's
 model.family; `python -m tfchat.convert --help` lists them) with the
-checkpoint's own tokenizer: runs made by `python -m tfchat.convert` or
-fine-tuned from one. A LoRA run is exported with its adapters merged.
+checkpoint's own tokenizer (converted or fine-tuned from one), LoRA merged.
 
 `--quantize int8` stores every Dense kernel and embedding table of a causal
 or chat run as int8 with abs-max scales, about a quarter of the float32
