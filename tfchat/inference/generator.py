@@ -199,62 +199,63 @@ class Generator:
         `chunk_tokens` caps the tokens per call, for streaming; each call
         runs the prompt and the tokens so far through the model again
         (one parallel prefill), so chunks cost little extra."""
+        rows = [DecodingRow(p, max_new_tokens, self.tokenizer.first_id) for p in prompts]
+        while not all(row.done for row in rows):
+            remaining = max(row.remaining for row in rows if not row.done)
+            gained = self.advance(rows, min(remaining, chunk_tokens or remaining), sampler,
+                                  stop_token_ids, repetition_penalty)
+            yield gained
+
+    def advance(self, rows, new_tokens, sampler, stop_token_ids=(), repetition_penalty=1.0):
+        """One compiled call: every unfinished `DecodingRow` in `rows` gains
+        up to `new_tokens` tokens (more for rows shorter than the longest,
+        which decode while it is read), and stops at a stop id or at its
+        `max_new_tokens`. Returns the ids each row gained (a list per row,
+        empty for finished ones). `tfchat.inference.batching` calls it with
+        whichever rows are being served at the moment."""
         context = self.backbone.block_size
-        rows = [list(p) or [self.tokenizer.first_id] for p in prompts]
-        new = [[] for _ in rows]
-        done = [max_new_tokens <= 0] * len(rows)
         stops = set(stop_token_ids)
         stop_ids = tuple(sorted(stops)) or None
         filler = next(i for i in range(len(stops) + 1) if i not in stops)
-        # Where each row's window starts. A row is read whole while it fits
-        # with room for a new token; once its window is full, the window
-        # moves on to its last half context and grows from there. A window
-        # moves only when full, and each row's is its own, so the text is
-        # the same in one call or in streamed chunks, alone or in a batch
-        # (and the same as the exported graphs').
-        starts = [0] * len(rows)
-        while not all(done):
-            remaining = max(max_new_tokens - len(n) for n, d in zip(new, done) if not d)
-            step = min(remaining, chunk_tokens or remaining)
-            for i, row in enumerate(rows):
-                if len(row) - starts[i] >= context:
-                    starts[i] = len(row) - context // 2
-            window = [r[start:] for r, start in zip(rows, starts)]
-            longest = max(len(w) for w in window)
-            needed = longest + min(step, context - longest)
-            length = needed
-            if self.jit_compile:
-                # A few buffer shapes, so a few compilations; only the first
-                # `needed` positions are decoded.
-                length = min(-(-length // _XLA_LENGTH_STEP) * _XLA_LENGTH_STEP, context)
-            # keras-hub's sampler counts a stop id anywhere outside the mask
-            # as a finished row, the unsampled buffer included, so the buffer
-            # is filled with an id that is no stop: with zeros, a vocabulary
-            # whose id 0 ends text (GPT-2's `<|endoftext|>` in keras-hub's
-            # conventions) finished every row before its first token. Only
-            # generated tokens may end a row.
-            ids = np.full((len(rows), length), filler, np.int32)
-            mask = np.zeros((len(rows), length), bool)
-            for i, w in enumerate(window):
-                ids[i, : len(w)] = w
-                mask[i, : len(w)] = True
-            out = self._step(
-                tf.constant(ids), tf.constant(mask), needed, sampler, stop_ids,
-                float(repetition_penalty),
-            ).numpy()
-            gained = [[] for _ in rows]
-            for i, w in enumerate(window):
-                for token in out[i, len(w):needed]:
-                    if done[i]:
-                        break
-                    if int(token) in stops:
-                        done[i] = True
-                        break
-                    gained[i].append(int(token))
-                    new[i].append(int(token))
-                    rows[i].append(int(token))
-                    done[i] = len(new[i]) >= max_new_tokens
-            yield gained
+        active = [row for row in rows if not row.done]
+        if not active:
+            return [[] for _ in rows]
+        # A row is read whole while it fits with room for a new token; once
+        # its window is full, the window moves on to its last half context
+        # and grows from there. A window moves only when full, and each
+        # row's is its own, so the text is the same in one call or in
+        # streamed chunks, alone or in a batch (and the same as the exported
+        # graphs').
+        for row in active:
+            if len(row.ids) - row.start >= context:
+                row.start = len(row.ids) - context // 2
+        window = [row.ids[row.start:] for row in active]
+        longest = max(len(w) for w in window)
+        needed = longest + min(new_tokens, context - longest)
+        length = needed
+        if self.jit_compile:
+            # A few buffer shapes, so a few compilations; only the first
+            # `needed` positions are decoded.
+            length = min(-(-length // _XLA_LENGTH_STEP) * _XLA_LENGTH_STEP, context)
+        # keras-hub's sampler counts a stop id anywhere outside the mask as a
+        # finished row, the unsampled buffer included, so the buffer is
+        # filled with an id that is no stop: with zeros, a vocabulary whose
+        # id 0 ends text (GPT-2's `<|endoftext|>` in keras-hub's conventions)
+        # finished every row before its first token. Only generated tokens
+        # may end a row.
+        ids = np.full((len(active), length), filler, np.int32)
+        mask = np.zeros((len(active), length), bool)
+        for i, w in enumerate(window):
+            ids[i, : len(w)] = w
+            mask[i, : len(w)] = True
+        out = self._step(
+            tf.constant(ids), tf.constant(mask), needed, sampler, stop_ids,
+            float(repetition_penalty),
+        ).numpy()
+        gained = {}
+        for i, (row, w) in enumerate(zip(active, window)):
+            gained[id(row)] = row.take(out[i, len(w):needed], stops)
+        return [gained.get(id(row), []) for row in rows]
 
     def generate_ids(self, prompts, max_new_tokens, sampler, stop_at_eos=True,
                      stop_token_ids=(), repetition_penalty=1.0):
@@ -298,27 +299,18 @@ class Generator:
         begin a stop string is held back until it is known not to."""
         sampler = self.sampler(temperature, top_k, top_p, seed)
         stops = tuple(stop_token_ids) + (self.tokenizer.stop_ids if stop_at_eos else ())
-        ids, shown = [], 0
+        text = TextStream(lambda ids: self.decode([ids])[0], stop_strings)
         for gained in self.iter_generate_ids(
             [prompt_ids], max_new_tokens, sampler, stops, repetition_penalty, chunk_tokens
         ):
-            ids += gained[0]
-            text, stopped = cut_at_stop_strings(self.decode([ids])[0], stop_strings)
-            if stopped:
-                ready = len(text)
-            else:
-                # An unfinished UTF-8 character, or text that may begin a
-                # stop string, waits for the next chunk.
-                stable = text.rstrip("\ufffd")
-                ready = len(stable) - _held_back(stable, stop_strings)
-            if ready > shown:
-                yield text[shown:ready]
-                shown = ready
-            if stopped:
+            piece = text.add(gained[0])
+            if piece:
+                yield piece
+            if text.stopped:
                 return
-        text = self.decode([ids])[0]
-        if len(text) > shown:
-            yield text[shown:]
+        piece = text.finish()
+        if piece:
+            yield piece
 
     # --- chat ---
 
@@ -382,6 +374,88 @@ def cut_at_stop_strings(text, stop_strings):
     """(text before the first stop string, whether one was found)."""
     cuts = [text.find(s) for s in stop_strings if s and s in text]
     return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class DecodingRow:
+    """One sequence being generated: its ids so far (prompt and new), the
+    start of its window into the context, and why it ended (`finish`:
+    "stop" at a stop id, "length" at `max_new_tokens`, None while going)."""
+
+    def __init__(self, prompt_ids, max_new_tokens, first_id):
+        self.ids = list(prompt_ids) or [first_id]
+        self.new = []
+        self.max_new_tokens = max_new_tokens
+        self.start = 0
+        self.finish = "length" if max_new_tokens <= 0 else None
+
+    @property
+    def done(self):
+        return self.finish is not None
+
+    @property
+    def remaining(self):
+        return self.max_new_tokens - len(self.new)
+
+    def take(self, tokens, stops):
+        """Adds sampled `tokens` up to the first stop id or the length
+        limit; returns those added."""
+        added = []
+        for token in tokens:
+            token = int(token)
+            if token in stops:
+                self.finish = "stop"
+                break
+            added.append(token)
+            self.new.append(token)
+            self.ids.append(token)
+            if len(self.new) >= self.max_new_tokens:
+                self.finish = "length"
+                break
+        return added
+
+
+class TextStream:
+    """A row's new ids as text released in pieces as they come: a character
+    whose UTF-8 bytes are split across tokens waits for the rest, and text
+    that may begin a stop string waits until it is known not to. The pieces
+    join to the whole text cut before the first stop string. `decode` maps
+    a list of ids to text."""
+
+    def __init__(self, decode, stop_strings=()):
+        self.decode = decode
+        self.stop_strings = tuple(stop_strings)
+        self.ids = []
+        self.shown = 0
+        self.stopped = False  # a stop string was found
+
+    def add(self, ids):
+        """The next piece of text ("" if none is ready) after `ids`."""
+        self.ids += ids
+        text, self.stopped = cut_at_stop_strings(self.decode(self.ids), self.stop_strings)
+        if self.stopped:
+            ready = len(text)
+        else:
+            stable = text.rstrip("\ufffd")
+            ready = len(stable) - _held_back(stable, self.stop_strings)
+        return self._release(text, ready)
+
+    def finish(self):
+        """The rest, once no more ids come (a stop string can no longer
+        begin; a character still incomplete is shown as U+FFFD)."""
+        if self.stopped:
+            return ""
+        text, _ = cut_at_stop_strings(self.decode(self.ids), self.stop_strings)
+        return self._release(text, len(text))
+
+    @property
+    def text(self):
+        return cut_at_stop_strings(self.decode(self.ids), self.stop_strings)[0]
+
+    def _release(self, text, ready):
+        if ready <= self.shown:
+            return ""
+        piece, self.shown = text[self.shown:ready], ready
+        return piece
 
 
 def _held_back(text, stop_strings):
