@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tfchat", "tfchat.*"]),
-    package_data={"tfchat": ["configs/*.yaml"]},
+    package_data={"tfchat": ["configs/*.yaml", "serving/web/*.html"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",
@@ -30,8 +30,18 @@ setup(
         # Only `python -m tfchat.serve_client --grpc` needs it (it pins
         # protobuf and grpcio); REST needs nothing more.
         "serving": ["tensorflow-serving-api>=2.21,<2.22"],
+        # `python -m tfchat.serve`: the OpenAI-compatible HTTP server.
+        "serve": ["fastapi>=0.115,<1", "uvicorn>=0.30,<1"],
         "test": [
             "tensorflow-serving-api>=2.21,<2.22",
+            "fastapi>=0.115,<1",
+            "uvicorn>=0.30,<1",
+            # tests/test_serve*.py talk to the server as its users' tools do:
+            # the official client, lm-evaluation-harness (its API extra only:
+            # no torch) and a real browser (Debian's chromium, .ci/run).
+            "openai>=1.40",
+            "lm-eval[api]>=0.4.8,<0.5",
+            "selenium>=4.20",
             "pytest>=8",
             # tests/test_lint.py: the rules in pyproject.toml.
             "ruff>=0.17,<0.18",
@@ -54,6 +64,7 @@ setup(
             "tfchat-export=tfchat.export:main",
             "tfchat-serve-client=tfchat.serve_client:main",
             "tfchat-chat=tfchat.chat:main",
+            "tfchat-serve=tfchat.serve:main",
             "tfchat-evaluate=tfchat.evaluate:main",
             "tfchat-lora=tfchat.lora:main",
             "tfchat-fill-mask=tfchat.fill_mask:main",
