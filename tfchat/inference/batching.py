@@ -49,8 +49,8 @@ class Job:
     """One sequence to generate. `on_text(piece)` gets its text as it is
     released (`TextStream`), `on_done(job)` once when it ends; then
     `finish_reason` is "stop" (a stop id or string), "length"
-    (`max_new_tokens`) or "cancelled", and `completion_ids` holds the new ids
-    (cut after a stop string's tokens where one ended it)."""
+    (`max_new_tokens`), "cancelled" or "error", `completion_ids` holds the
+    new ids and `text` their text (cut before a stop string)."""
 
     prompt_ids: list
     max_new_tokens: int
@@ -64,6 +64,7 @@ class Job:
     completion_ids: list = dataclasses.field(default_factory=list)
     text: str = ""
     cancelled: bool = False
+    error: object = None  # what failed, when finish_reason is "error"
     submitted_at: float = 0.0
     first_token_at: float = None
 
@@ -153,8 +154,9 @@ class BatchingEngine:
             if self._served:
                 try:
                     self._chunk()
-                except Exception as error:  # noqa: BLE001: a failed call fails its jobs, not the server
-                    for served in self._served:
+                except Exception as error:  # noqa: BLE001
+                    # A failed call fails its jobs, not the server.
+                    for served in list(self._served):
                         served.job.error = error
                         self._end(served, "error")
                     self._served = []
