@@ -1,3 +1,4 @@
 """Serving: TF Serving SavedModels (`export`, with the in-graph tokenizing and
 generation of `graphs`), Hugging Face and keras-hub folders (`hub_export`),
-and the REST/gRPC client (`client`)."""
+the REST/gRPC client (`client`), and the OpenAI-compatible HTTP server
+(`openai_api`, behind FastAPI in `http_server`)."""

@@ -147,7 +147,7 @@ def create_app(served, api_key=None, feedback=None):
     async def stream(parsed, events):
         remaining = len(parsed.jobs)
         try:
-            if parsed.kind == "chat":
+            if parsed.is_chat:
                 for i in range(len(parsed.jobs)):
                     yield _sse(api.chunk(parsed, served, i, first=True))
             while remaining:

@@ -144,10 +144,10 @@ class Request:
     """A checked request: its jobs (one per choice), and what the response
     needs (prompt ids, echo, logprobs, stream, usage)."""
 
-    def __init__(self, kind, jobs, prompt_ids, stream=False, include_usage=False, echo=False,
+    def __init__(self, is_chat, jobs, prompt_ids, stream=False, include_usage=False, echo=False,
                  logprobs=None, dropped_messages=0):
-        self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        self.kind = kind
+        self.id = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.is_chat = is_chat  # /v1/chat/completions, else /v1/completions
         self.jobs = jobs
         self.prompt_ids = prompt_ids
         self.stream = stream
@@ -301,7 +301,7 @@ def chat_request(body, served):
     stop_strings = (*stops, *chat_stop_strings(served.tokenizer))
     jobs = _jobs(n, prompt.ids, max_tokens, served.generator.chat_stop_ids(), stop_strings,
                  sampling, seed)
-    return Request("chat", jobs, [prompt.ids] * n, stream=stream, include_usage=include_usage,
+    return Request(True, jobs, [prompt.ids] * n, stream=stream, include_usage=include_usage,
                    dropped_messages=prompt.dropped_messages)
 
 
@@ -346,7 +346,7 @@ def completion_request(body, served):
     for ids in prompts:
         jobs += _jobs(n, ids, max_tokens, served.tokenizer.stop_ids, stops, sampling, seed)
         prompt_ids += [ids] * n
-    return Request("completion", jobs, prompt_ids, stream=stream, include_usage=include_usage,
+    return Request(False, jobs, prompt_ids, stream=stream, include_usage=include_usage,
                    echo=echo, logprobs=logprobs)
 
 
@@ -410,7 +410,7 @@ def completion_response(request, served):
 def chunk(request, served, index, text=None, finish=None, first=False):
     """One streamed chunk of choice `index`: its new text, or its end."""
     base = {"id": request.id, "created": request.created, "model": served.name}
-    if request.kind == "chat":
+    if request.is_chat:
         delta = {} if finish else {"content": text}
         if first:
             delta = {"role": "assistant", "content": ""}
@@ -426,7 +426,7 @@ def chunk(request, served, index, text=None, finish=None, first=False):
 
 def usage_chunk(request, served):
     body = {"id": request.id, "created": request.created, "model": served.name,
-            "object": "chat.completion.chunk" if request.kind == "chat" else "text_completion",
+            "object": "chat.completion.chunk" if request.is_chat else "text_completion",
             "choices": [], "usage": request.usage()}
     return body
 
