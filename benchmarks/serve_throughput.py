@@ -88,8 +88,8 @@ def train_run(folder, steps):
 
 
 # The server with its engine's time accounted (--profile): the same command,
-# with Generator.advance (the compiled call), TextStream.add (a row's text
-# after each chunk) and BatchingEngine._chunk (one chunk: the call, the text,
+# with Generator.advance (the compiled call), Generator.decode (the rows'
+# text after each chunk, one call for all of them) and BatchingEngine._chunk (one chunk: the call, the text,
 # the callbacks) timed, the totals written to $SERVE_PROFILE every 0.2 s.
 PROFILED_SERVER = """
 import json, os, sys, threading, time
@@ -109,7 +109,7 @@ def timed(owner, name, key, count_rows=False):
                 entry[2] += len(args[1])
     setattr(owner, name, wrapper)
 timed(generator.Generator, "advance", "advance", count_rows=True)
-timed(generator.TextStream, "add", "text")
+timed(generator.Generator, "decode", "text")
 timed(batching.BatchingEngine, "_chunk", "chunk")
 def dump():
     while True:

@@ -150,8 +150,9 @@ def test_a_seeded_sampled_reply_does_not_depend_on_other_traffic(generator):
 def test_text_stream_never_shows_half_a_character():
     text = "héllo wörld, 3 € and 🙂 fin"
     data = list(text.encode("utf-8"))
-    stream = TextStream(lambda ids: bytes(ids).decode("utf-8", errors="replace"), ["fin"])
-    pieces = [stream.add([byte]) for byte in data]
+    stream = TextStream(["fin"])
+    pieces = [stream.update(bytes(data[:n]).decode("utf-8", errors="replace"))
+              for n in range(1, len(data) + 1)]
     assert all("\ufffd" not in p for p in pieces)
     assert stream.stopped
     assert "".join(pieces) == text[: text.find("fin")]

@@ -287,3 +287,27 @@ def test_a_causal_run_serves_completions_only(causal_run):
     run = load_run(causal_run)
     expected = Generator(run.backbone, run.tokenizer).generate(["the quick"], 5, temperature=0)
     assert body["choices"][0]["text"] == expected[0]
+
+
+def test_a_stop_id_that_ends_a_completion_is_scored(run):
+    """lm-evaluation-harness drops the last position of an echo request as
+    the generated one; when generation stopped at once on a stop id, that
+    position must be the stop id's, not the prompt's last token."""
+    from tfchat.serving import openai_api
+
+    served = openai_api.ServedRun(run, "chat")
+    try:
+        request = openai_api.completion_request(
+            {"prompt": "ping", "max_tokens": 1, "echo": True, "logprobs": 1}, served)
+        (job,) = request.jobs
+        job.completion_ids, job.stop_token, job.finish_reason = [], run.tokenizer.eos_id, "stop"
+        body = openai_api.completion_response(request, served)["choices"][0]
+        prompt = request.prompt_ids[0]
+        logprobs = body["logprobs"]["token_logprobs"]
+        assert len(logprobs) == len(prompt) + 1
+        full = prompt + [run.tokenizer.eos_id]
+        expected = tf.nn.log_softmax(run.backbone(tf.constant([full])), axis=-1).numpy()[0]
+        assert logprobs[-1] == pytest.approx(expected[-2, full[-1]], abs=1e-4)
+        assert body["text"] == "ping" and body["finish_reason"] == "stop"
+    finally:
+        served.engine.close()

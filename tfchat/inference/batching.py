@@ -65,6 +65,7 @@ class Job:
     text: str = ""
     cancelled: bool = False
     error: object = None  # what failed, when finish_reason is "error"
+    stop_token: int = None  # the stop id that ended it (not in completion_ids)
     submitted_at: float = 0.0
     first_token_at: float = None
 
@@ -169,8 +170,7 @@ class BatchingEngine:
                 self._end(_Served(job, None, None), "cancelled")
                 continue
             row = DecodingRow(job.prompt_ids, job.max_new_tokens, first_id)
-            stream = TextStream(lambda ids: self.generator.decode([ids])[0], job.stop_strings)
-            served = _Served(job, row, stream)
+            served = _Served(job, row, TextStream(job.stop_strings))
             self._served.append(served)
             if row.done:  # max_new_tokens 0
                 self._end(served, row.finish)
@@ -197,11 +197,16 @@ class BatchingEngine:
         self.calls += 1
         self.batch_rows += len(members)
         now = time.perf_counter()
+        # One tokenizer call for every row's text: per-row calls took longer
+        # than the model's call at 16 rows (benchmarks/RESULTS.md, Serving).
+        grew = [s for s, ids in zip(members, gained) if ids or s.row.done]
+        texts = self.generator.decode([s.row.new for s in grew]) if grew else []
+        decoded = {id(s): t for s, t in zip(grew, texts)}
         for served, ids in zip(members, gained):
             job = served.job
             if ids and job.first_token_at is None:
                 job.first_token_at = now
-            piece = served.stream.add(ids)
+            piece = served.stream.update(decoded.get(id(served), served.stream.decoded))
             if served.row.done and not served.stream.stopped:
                 piece += served.stream.finish()
             if piece and job.on_text:
@@ -219,6 +224,7 @@ class BatchingEngine:
         job = served.job
         if served.row is not None:
             job.completion_ids = list(served.row.new)
+            job.stop_token = served.row.stop_token
             job.text = served.stream.text
         job.finish_reason = reason
         if served in self._served:

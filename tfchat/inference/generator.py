@@ -299,11 +299,12 @@ class Generator:
         begin a stop string is held back until it is known not to."""
         sampler = self.sampler(temperature, top_k, top_p, seed)
         stops = tuple(stop_token_ids) + (self.tokenizer.stop_ids if stop_at_eos else ())
-        text = TextStream(lambda ids: self.decode([ids])[0], stop_strings)
+        text, ids = TextStream(stop_strings), []
         for gained in self.iter_generate_ids(
             [prompt_ids], max_new_tokens, sampler, stops, repetition_penalty, chunk_tokens
         ):
-            piece = text.add(gained[0])
+            ids += gained[0]
+            piece = text.update(self.decode([ids])[0])
             if piece:
                 yield piece
             if text.stopped:
@@ -387,6 +388,7 @@ class DecodingRow:
         self.max_new_tokens = max_new_tokens
         self.start = 0
         self.finish = "length" if max_new_tokens <= 0 else None
+        self.stop_token = None  # the stop id that ended it, if one did
 
     @property
     def done(self):
@@ -403,7 +405,7 @@ class DecodingRow:
         for token in tokens:
             token = int(token)
             if token in stops:
-                self.finish = "stop"
+                self.finish, self.stop_token = "stop", token
                 break
             added.append(token)
             self.new.append(token)
@@ -415,23 +417,24 @@ class DecodingRow:
 
 
 class TextStream:
-    """A row's new ids as text released in pieces as they come: a character
-    whose UTF-8 bytes are split across tokens waits for the rest, and text
-    that may begin a stop string waits until it is known not to. The pieces
-    join to the whole text cut before the first stop string. `decode` maps
-    a list of ids to text."""
+    """A row's text released in pieces as it grows: a character whose UTF-8
+    bytes are split across tokens waits for the rest, and text that may
+    begin a stop string waits until it is known not to. The pieces join to
+    the whole text cut before the first stop string. The caller decodes
+    (`update` takes the whole text so far), so a batch of rows decodes in
+    one tokenizer call."""
 
-    def __init__(self, decode, stop_strings=()):
-        self.decode = decode
+    def __init__(self, stop_strings=()):
         self.stop_strings = tuple(stop_strings)
-        self.ids = []
+        self.decoded = ""
         self.shown = 0
         self.stopped = False  # a stop string was found
 
-    def add(self, ids):
-        """The next piece of text ("" if none is ready) after `ids`."""
-        self.ids += ids
-        text, self.stopped = cut_at_stop_strings(self.decode(self.ids), self.stop_strings)
+    def update(self, decoded):
+        """The next piece ("" if none is ready), given the text of all the
+        row's new ids so far."""
+        self.decoded = decoded
+        text, self.stopped = cut_at_stop_strings(decoded, self.stop_strings)
         if self.stopped:
             ready = len(text)
         else:
@@ -444,12 +447,11 @@ class TextStream:
         begin; a character still incomplete is shown as U+FFFD)."""
         if self.stopped:
             return ""
-        text, _ = cut_at_stop_strings(self.decode(self.ids), self.stop_strings)
-        return self._release(text, len(text))
+        return self._release(self.text, len(self.text))
 
     @property
     def text(self):
-        return cut_at_stop_strings(self.decode(self.ids), self.stop_strings)[0]
+        return cut_at_stop_strings(self.decoded, self.stop_strings)[0]
 
     def _release(self, text, ready):
         if ready <= self.shown:

@@ -380,13 +380,16 @@ def chat_response(request, served):
     }
 
 
-def _completion_logprobs(request, served, prompt_ids, job, text_start):
-    ids = (list(prompt_ids) if request.echo else []) + job.completion_ids
-    full = list(prompt_ids) + job.completion_ids
+def _completion_logprobs(request, served, prompt_ids, job):
+    """OpenAI's `logprobs` of a choice. A stop id that ended the completion
+    is scored too (as vLLM does): lm-evaluation-harness drops the last
+    position of an `echo` request as the generated one."""
+    completion = job.completion_ids + ([job.stop_token] if job.stop_token is not None else [])
+    full = list(prompt_ids) + completion
     logprobs, tops = served.score(full, top=request.logprobs or 0)
     skip = 0 if request.echo else len(prompt_ids)
-    texts = served.token_texts(ids)
-    offsets, position = [], text_start
+    texts = served.token_texts(full[skip:])
+    offsets, position = [], 0
     for t in texts:
         offsets.append(position)
         position += len(t)
@@ -401,7 +404,7 @@ def completion_response(request, served):
         choice = {"index": i, "text": prefix + job.text, "logprobs": None,
                   "finish_reason": finish_reason(job)}
         if request.logprobs is not None:
-            choice["logprobs"] = _completion_logprobs(request, served, prompt_ids, job, 0)
+            choice["logprobs"] = _completion_logprobs(request, served, prompt_ids, job)
         choices.append(choice)
     return {"id": request.id, "object": "text_completion", "created": request.created,
             "model": served.name, "choices": choices, "usage": request.usage()}
