@@ -245,3 +245,15 @@ def test_in_graph_chat_prompt_is_fitted_as_the_generators(family, template, syst
             cut += bool(expected.cut_tokens)
             dropped += bool(expected.dropped_messages)
     assert cut and dropped
+
+
+def test_exported_text_is_valid_utf8_where_a_reply_ends_mid_character():
+    """A byte-level BPE reply cut by max_new_tokens may end inside a
+    character; the signatures' text replaces the torn bytes as Python's
+    decoding does, so TF Serving's JSON can carry it."""
+    from tfchat.serving.graphs import valid_utf8
+
+    torn = ["héllo".encode() + "€".encode()[:2], "ok 🙂".encode()[:-1], "fine".encode(),
+            b"\xff mid \xe2\x82 end"]
+    got = [t.decode("utf-8") for t in valid_utf8(tf.constant(torn)).numpy()]
+    assert got == [t.decode("utf-8", errors="replace") for t in torn]

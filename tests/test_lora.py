@@ -113,6 +113,9 @@ def test_init_from_checks_what_it_starts_from(chat_run, tmp_path):
 
     fails("model.num_layers is 3 but init_from .* has 2", **{"model.num_layers": 3})
     fails("tokenizer.kind is bpe but init_from .* uses char", **{"tokenizer.kind": "bpe"})
+    fails("model.family is llama but init_from .* is none", **{"model.family": "llama"})
+    fails(r"Unknown model.family 'mistrall'; use one of none, gpt2, llama", **{"model.family": "mistrall"})
+    assert not os.path.exists(os.path.join(settings["runs_dir"], "ft"))  # checked first
 
     # A run whose tokenizer is not init_from's cannot resume from it.
     train(config_lib.build_config(overrides=nest(settings)), verbose=0)

@@ -311,3 +311,28 @@ def test_a_stop_id_that_ends_a_completion_is_scored(run):
         assert body["text"] == "ping" and body["finish_reason"] == "stop"
     finally:
         served.engine.close()
+
+
+def test_clients_that_disconnect_free_their_rows(server, client):
+    import http.client
+    import time
+    import urllib.parse
+
+    body = json.dumps({"prompt": "ping", "max_tokens": 2048, "temperature": 0, "stream": True})
+    address = urllib.parse.urlparse(server)
+    for _ in range(4):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+        connection.request("POST", "/v1/completions", body=body, headers={
+            "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.readline().startswith(b"data: ")  # the first chunk came
+        connection.close()  # and the client goes
+    assert json.load(urllib.request.urlopen(server + "/health"))["generating"] > 0
+    # Four rows of 2,048 tokens would take many seconds; they go at the next
+    # chunk.
+    deadline = time.monotonic() + 3
+    while json.load(urllib.request.urlopen(server + "/health"))["generating"]:
+        assert time.monotonic() < deadline, "the disconnected rows are still generating"
+        time.sleep(0.05)
+    assert chat(client, HI, temperature=0).choices[0].message.content == "pong"

@@ -89,11 +89,22 @@ def main(argv=None):
     convert(args.source, run_path, block_size=args.block_size, dtype=args.dtype,
             overwrite=args.overwrite, chat_template=args.chat_template,
             system_prompt=args.system_prompt)
+    from tfchat.run_folder import RunFolder
+
+    model = RunFolder(run_path).read_config().model
+    context = model.block_size
+    # Fine-tuning at a 2,048-token context costs 16x the work of 128 tokens
+    # a row; short chats need far less. A rope model's block size may shrink
+    # (a learned position table may not).
+    block = " --model.block_size 256" if context > 512 and model.position == "rope" else ""
     print(
         f"Next: python -m tfchat.generate --run {run_path} --prompt 'Once upon a time'\n"
         f"      python -m tfchat.fit --init_from {run_path} --data.path chats.jsonl "
-        "--model.lora_rank 8 --name my_chat"
+        f"--model.lora_rank 8{block} --name my_chat"
     )
+    if block:
+        print(f"      (the run's context is {context} tokens; fine-tune with the block size "
+              "your conversations need: a smaller one trains much faster)")
     return 0
 
 

@@ -19,7 +19,7 @@ from tfchat.data.chat_template import use_chat_template
 from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
 from tfchat.errors import TfchatError
 from tfchat.objectives.base import restore_backbone
-from tfchat.run import apply_lora, check_init_from, load_run, start_checkpoint
+from tfchat.run import apply_lora, check_family, check_init_from, load_run, start_checkpoint
 from tfchat.run_folder import RunFolder, same_files
 from tfchat.train.distribute import choose_strategy, input_shard, is_chief
 from tfchat.train.optim import build_optimizer
@@ -35,6 +35,7 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
     logical CPU devices)."""
     config = objectives.resolve(config)
     objective = objectives.get(config.objective)
+    check_family(config)
     folder = RunFolder(config.run_dir)
     t = config.train
     if t.deterministic:

@@ -321,6 +321,15 @@ def convert(source, run_path, block_size=0, dtype="float32", overwrite=False, ve
         print(f"{source}: a {family.name} model, {model.backbone.num_params():,} parameters, "
               f"context {block}, chat template {config.tokenizer.chat_template}, written to "
               f"{run_path} (step 0).")
+        own = [t.name for t in family.chat_templates]
+        if config.tokenizer.chat_template == "plain" and chat_template == "auto" and own:
+            # A keras-hub preset keeps no template, and a family's markers
+            # may not be single tokens of its vocabulary (Mistral v0.1's
+            # [INST] is plain text), so an instruct model can look like a
+            # base one.
+            print(f"note: no chat format was found in {source}, so it is a causal run; if it "
+                  f"is an instruct model, convert it with --chat_template {' or '.join(own)} "
+                  "(or fine-tune with --tokenizer.chat_template).")
     return family
 
 

@@ -12,7 +12,7 @@ import shutil
 import tensorflow as tf
 
 from tfchat import config as config_lib
-from tfchat import objectives
+from tfchat import families, objectives
 from tfchat.data.chat_template import use_chat_template
 from tfchat.data.files import write_json_atomic
 from tfchat.data.tokenizer import load_tokenizer
@@ -57,6 +57,13 @@ def build_model(config, vocabulary_size, labels=None, forward_pass=True):
     return model
 
 
+def check_family(config):
+    """`model.family` names a registered family or `none` (`tfchat.convert`
+    records it; a run started from another inherits it)."""
+    if config.model.family != families.NONE:
+        families.get(config.model.family)
+
+
 def check_init_from(config):
     """Checks that `config.init_from` is a run this config can start from:
     an objective its objective starts from, no LoRA adapters left unmerged,
@@ -74,6 +81,12 @@ def check_init_from(config):
         raise TfchatError(
             f"init_from {source_path} has LoRA adapters; merge them into its weights "
             f"first: python -m tfchat.lora merge --run {source_path}"
+        )
+    if config.model.family != source.model.family:
+        raise TfchatError(
+            f"model.family is {config.model.family} but init_from {source_path} is "
+            f"{source.model.family}; a fine-tuned model stays of its family (leave "
+            "model.family unset: it is taken from init_from)."
         )
     for key in _ARCHITECTURE:
         mine, theirs = getattr(config.model, key), getattr(source.model, key)

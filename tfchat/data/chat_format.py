@@ -59,8 +59,8 @@ class ChatTemplate:
         if not self.system_role and "system" in roles:
             raise TfchatError(
                 f"The {self.name} chat format has no system turn (its own Jinja template "
-                "refuses one); drop the system messages, or put their text in the first "
-                "user message, or set tokenizer.system_prompt ''."
+                "refuses one); drop the system messages from the data, or put their text "
+                "in the first user message."
             )
 
     def to_jinja(self):

@@ -165,6 +165,16 @@ def _start_empty_rows(token_ids, start_id):
     return tf.concat([starts, token_ids], axis=1), lengths + empty
 
 
+def valid_utf8(text):
+    """`text` with invalid UTF-8 replaced by U+FFFD, as Python's decoding
+    shows it: a reply cut at `max_new_tokens` may end inside a character
+    whose bytes a byte-level BPE splits across tokens, and JSON (TF
+    Serving's REST API) cannot carry such bytes. UnicodeTranscode is a core
+    op."""
+    return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace",
+                                        replacement_char=0xFFFD)
+
+
 def generate_ids(
     backbone,
     token_ids,
@@ -370,7 +380,7 @@ def make_generate_function(backbone, tokenizer, defaults=None, encode=None, stop
             pad_id=tokenizer.pad_id,
         )
         return {
-            "text": tokenizer.detokenize(new_ids),
+            "text": valid_utf8(tokenizer.detokenize(new_ids)),
             "num_tokens": tf.cast(new_ids.row_lengths(), tf.int32),
             "num_prompt_tokens": prompt_lengths,
         }
