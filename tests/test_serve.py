@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import CHAT_PAIRS, TINY, nest
-from served import running_server
+from served import free_port, running_server
 from tfchat import config as config_lib
 
 KEY = "test-key-123"
@@ -336,3 +336,17 @@ def test_clients_that_disconnect_free_their_rows(server, client):
         assert time.monotonic() < deadline, "the disconnected rows are still generating"
         time.sleep(0.05)
     assert chat(client, HI, temperature=0).choices[0].message.content == "pong"
+
+
+def test_a_port_in_use_or_a_missing_run_is_one_line(chat_run, tmp_path, capsys):
+    import socket
+
+    from tfchat import serve
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        assert serve.main(["--run", chat_run, "--port", port]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1
+    assert serve.main(["--run", str(tmp_path / "nope"), "--port", str(free_port())]) == 1
+    assert "No tfchat run at" in capsys.readouterr().err

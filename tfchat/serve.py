@@ -83,6 +83,8 @@ def main(argv=None):
                           "checkout).") from None
     from tfchat.serving.openai_api import ServedRun
 
+    _check_address(args.host, args.port)  # before seconds of loading the model
+
     feedback = None
     if args.feedback:
         from tfchat.data.preferences import FeedbackLog
@@ -101,6 +103,17 @@ def main(argv=None):
         f"Serving {args.run} as '{name}' (step {run.step}) at {url}: {routes}; chat page "
         f"{url}/. Ctrl-C stops.", flush=True))
     return 0
+
+
+def _check_address(host, port):
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise TfchatError(f"Cannot listen on {host}:{port}: {e.strerror or e} (another server "
+                          "there? choose another --port).") from None
 
 
 if __name__ == "__main__":
