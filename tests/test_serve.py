@@ -72,6 +72,7 @@ def streamed(client, messages, **fields):
     return "".join(pieces), finish, usage
 
 
+@pytest.mark.slow  # three terminal chats, each a process that loads TensorFlow
 def test_chat_replies_equal_the_terminal_chat(chat_run, client):
     for question, answer in CHAT_PAIRS:
         expected = terminal_chat(chat_run, question)
@@ -273,6 +274,7 @@ def causal_run(tmp_path_factory):
     return str(root / "runs" / "causal")
 
 
+@pytest.mark.slow  # trains a run and starts a second server
 def test_a_causal_run_serves_completions_only(causal_run):
     with running_server(causal_run) as url:
         status, error = post(url + "/v1/chat/completions", {"messages": HI}, key=None)

@@ -70,6 +70,7 @@ def say(driver, text):
     return reply, reply.find_element(By.CSS_SELECTOR, ".content").get_attribute("textContent")
 
 
+@pytest.mark.slow  # a real browser and a server process
 def test_page_chats_streams_and_records_feedback(chat_run, tmp_path, browser):
     prefs = tmp_path / "prefs.jsonl"
     with running_server(chat_run, "--feedback", str(prefs)) as url:
