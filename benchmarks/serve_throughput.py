@@ -5,7 +5,8 @@
     python benchmarks/serve_throughput.py --profile-only       # only the in-process profile
 
 The same set of requests (`--requests`, default 16: streamed /v1/completions
-with a chat-template prompt, `max_tokens` 64, temperature 0; the served
+with a chat-template prompt, `max_tokens` 64, temperature 0, `ignore_eos`
+so every reply is 64 tokens; the served
 usage chunk counts the tokens) is sent by 1 client one request after
 another (the one-at-a-time baseline) and by N concurrent clients (threads
 with their own connection, each taking the next request from a shared
@@ -176,7 +177,7 @@ def stream_one(address, prompt, max_tokens):
     """(time to first text, completion tokens, end time) of one streamed
     /v1/completions request."""
     body = json.dumps({"model": "bench", "prompt": prompt, "max_tokens": max_tokens,
-                       "temperature": 0, "stream": True,
+                       "temperature": 0, "stream": True, "ignore_eos": True,
                        "stream_options": {"include_usage": True}})
     connection = http.client.HTTPConnection(*address, timeout=600)
     try:

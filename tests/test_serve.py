@@ -157,6 +157,9 @@ def test_stop_strings_cut_where_the_generator_cuts(run, client):
                                          temperature=0, stop="tiny")
     assert response.choices[0].text == expected
     assert expected == "my name is "
+    # A chat run's completion ends where its turn ends, as its chat does.
+    whole = client.completions.create(model="chat", prompt=prompt, max_tokens=40, temperature=0)
+    assert (whole.choices[0].text, whole.choices[0].finish_reason) == ("my name is tiny bot.", "stop")
 
 
 def test_sixteen_concurrent_streams_get_their_own_replies(server, client):
@@ -216,6 +219,7 @@ BAD_CHAT = {
     "frequency penalty": ({"messages": HI, "frequency_penalty": 1.0}, None,
                           "frequency_penalty"),
     "too long for the context": ({"messages": user("ping " * 200)}, None, "messages"),
+    "logprobs": ({"messages": HI, "logprobs": True}, None, "logprobs"),
 }
 
 
@@ -245,6 +249,17 @@ def test_bad_completion_input_is_a_400(server, case):
     status, error = post(server + "/v1/completions", body)
     assert status == 400, error
     assert error["error"]["param"] == param
+
+
+def test_unknown_routes_and_methods_answer_in_the_apis_shape(server):
+    request = urllib.request.Request(server + "/v1/nothing", headers={
+        "Authorization": f"Bearer {KEY}"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request)
+    assert caught.value.code == 404 and "/v1/nothing" in json.load(caught.value)["error"]["message"]
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(server + "/v1/chat/completions")  # GET
+    assert caught.value.code == 405 and json.load(caught.value)["error"]["type"]
 
 
 def test_the_api_key_is_required(server):
@@ -320,7 +335,8 @@ def test_clients_that_disconnect_free_their_rows(server, client):
     import time
     import urllib.parse
 
-    body = json.dumps({"prompt": "ping", "max_tokens": 2048, "temperature": 0, "stream": True})
+    body = json.dumps({"prompt": "ping", "max_tokens": 2048, "temperature": 0, "stream": True,
+                       "ignore_eos": True})
     address = urllib.parse.urlparse(server)
     for _ in range(4):
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
@@ -330,9 +346,16 @@ def test_clients_that_disconnect_free_their_rows(server, client):
         assert response.status == 200
         assert response.readline().startswith(b"data: ")  # the first chunk came
         connection.close()  # and the client goes
+    # A client waiting for a whole (non-streamed) reply that goes away.
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    connection.request("POST", "/v1/completions", body=json.dumps(
+        {"prompt": "ping", "max_tokens": 2048, "ignore_eos": True}), headers={
+        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    time.sleep(0.5)
+    connection.close()
     assert json.load(urllib.request.urlopen(server + "/health"))["generating"] > 0
-    # Four rows of 2,048 tokens would take many seconds; they go at the next
-    # chunk.
+    # Five rows of 2,048 tokens would take many seconds; they go within a
+    # second or so.
     deadline = time.monotonic() + 3
     while json.load(urllib.request.urlopen(server + "/health"))["generating"]:
         assert time.monotonic() < deadline, "the disconnected rows are still generating"
@@ -352,3 +375,20 @@ def test_a_port_in_use_or_a_missing_run_is_one_line(chat_run, tmp_path, capsys):
     assert err.startswith(f"error: Cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1
     assert serve.main(["--run", str(tmp_path / "nope"), "--port", str(free_port())]) == 1
     assert "No tfchat run at" in capsys.readouterr().err
+
+
+def test_feedback_records_are_the_terminal_chats_and_empty_replies_are_refused():
+    from tfchat.data.chat_template import Message
+    from tfchat.data.preferences import labelled_record, pair_record
+    from tfchat.serving.openai_api import ApiError, feedback_record
+
+    assert feedback_record({"messages": HI, "reply": "pong", "label": True}) == labelled_record(
+        [Message("user", "ping")], [Message("assistant", "pong")], True)
+    assert feedback_record({"messages": HI, "chosen": "pong", "rejected": "pang"}) == pair_record(
+        [Message("user", "ping")], [Message("assistant", "pong")], [Message("assistant", "pang")])
+    for bad in ({"messages": HI, "reply": "  ", "label": False},
+                {"messages": HI, "chosen": "pong", "rejected": ""},
+                {"messages": HI, "chosen": "pong", "rejected": "pong"},
+                {"messages": [], "reply": "pong", "label": True}):
+        with pytest.raises(ApiError):
+            feedback_record(bad)

@@ -27,6 +27,7 @@ import secrets
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tfchat.inference.batching import QueueFull
 from tfchat.serving import openai_api as api
@@ -39,6 +40,10 @@ PAGE = os.path.join(os.path.dirname(__file__), "web", "chat.html")
 
 def _error(status, message, kind="invalid_request_error", param=None, code=None):
     return JSONResponse(api.ApiError(message, param, status, kind, code).body, status_code=status)
+
+
+def loop_time():
+    return asyncio.get_running_loop().time()
 
 
 def _sse(body):
@@ -57,6 +62,13 @@ def create_app(served, api_key=None, feedback=None):
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
             raise api.ApiError("Missing or wrong API key: send 'Authorization: Bearer KEY'.",
                                status=401, code="invalid_api_key")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, error):
+        # Unknown routes and methods answer in the API's shape too.
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        return _error(error.status_code, f"{request.method} {request.url.path}: {error.detail}.",
+                      kind=kind)
 
     @app.exception_handler(Exception)
     async def internal_error(request, error):
@@ -131,14 +143,19 @@ def create_app(served, api_key=None, feedback=None):
         return await run_in_threadpool(build, parsed, served)
 
     async def wait_all(request, parsed, events):
+        """Until every job ended; returns early when the client went away
+        (checked twice a second whether or not text is coming)."""
         remaining = len(parsed.jobs)
+        checked = loop_time()
         while remaining:
             try:
-                kind, _, job = await asyncio.wait_for(events.get(), timeout=0.5)
+                kind, _, job = await asyncio.wait_for(events.get(), timeout=0.25)
             except asyncio.TimeoutError:
+                kind = None
+            if loop_time() - checked >= 0.25:
                 if await request.is_disconnected():
                     return
-                continue
+                checked = loop_time()
             if kind == "done":
                 remaining -= 1
                 if job.finish_reason == "error":

@@ -12,11 +12,11 @@ bodies and stream chunks built as the OpenAI reference shapes them.
 
 Sampling fields map onto tfchat's sampler: `temperature` (0 = greedy),
 `top_p`, `top_k` (an extension, as vLLM's), `seed`, `stop` (string or
-list), and `repetition_penalty` (tfchat's CTRL penalty, as vLLM's
-extension). `presence_penalty` p > 0 is applied as repetition_penalty
-1 + p: both penalise every token already present, however often;
-`frequency_penalty` (which counts occurrences) has no equivalent and must
-be 0.
+list), `repetition_penalty` (tfchat's CTRL penalty, as vLLM's extension),
+and for completions `ignore_eos` (vLLM's: no stop id ends the text).
+`presence_penalty` p > 0 is applied as repetition_penalty 1 + p: both
+penalise every token already present, however often; `frequency_penalty`
+(which counts occurrences) has no equivalent and must be 0.
 """
 
 import math
@@ -130,9 +130,9 @@ class ServedRun:
             raise ApiError(str(e), param="messages") from None
         if prompt.cut_tokens:
             raise ApiError(
-                f"The last message is too long: this model's context is {self.context} tokens "
-                f"and the message does not fit with room for a reply of max_tokens "
-                f"{max_tokens}; {prompt.cut_tokens} token(s) would be cut.",
+                f"The last message is too long: it does not fit this model's context of "
+                f"{self.context} tokens with room left for a reply ({prompt.cut_tokens} "
+                "token(s) would be cut); shorten it.",
                 param="messages", code="context_length_exceeded")
         return prompt
 
@@ -296,6 +296,10 @@ def chat_request(body, served):
                        kind="not_found_error")
     n, seed, stream, include_usage, max_tokens, sampling, stops = _common(
         body, served, DEFAULT_CHAT_TOKENS)
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise ApiError("logprobs are not supported for chat completions; /v1/completions "
+                       "returns them (render the conversation with the run's template).",
+                       param="logprobs")
     messages = parse_messages(body.get("messages"))
     prompt = served.chat_prompt(messages, max_tokens)
     stop_strings = (*stops, *chat_stop_strings(served.tokenizer))
@@ -342,9 +346,14 @@ def completion_request(body, served):
         raise ApiError("'echo' and 'logprobs' are not supported with 'stream'.", param="stream")
     if len(prompts) * n > MAX_N * 4:
         raise ApiError(f"At most {MAX_N * 4} choices (prompts times n) per request.", param="n")
+    # A chat model ends its text where its turn ends (as vLLM stops at a
+    # model's end-of-turn token).
+    stop_ids = served.generator.chat_stop_ids() if served.chats else served.tokenizer.stop_ids
+    if _flag(body, "ignore_eos"):  # vLLM's extension: exactly max_tokens, for benchmarks
+        stop_ids = ()
     jobs, prompt_ids = [], []
     for ids in prompts:
-        jobs += _jobs(n, ids, max_tokens, served.tokenizer.stop_ids, stops, sampling, seed)
+        jobs += _jobs(n, ids, max_tokens, stop_ids, stops, sampling, seed)
         prompt_ids += [ids] * n
     return Request(False, jobs, prompt_ids, stream=stream, include_usage=include_usage,
                    echo=echo, logprobs=logprobs)
@@ -389,10 +398,12 @@ def _completion_logprobs(request, served, prompt_ids, job):
     logprobs, tops = served.score(full, top=request.logprobs or 0)
     skip = 0 if request.echo else len(prompt_ids)
     texts = served.token_texts(full[skip:])
-    offsets, position = [], 0
-    for t in texts:
-        offsets.append(position)
-        position += len(t)
+    # Where each token starts in the choice's text: the length of the text
+    # before it, decoded whole (a token holding part of a character's bytes
+    # shows as U+FFFD alone, so summing token texts would drift).
+    shown = full[skip:]
+    before = served.generator.decode([shown[:i] for i in range(len(shown))]) if shown else []
+    offsets = [len(text.rstrip("\ufffd")) for text in before]
     return {"tokens": texts, "token_logprobs": logprobs[skip:],
             "top_logprobs": tops[skip:] if request.logprobs else None, "text_offset": offsets}
 
@@ -450,11 +461,17 @@ def feedback_record(body):
         if not isinstance(body["label"], bool) or not isinstance(body.get("reply"), str):
             raise ApiError("Feedback with 'label' needs 'reply' (a string) and 'label' "
                            "(true or false).", param="label")
+        if not body["reply"].strip():
+            raise ApiError("The reply is empty; an empty reply teaches nothing (DPO refuses "
+                           "it).", param="reply")
         return labelled_record(messages, [Message("assistant", body["reply"])], body["label"])
     chosen, rejected = body.get("chosen"), body.get("rejected")
     if not (isinstance(chosen, str) and isinstance(rejected, str)):
         raise ApiError("Feedback needs 'reply' and 'label', or 'chosen' and 'rejected' "
                        "(strings).", param="chosen")
+    if not (chosen.strip() and rejected.strip()):
+        raise ApiError("A reply is empty; an empty reply teaches nothing (DPO refuses it).",
+                       param="chosen")
     if chosen == rejected:
         raise ApiError("'chosen' and 'rejected' are the same reply.", param="rejected")
     return pair_record(messages, [Message("assistant", chosen)], [Message("assistant", rejected)])
