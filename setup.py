@@ -25,6 +25,13 @@ setup(
         "rouge-score>=0.1.2,<0.2",
         # keras-hub reads and writes Hugging Face checkpoints with it (tfchat.convert).
         "safetensors>=0.4",
+        # The data-hygiene stage (tfchat/data/hygiene.py, pii.py): Unicode
+        # repair, near-duplicate MinHash LSH, phone numbers in many regions,
+        # a language detector whose model ships in its wheel.
+        "ftfy>=6.1,<7",
+        "datasketch>=1.5,<3",
+        "phonenumbers>=8.13,<10",
+        "py3langid>=0.2.2,<1",
     ],
     extras_require={
         # Only `python -m tfchat.serve_client --grpc` needs it (it pins
