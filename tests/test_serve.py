@@ -183,6 +183,9 @@ def test_n_choices_and_seeds(client):
     texts = [c.message.content for c in first.choices]
     assert [c.index for c in first.choices] == [0, 1, 2]
     assert texts == [c.message.content for c in second.choices]
+    # vLLM's top_k -1 means off, as 0 does.
+    third = chat(client, user("ping"), **fields, extra_body={"top_k": -1})
+    assert texts == [c.message.content for c in third.choices]
 
 
 def post(url, body, key=KEY, raw=None):

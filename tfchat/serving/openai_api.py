@@ -206,7 +206,7 @@ def _sampling(body):
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p <= 0:
         raise ApiError("'top_p' must be above 0.", param="top_p")
-    top_k = _number(body, "top_k", 0, 0, integer=True)
+    top_k = _number(body, "top_k", 0, -1, integer=True)
     if top_k < 0:  # vLLM's "off"
         top_k = 0
     penalty = _number(body, "repetition_penalty", 1.0, 0.0)
