@@ -82,6 +82,51 @@ class DataConfig:
         "a JSONL or dialogue corpus, documents spread evenly through it "
         "(one in ten at 0.1).",
     )
+    # The data-hygiene stage (tfchat/data/hygiene.py, tfchat/data/cleaned.py):
+    # any of these on, the corpus is cleaned once into a copy the run reads.
+    fix_unicode: bool = _field(
+        False,
+        "Data hygiene: repair mojibake and bad escapes (ftfy), NFC, and tidy "
+        "whitespace (inner runs of spaces, trailing spaces, blank lines).",
+    )
+    dedup: str = _field(
+        "none",
+        "Data hygiene: none | exact (a hash of the normalised document) | near "
+        "(MinHash LSH over word shingles, data.dedup_threshold), over documents, "
+        "conversations or pairs, before the train/validation split.",
+    )
+    dedup_threshold: float = _field(
+        0.8, "Data hygiene: the Jaccard similarity from which dedup near removes a document.")
+    min_chars: int = _field(0, "Data hygiene: remove documents shorter than this (0 = no limit).")
+    max_chars: int = _field(0, "Data hygiene: remove documents longer than this (0 = no limit).")
+    languages: str = _field(
+        "",
+        "Data hygiene: keep only these languages (ISO 639-1 codes, comma-separated, "
+        "as py3langid detects them; texts under 20 letters are kept); empty = all.",
+    )
+    max_repetition: float = _field(
+        0.0,
+        "Data hygiene: remove documents whose share of repeated lines or 5-grams "
+        "(Gopher's rules) is above this; 0 = off (0.3 is a usual limit).",
+    )
+    scrub_pii: str = _field(
+        "",
+        "Data hygiene: replace personal data with typed placeholders (<EMAIL>, "
+        "<PHONE>, ...): all, or some of email, phone, credit_card, ip, iban, "
+        "url_credentials, ssn (comma-separated); empty = off.",
+    )
+    blocklist: str = _field(
+        "",
+        "Data hygiene: a file of blocked terms, one a line (re: for a regular "
+        "expression, # for comments), matched case- and Unicode-insensitively as "
+        "whole words; empty = none.",
+    )
+    blocklist_action: str = _field(
+        "drop", "Data hygiene: drop (the document) | mask (each term, as <BLOCKED>).")
+
+
+DEDUP_MODES = ("none", "exact", "near")  # tfchat.data.hygiene.DEDUP_MODES
+BLOCKLIST_ACTIONS = ("drop", "mask")
 
 
 @dataclass
@@ -649,6 +694,15 @@ def validate(config):
         (config.data.format in ("auto", "text", "jsonl", "csv"), "data.format must be auto, text, jsonl or csv"),
         (0 < config.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
         (config.data.encoding_errors in ("strict", "replace"), "data.encoding_errors must be strict or replace"),
+        (config.data.dedup in DEDUP_MODES, f"data.dedup must be one of {', '.join(DEDUP_MODES)}"),
+        (0 < config.data.dedup_threshold <= 1, "data.dedup_threshold must be in (0, 1]"),
+        (config.data.min_chars >= 0 and config.data.max_chars >= 0,
+         "data.min_chars and data.max_chars must be 0 or more"),
+        (not config.data.max_chars or config.data.max_chars >= config.data.min_chars,
+         "data.max_chars must be at least data.min_chars (or 0: no limit)"),
+        (0 <= config.data.max_repetition <= 1, "data.max_repetition must be between 0 and 1"),
+        (config.data.blocklist_action in BLOCKLIST_ACTIONS,
+         f"data.blocklist_action must be one of {', '.join(BLOCKLIST_ACTIONS)}"),
         (m.num_layers > 0 and m.num_heads > 0, "model.num_layers and model.num_heads must be positive"),
         (m.head_dim > 0 or m.hidden_dim % m.num_heads == 0,
          "model.hidden_dim must be divisible by model.num_heads (or set model.head_dim)"),

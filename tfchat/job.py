@@ -9,6 +9,8 @@ passed every check, so a bad setting or bad input leaves no run folder
 behind. What differs between objectives comes from `tfchat.objectives`.
 """
 
+import dataclasses
+import os
 import shutil
 
 import keras
@@ -16,6 +18,8 @@ import tensorflow as tf
 
 from tfchat import objectives
 from tfchat.data.chat_template import use_chat_template
+from tfchat.data.cleaned import REPORT, clean_corpus, hygiene_enabled, placeholders
+from tfchat.data.prepared import is_prepared
 from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
 from tfchat.errors import TfchatError
 from tfchat.objectives.base import restore_backbone
@@ -76,11 +80,19 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
     teacher_path = objective.teacher_path(config)
     if teacher_path:
         teacher_folder = RunFolder(teacher_path)
+    # The data-hygiene stage cleans the corpus once into a copy beside the
+    # runs, which the objective then reads (tfchat/data/cleaned.py); the
+    # run's config keeps the user's own data settings.
+    cleaned = None
+    read_config = config
+    if hygiene_enabled(config.data) and not is_prepared(config.data.path):
+        cleaned = clean_corpus(config.data, os.path.join(config.runs_dir, ".cleaned"), t.seed)
+        read_config = dataclasses.replace(config, data=cleaned.data)
     if objective.labelled:
         # A resumed run's label ids must stay those its checkpoint learnt.
-        data = objective.read_data(config, labels=folder.read_labels() if resume else None)
+        data = objective.read_data(read_config, labels=folder.read_labels() if resume else None)
     else:
-        data = objective.read_data(config)
+        data = objective.read_data(read_config)
     # Prepared tokens (tfchat.prepare) come with their tokenizer, which must
     # be the run's.
     prepared = getattr(data, "is_prepared", False)
@@ -102,7 +114,8 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
         data.check_settings(config.tokenizer)
         tokenizer = load_tokenizer(data.tokenizer_dir)
     else:
-        tokenizer = train_tokenizer(config.tokenizer, objective.tokenizer_texts(data))
+        tokenizer = train_tokenizer(config.tokenizer, objective.tokenizer_texts(data),
+                                    symbols=placeholders(config.data))
     use_chat_template(tokenizer, config.tokenizer)
     shard = input_shard(strategy)
     objective.check_data(config, data, tokenizer, workers=shard.count)
@@ -115,6 +128,8 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
         if exists and overwrite:
             shutil.rmtree(folder.path)
         folder.create(config, tokenizer, labels)
+    if chief and cleaned:
+        shutil.copyfile(os.path.join(cleaned.folder, REPORT), os.path.join(folder.path, REPORT))
 
     with strategy.scope():
         model = objective.build_model(config, tokenizer.vocabulary_size, labels)
@@ -143,6 +158,8 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
             print(f"Resuming {folder.path} at step {step}.")
     if verbose and chief:
         print(_banner(config, objective, data, model, tokenizer, replicas))
+        if cleaned:
+            print(_hygiene_line(cleaned.report, folder.path))
         advice = precision_advice(t, gpus=len(tf.config.list_logical_devices("GPU")))
         if advice:
             print(advice)
@@ -176,6 +193,14 @@ def precision_advice(train_config, gpus):
         return ("Note: on a CPU, mixed_bfloat16 runs faster with --train.jit_compile "
                 "false (XLA's CPU matmuls gain nothing from bfloat16).")
     return None
+
+
+def _hygiene_line(report, run_dir):
+    removed = ", ".join(f"{n} {reason}" for reason, n in report["removed"].items() if n)
+    found = ", ".join(f"{n} {kind}" for kind, n in report["pii_found"].items() if n)
+    return (f"Data hygiene: {report['documents_kept']} of {report['documents_read']} documents "
+            f"kept (removed: {removed or 'none'}; PII replaced: {found or 'none'}); "
+            f"{os.path.join(run_dir, REPORT)}.")
 
 
 def _banner(config, objective, data, model, tokenizer, replicas):

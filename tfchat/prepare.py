@@ -15,8 +15,15 @@ command again: finished shards are kept and the rest is redone. Put --out
 on storage every worker reads and run the same `tfchat.fit` command on
 each: every worker reads only its own shards (README: Several machines).
 Objectives causal and distill read prepared folders (packing applies as usual).
+
+With data-hygiene settings (data.dedup, data.scrub_pii, ...: README, Data
+hygiene) the corpus is cleaned first and --out gets data_report.json;
+--dry-run only cleans and prints that report.
 """
 
+import json
+import os
+import shutil
 import sys
 
 from tfchat import quiet
@@ -42,6 +49,9 @@ def build_parser():
         help="Tokens per shard file (default 50,000,000: about 100 MB). Smaller shards "
              "share out over more workers whole.",
     )
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Run the data-hygiene stage and print its report (documents "
+                             "kept and removed per reason, PII found); write no tokens.")
     quiet.add_verbose_flag(parser)
     return parser
 
@@ -57,6 +67,7 @@ def main(argv=None):
         raise TfchatError(f"--shard-tokens must be at least 1, not {args.shard_tokens}.")
     # Here, not at the top: --help answers without loading TensorFlow.
     from tfchat.data import prepared
+    from tfchat.data.cleaned import REPORT, clean_corpus, hygiene_enabled, placeholders
     from tfchat.data.corpus import Corpus
     from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
     from tfchat.run import RunFolder
@@ -70,7 +81,18 @@ def main(argv=None):
     config_lib.validate(config)
     if prepared.is_prepared(config.data.path):
         raise TfchatError(f"{config.data.path} is prepared already.")
-    corpus = Corpus(config.data)
+    data, cleaned = config.data, None
+    if hygiene_enabled(config.data):
+        cache = os.path.join(os.path.dirname(os.path.abspath(args.out)), ".cleaned")
+        cleaned = clean_corpus(config.data, cache, config.train.seed)
+        data = cleaned.data
+    elif args.dry_run:
+        raise TfchatError("--dry-run shows the data-hygiene stage's report; no hygiene setting "
+                          "is on (data.fix_unicode, data.dedup, data.scrub_pii, ...).")
+    if args.dry_run:
+        print(json.dumps(cleaned.report, indent=2, ensure_ascii=False))
+        return 0
+    corpus = Corpus(data)
     if args.tokenizer_from:
         tokenizer = load_tokenizer(source.tokenizer)
     elif prepared.is_prepared(args.out):
@@ -81,9 +103,14 @@ def main(argv=None):
             raise TfchatError("A pretrained tokenizer comes with its run: pass "
                               "--tokenizer-from runs/<converted run>.")
         print(f"Training the {config.tokenizer.kind} tokenizer on {config.data.path}...")
-        tokenizer = train_tokenizer(config.tokenizer, corpus.iter_texts("train"))
+        tokenizer = train_tokenizer(config.tokenizer, corpus.iter_texts("train"),
+                                    symbols=placeholders(config.data))
     shard_tokens = args.shard_tokens or prepared.DEFAULT_SHARD_TOKENS
     prepared.prepare(corpus, tokenizer, config.tokenizer, args.out, shard_tokens)
+    if cleaned:
+        shutil.copyfile(os.path.join(cleaned.folder, REPORT), os.path.join(args.out, REPORT))
+        print(f"Data hygiene: {cleaned.report['documents_kept']} of "
+              f"{cleaned.report['documents_read']} documents kept; {args.out}/{REPORT}.")
     print(f"\nTrain on it with: python -m tfchat.fit --data.path {args.out} ...")
     return 0
 

@@ -226,8 +226,10 @@ class SentencePieceTokenizer(Tokenizer):
         self._size = int(self._sp.vocab_size())
 
     @classmethod
-    def train(cls, texts, vocab_size):
-        """Trains BPE on an iterable of strings with the sentencepiece library."""
+    def train(cls, texts, vocab_size, symbols=()):
+        """Trains BPE on an iterable of strings with the sentencepiece library;
+        `symbols` are more strings kept as single pieces (the data-hygiene
+        stage's placeholders, <EMAIL>, ...)."""
         writer = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -243,7 +245,7 @@ class SentencePieceTokenizer(Tokenizer):
                 unk_piece=SPECIAL_TOKENS[UNK_ID],
                 bos_piece=SPECIAL_TOKENS[BOS_ID],
                 eos_piece=SPECIAL_TOKENS[EOS_ID],
-                user_defined_symbols=list(SPECIAL_TOKENS[4:]) + ["\n"],
+                user_defined_symbols=list(SPECIAL_TOKENS[4:]) + ["\n"] + list(symbols),
                 # Keep text exactly as written, so detokenize(tokenize(x)) == x.
                 normalization_rule_name="identity",
                 remove_extra_whitespaces=False,
@@ -605,12 +607,13 @@ class PretrainedTokenizer(Tokenizer):
         return cls(hub_tokenizer)
 
 
-def train_tokenizer(tokenizer_config, texts):
-    """Builds the configured tokenizer from an iterable of training strings."""
+def train_tokenizer(tokenizer_config, texts, symbols=()):
+    """Builds the configured tokenizer from an iterable of training strings;
+    a BPE vocabulary keeps each of `symbols` as one piece."""
     if tokenizer_config.kind == "char":
         return CharTokenizer.train(texts)
     if tokenizer_config.kind == "bpe":
-        return SentencePieceTokenizer.train(texts, tokenizer_config.vocab_size)
+        return SentencePieceTokenizer.train(texts, tokenizer_config.vocab_size, symbols)
     if tokenizer_config.kind == "wordpiece":
         return WordPieceTokenizer.train(
             texts, tokenizer_config.vocab_size, tokenizer_config.lowercase

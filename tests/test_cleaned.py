@@ -1,0 +1,137 @@
+"""The data-hygiene stage inside training (`tfchat.data.cleaned`, called by
+`tfchat.job.train`): a dirty corpus is cleaned once before the split, the
+run records data_report.json, bad settings stop before a run folder is
+written, and a model trained on scrubbed conversations cannot say the
+personal data its corpus held."""
+
+import json
+import os
+
+import pytest
+
+from conftest import CHAT_PAIRS, CHAT_TINY, TINY, nest, write_jsonl, write_text
+from tfchat import config as config_lib
+from tfchat.data.cleaned import clean_corpus
+from tfchat.errors import TfchatError
+from tfchat.job import train
+
+EMAIL, PHONE = "ann.lee@example.com", "+44 20 7946 0958"
+
+
+WORDS = ("sea ship river stone bread lamp window garden winter music letter market horse "
+         "bridge candle forest mirror silver paper cloud").split()
+
+
+def dirty_documents():
+    import random
+
+    rng = random.Random(0)
+    base = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(30)]
+    return ([{"text": t} for t in base]
+            + [{"text": base[3]}, {"text": base[7] + "  "}]  # exact duplicates
+            + [{"text": f"write to {EMAIL} or call {PHONE} today, caf\u00c3\u00a9 open."}])
+
+
+def test_a_dirty_corpus_is_cleaned_before_the_split_and_reported(tmp_path):
+    data = write_jsonl(tmp_path / "docs.jsonl", dirty_documents())
+    settings = {**TINY, "objective": "causal", "name": "clean", "runs_dir": str(tmp_path / "runs"),
+                "data.path": data, "data.dedup": "exact", "data.scrub_pii": "all",
+                "data.fix_unicode": True, "train.max_steps": 4, "train.eval_interval": 4}
+    train(config_lib.build_config(overrides=nest(settings)), verbose=0)
+    run = tmp_path / "runs" / "clean"
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["documents_read"] == 33 and report["documents_kept"] == 31
+    assert report["removed"]["duplicate_exact"] == 2
+    assert (report["pii_found"]["EMAIL"], report["pii_found"]["PHONE"]) == (1, 1)
+    # The run's config keeps the user's data path; the copy it read is clean.
+    assert json.loads((run / "config.json").read_text())["data"]["path"] == data
+    (copy,) = [d for d in (tmp_path / "runs" / ".cleaned").iterdir()]
+    text = "".join(p.read_text() for p in (copy / "data").glob("*.jsonl"))
+    assert EMAIL not in text and PHONE not in text and "<EMAIL>" in text and "café" in text
+
+
+def test_conversations_keep_their_roles_and_lose_their_personal_data(tmp_path):
+    records = [{"messages": [{"role": "user", "content": "mail?"},
+                             {"role": "assistant", "content": f"it is {EMAIL}"}]}] * 3
+    data = config_lib.DataConfig(path=write_jsonl(tmp_path / "chats.jsonl", records),
+                                 dedup="exact", scrub_pii="email")
+    cleaned = clean_corpus(data, str(tmp_path / "cache"))
+    lines = [json.loads(line) for line in open(os.path.join(cleaned.data.path, "00000.jsonl"))]
+    assert lines == [{"messages": [{"role": "user", "content": "mail?"},
+                                   {"role": "assistant", "content": "it is <EMAIL>"}]}]
+    assert cleaned.report["removed"]["duplicate_exact"] == 2
+    # The same settings and files: the same copy, reused.
+    assert clean_corpus(data, str(tmp_path / "cache")).folder == cleaned.folder
+
+
+def test_text_files_are_cleaned_by_paragraph(tmp_path):
+    paragraph = "a paragraph about the sea and the ships on it.\nits second line."
+    other = "a different paragraph about mountains and rivers.\nand its line."
+    path = write_text(tmp_path / "book.txt", "\n\n".join([paragraph, other, paragraph]) + "\n")
+    cleaned = clean_corpus(config_lib.DataConfig(path=path, dedup="exact"), str(tmp_path / "c"))
+    assert cleaned.data.format == "text"
+    assert open(os.path.join(cleaned.data.path, "00000.txt")).read() == f"{paragraph}\n\n{other}\n"
+
+
+def test_bad_hygiene_settings_stop_before_a_run_folder_is_written(tmp_path):
+    data = write_jsonl(tmp_path / "docs.jsonl", dirty_documents())
+    blocklist = write_text(tmp_path / "block.txt", "# terms\nbad\nre:(unclosed\n")
+    base = {**TINY, "objective": "causal", "name": "bad", "runs_dir": str(tmp_path / "runs"),
+            "data.path": data}
+    cases = [({"data.blocklist": blocklist}, r"block.txt.*line 3"),
+             ({"data.scrub_pii": "email,passport"}, "passport"),
+             ({"data.languages": "xx"}, "xx"),
+             ({"data.dedup": "fuzzy"}, "data.dedup must be one of none, exact, near")]
+    for overrides, match in cases:
+        with pytest.raises(TfchatError, match=match):
+            train(config_lib.build_config(overrides=nest({**base, **overrides})), verbose=0)
+        assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_a_model_trained_on_scrubbed_conversations_cannot_say_the_addresses(tmp_path):
+    """The same chat run with and without data.scrub_pii: without, it
+    memorises the e-mail address and phone number and says them; with, none
+    of 200 sampled replies holds either (so the test can fail)."""
+    from tfchat.data.chat_template import Message
+    from tfchat.inference.generator import Generator
+    from tfchat.run import load_run
+
+    pairs = [*CHAT_PAIRS, ("how can i reach you?", f"mail {EMAIL} or ring {PHONE}.")]
+    records = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+               for _ in range(20) for q, a in pairs]
+    data = write_jsonl(tmp_path / "chats.jsonl", records)
+    said = {}
+    for scrub in ("", "all"):
+        name = f"scrub_{scrub or 'off'}"
+        settings = {**CHAT_TINY, "name": name, "runs_dir": str(tmp_path / "runs"),
+                    "data.path": data, "data.scrub_pii": scrub, "model.block_size": 64}
+        train(config_lib.build_config(overrides=nest(settings)), verbose=0)
+        run = load_run(str(tmp_path / "runs" / name))
+        generator = Generator(run.backbone, run.tokenizer)
+        replies = generator.chat([[Message("user", "how can i reach you?")]] * 200,
+                                 max_new_tokens=60, temperature=1.0, seed=3)
+        said[scrub] = sum(EMAIL in r or PHONE in r for r in replies)
+    assert said[""] > 0  # it learnt them
+    assert said["all"] == 0
+
+
+def test_prepare_cleans_reports_and_gives_the_same_shards_for_a_seed(tmp_path, capsys):
+    import filecmp
+
+    from tfchat import prepare
+
+    data = write_jsonl(tmp_path / "docs.jsonl", dirty_documents())
+    flags = ["--data.path", data, "--tokenizer.kind", "char", "--data.dedup", "near",
+             "--data.scrub_pii", "all"]
+    assert prepare.main([*flags, "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["documents_kept"] < report["documents_read"] and report["pii_found"]["EMAIL"]
+    assert not (tmp_path / "dry").exists()
+    for out in ("one", "two"):
+        assert prepare.main([*flags, "--out", str(tmp_path / "cache" / out)]) == 0
+    one, two = tmp_path / "cache" / "one", tmp_path / "cache" / "two"
+    assert json.loads((one / "data_report.json").read_text()) == report
+    for split in ("train", "val"):
+        shards = sorted(p.name for p in (one / split).iterdir())
+        assert shards, split
+        assert filecmp.cmpfiles(one / split, two / split, shards, shallow=False)[0] == shards

@@ -1,0 +1,198 @@
+"""A corpus passed through the data-hygiene stage (`tfchat.data.hygiene`)
+once, into a cleaned copy that the run's corpus then reads as it reads the
+original: `clean_corpus(data_config, cache_dir, seed)`.
+
+Cleaning before anything else reads the corpus means a duplicate is removed
+before the train/validation split (it cannot sit on both sides), the
+streaming pipeline and its exact resume stay as they are (the copy does not
+change), and every reader (documents, conversations, preference pairs,
+labelled examples) sees the same cleaned text. The copy is kept in
+`cache_dir` under a digest of the settings and the source files (path, size,
+modification time), so a resumed run, another worker or a second run with the
+same settings reuses it.
+
+What a document is:
+  * JSONL: one record. Every string in it is a part of the document (a
+    text field, each message's content, a prompt and its replies), except
+    the values of `KEPT_KEYS` (roles, names, labels), which are copied
+    unchanged. A removed document's line is left out.
+  * Text files: each paragraph (text between blank lines); the kept
+    paragraphs are written back separated by blank lines.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+
+from tfchat.data.files import JSONL_SUFFIXES, read_json_lines, read_lines, resolve_files
+from tfchat.data import pii
+from tfchat.data.hygiene import BLOCKED, Hygiene
+from tfchat.errors import TfchatError
+
+# Values that are not text to clean: who speaks, labels, identifiers.
+KEPT_KEYS = ("role", "from", "name", "type", "id", "label", "tool_call_id")
+REPORT = "data_report.json"
+
+
+def hygiene_enabled(data):
+    """Whether any hygiene setting of `data` (a `DataConfig`) is on."""
+    return bool(data.fix_unicode or data.dedup != "none" or data.min_chars or data.max_chars
+                or data.languages or data.max_repetition or data.scrub_pii or data.blocklist)
+
+
+def placeholders(data):
+    """The strings the stage writes into the text (PII placeholders, the
+    blocked-term mask), which a new BPE vocabulary keeps as single pieces."""
+    symbols = [pii.PLACEHOLDERS[pii.TYPES.index(t)] for t in pii.parse_types(data.scrub_pii)] \
+        if data.scrub_pii else []
+    if data.blocklist and data.blocklist_action == "mask":
+        symbols.append(BLOCKED)
+    return tuple(symbols)
+
+
+def make_hygiene(data, seed):
+    """The `Hygiene` stage `data`'s settings describe (bad settings raise
+    `TfchatError`: unknown PII types or languages, a bad blocklist file)."""
+    return Hygiene(
+        fix_unicode=data.fix_unicode, dedup=data.dedup, dedup_threshold=data.dedup_threshold,
+        seed=seed, min_chars=data.min_chars, max_chars=data.max_chars, languages=data.languages,
+        max_repetition=data.max_repetition, scrub_pii=data.scrub_pii or None,
+        blocklist=data.blocklist or None, blocklist_action=data.blocklist_action,
+    )
+
+
+@dataclasses.dataclass
+class Cleaned:
+    """The cleaned copy: `data` (the `DataConfig` that reads it: the files
+    under `folder`/data/), the stage's `report` (a dict, `folder`/
+    data_report.json's contents)."""
+
+    data: object
+    report: dict
+    folder: str
+
+
+def _digest(data, seed, files):
+    settings = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    stamp = [(os.path.abspath(f), os.path.getsize(f), os.path.getmtime(f)) for f in files]
+    if data.blocklist and os.path.isfile(data.blocklist):
+        stamp.append((os.path.abspath(data.blocklist), os.path.getsize(data.blocklist),
+                      os.path.getmtime(data.blocklist)))
+    blob = json.dumps([settings, seed, stamp], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def clean_corpus(data, cache_dir, seed=1):
+    """Cleans the corpus `data` names into `cache_dir/<digest>/` (once; see
+    module docs) and returns a `Cleaned`."""
+    if data.path.startswith("chatterbot:"):
+        raise TfchatError("The data-hygiene settings (data.fix_unicode, data.dedup, ...) read "
+                          "files; the chatterbot corpus is clean already: leave them off for it.")
+    files = resolve_files(data.path)
+    if not files:
+        raise TfchatError(f"No files at {data.path}.")
+    hygiene = make_hygiene(data, seed)  # bad settings fail before any work
+    folder = os.path.join(cache_dir, _digest(data, seed, files))
+    report_path = os.path.join(folder, REPORT)
+    jsonl = data.format in ("jsonl",) or (data.format == "auto" and all(
+        f.endswith(JSONL_SUFFIXES) for f in files))
+    if data.format == "csv" or (data.format == "auto" and any(f.endswith(".csv") for f in files)):
+        raise TfchatError("The data-hygiene settings read text and JSONL corpora, not CSV; "
+                          "convert the CSV to JSONL (one object a line) first.")
+    suffix = ".jsonl" if jsonl else ".txt"
+    if not os.path.isfile(report_path):
+        os.makedirs(cache_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".cleaning-", dir=cache_dir)
+        os.makedirs(os.path.join(staging, "data"))
+        for index, path in enumerate(files):
+            out = os.path.join(staging, "data", f"{index:05d}{suffix}")
+            if jsonl:
+                _clean_jsonl(path, out, hygiene, data)
+            else:
+                _clean_text(path, out, hygiene, data)
+        report = {"source": data.path, **hygiene.report.to_dict()}
+        with open(os.path.join(staging, REPORT), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, ensure_ascii=False)
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another worker or run made the same copy first
+            if not os.path.isfile(report_path):
+                raise
+    with open(report_path, encoding="utf-8") as f:
+        report = json.load(f)
+    if not report["documents_kept"]:
+        raise TfchatError(f"The data-hygiene stage removed every document of {data.path} "
+                          f"({report['removed']}); see {report_path}.")
+    cleaned = dataclasses.replace(data, path=os.path.join(folder, "data"),
+                                  format="jsonl" if jsonl else "text")
+    return Cleaned(cleaned, report, folder)
+
+
+def _strings(value, key=None):
+    """The cleanable strings of a JSON value, depth first."""
+    if isinstance(value, str):
+        if key not in KEPT_KEYS:
+            yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v, key)
+
+
+def _replace(value, parts, key=None):
+    """`value` with its cleanable strings taken from the iterator `parts`."""
+    if isinstance(value, str):
+        return value if key in KEPT_KEYS else next(parts)
+    if isinstance(value, dict):
+        return {k: _replace(v, parts, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace(v, parts, key) for v in value]
+    return value
+
+
+def _clean_jsonl(path, out, hygiene, data):
+    kept = {data.label_field, *KEPT_KEYS}
+    with open(out, "w", encoding="utf-8") as f:
+        for _, record in read_json_lines(path, data.encoding_errors):
+            if isinstance(record, dict):
+                strings = [s for k, v in record.items() if k not in kept for s in _strings(v, k)]
+            else:
+                strings = list(_strings(record))
+            result = hygiene.process(strings)
+            if result.texts is None:
+                continue
+            parts = iter(result.texts)
+            if isinstance(record, dict):
+                record = {k: (v if k in kept else _replace(v, parts, k)) for k, v in record.items()}
+            else:
+                record = _replace(record, parts)
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _paragraphs(path, errors):
+    lines = []
+    for line in read_lines(path, errors):
+        if line.strip():
+            lines.append(line)
+        elif lines:
+            yield "".join(lines)
+            lines = []
+    if lines:
+        yield "".join(lines)
+
+
+def _clean_text(path, out, hygiene, data):
+    with open(out, "w", encoding="utf-8") as f:
+        first = True
+        for paragraph in _paragraphs(path, data.encoding_errors):
+            result = hygiene.process(paragraph.rstrip("\n"))
+            if result.texts is None:
+                continue
+            f.write(("" if first else "\n\n") + result.texts[0])
+            first = False
+        if not first:
+            f.write("\n")
