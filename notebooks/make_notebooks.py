@@ -366,6 +366,29 @@ toy = CharTokenizer.train([render_text(conversation)])
 encoded = encode_conversation(toy, conversation)
 print("weighted text:", repr("".join(c for c, w in zip(render_text(conversation), encoded.weights) if w)))'''),
         new_markdown_cell(
+            "**Data hygiene.** Before a corpus of your own reaches the model: duplicates, "
+            "mojibake and personal data. The stage `tfchat.fit` and `tfchat.prepare` run with "
+            "`--data.dedup`, `--data.fix_unicode`, `--data.scrub_pii` (README, Data hygiene), on "
+            "a small dirty corpus, and its report."
+        ),
+        new_code_cell('''import json
+from tfchat.config import DataConfig
+from tfchat.data.cleaned import clean_corpus
+
+os.makedirs(RUNS, exist_ok=True)
+dirty = os.path.join(RUNS, "dirty_chats.jsonl")
+rows = [("hi", "hello!"), ("hi", "hello!"), ("where do i write?", "to ann@example.com, or call +44 20 7946 0958."),
+        ("caf\u00c3\u00a9?", "the caf\u00c3\u00a9 opens at 9.")]
+with open(dirty, "w") as f:
+    for question, answer in rows:
+        f.write(json.dumps({"messages": [{"role": "user", "content": question},
+                                         {"role": "assistant", "content": answer}]}) + "\\n")
+cleaned = clean_corpus(DataConfig(path=dirty, fix_unicode=True, dedup="exact", scrub_pii="all"),
+                       os.path.join(RUNS, ".cleaned"))
+print(json.dumps({k: cleaned.report[k] for k in ("documents_read", "documents_kept", "removed", "pii_found")}, indent=1))
+print(open(os.path.join(cleaned.data.path, "00000.jsonl")).read())
+assert cleaned.report["removed"]["duplicate_exact"] == 1 and cleaned.report["pii_found"]["EMAIL"] == 1'''),
+        new_markdown_cell(
             "**Supervised fine-tuning** on the English chatterbot conversations (`objective: chat`), "
             "through the same `train` the CLI runs."
         ),
