@@ -135,3 +135,32 @@ def test_prepare_cleans_reports_and_gives_the_same_shards_for_a_seed(tmp_path, c
         shards = sorted(p.name for p in (one / split).iterdir())
         assert shards, split
         assert filecmp.cmpfiles(one / split, two / split, shards, shallow=False)[0] == shards
+
+
+@pytest.mark.parametrize("mode", ["down", "up"])
+def test_balancing_gives_every_group_the_same_weight_and_keeps_validation(tmp_path, mode):
+    from tfchat.data.corpus import Corpus
+
+    records = [{"text": f"document {i} from a {source} source.", "source": source}
+               for i, source in enumerate(["big"] * 40 + ["small"] * 10)]
+    records = [records[i] for i in range(0, 50, 5)] + [r for i, r in enumerate(records) if i % 5]
+    path = write_jsonl(tmp_path / "docs.jsonl", records)
+    original = Corpus(config_lib.DataConfig(path=path))
+    data = config_lib.DataConfig(path=path, balance_field="source", balance=mode)
+    cleaned = clean_corpus(data, str(tmp_path / "cache"), seed=5)
+    corpus = Corpus(cleaned.data)
+    assert list(corpus.iter_texts("val")) == list(original.iter_texts("val"))
+    train = [json.loads(line) for line in open(os.path.join(cleaned.data.path, "00000.jsonl"))]
+    counts = {s: sum(r["source"] == s for r in train) for s in ("big", "small")}
+    val_counts = {s: sum(t.endswith(f"a {s} source.") for t in original.iter_texts("val"))
+                  for s in ("big", "small")}
+    balanced = {s: counts[s] - val_counts[s] for s in counts}
+    assert balanced["big"] == balanced["small"]
+    before = cleaned.report["balance"]["before"]
+    assert balanced["big"] == (min if mode == "down" else max)(before.values())
+    assert cleaned.report["balance"]["after"] == dict.fromkeys(["big", "small"], balanced["big"])
+    # Missing from a record: its file and line.
+    write_jsonl(tmp_path / "bad.jsonl", [{"text": "a", "source": "x"}, {"text": "b"}])
+    with pytest.raises(TfchatError, match=r"bad.jsonl line 2: no field 'source'"):
+        clean_corpus(config_lib.DataConfig(path=str(tmp_path / "bad.jsonl"), balance_field="source"),
+                     str(tmp_path / "cache"))

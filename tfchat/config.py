@@ -123,10 +123,22 @@ class DataConfig:
     )
     blocklist_action: str = _field(
         "drop", "Data hygiene: drop (the document) | mask (each term, as <BLOCKED>).")
+    balance_field: str = _field(
+        "",
+        "Data hygiene: a JSONL field naming each record's group (a label, a source, a "
+        "language); the training split is resampled so every group weighs the same "
+        "(data.balance), validation untouched; empty = off.",
+    )
+    balance: str = _field(
+        "down",
+        "Data hygiene, with data.balance_field: down (sample every group down to the "
+        "smallest) | up (repeat every group up to the largest).",
+    )
 
 
 DEDUP_MODES = ("none", "exact", "near")  # tfchat.data.hygiene.DEDUP_MODES
 BLOCKLIST_ACTIONS = ("drop", "mask")
+BALANCE_MODES = ("down", "up")
 
 
 @dataclass
@@ -703,6 +715,8 @@ def validate(config):
         (0 <= config.data.max_repetition <= 1, "data.max_repetition must be between 0 and 1"),
         (config.data.blocklist_action in BLOCKLIST_ACTIONS,
          f"data.blocklist_action must be one of {', '.join(BLOCKLIST_ACTIONS)}"),
+        (config.data.balance in BALANCE_MODES,
+         f"data.balance must be one of {', '.join(BALANCE_MODES)}"),
         (m.num_layers > 0 and m.num_heads > 0, "model.num_layers and model.num_heads must be positive"),
         (m.head_dim > 0 or m.hidden_dim % m.num_heads == 0,
          "model.hidden_dim must be divisible by model.num_heads (or set model.head_dim)"),

@@ -20,13 +20,15 @@ What a document is:
     paragraphs are written back separated by blank lines.
 """
 
+import collections
 import dataclasses
 import hashlib
 import json
 import os
+import random
 import tempfile
 
-from tfchat.data.files import JSONL_SUFFIXES, read_json_lines, read_lines, resolve_files
+from tfchat.data.files import JSONL_SUFFIXES, is_val, read_json_lines, read_lines, resolve_files
 from tfchat.data import pii
 from tfchat.data.hygiene import BLOCKED, Hygiene
 from tfchat.errors import TfchatError
@@ -39,7 +41,8 @@ REPORT = "data_report.json"
 def hygiene_enabled(data):
     """Whether any hygiene setting of `data` (a `DataConfig`) is on."""
     return bool(data.fix_unicode or data.dedup != "none" or data.min_chars or data.max_chars
-                or data.languages or data.max_repetition or data.scrub_pii or data.blocklist)
+                or data.languages or data.max_repetition or data.scrub_pii or data.blocklist
+                or data.balance_field)
 
 
 def placeholders(data):
@@ -102,6 +105,9 @@ def clean_corpus(data, cache_dir, seed=1):
         raise TfchatError("The data-hygiene settings read text and JSONL corpora, not CSV; "
                           "convert the CSV to JSONL (one object a line) first.")
     suffix = ".jsonl" if jsonl else ".txt"
+    if data.balance_field and not jsonl:
+        raise TfchatError("data.balance_field names a JSONL field; the corpus at "
+                          f"{data.path} is text.")
     if not os.path.isfile(report_path):
         os.makedirs(cache_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".cleaning-", dir=cache_dir)
@@ -113,6 +119,8 @@ def clean_corpus(data, cache_dir, seed=1):
             else:
                 _clean_text(path, out, hygiene, data)
         report = {"source": data.path, **hygiene.report.to_dict()}
+        if data.balance_field:
+            report["balance"] = _balance(os.path.join(staging, "data"), data, seed)
         with open(os.path.join(staging, REPORT), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, ensure_ascii=False)
         try:
@@ -127,6 +135,9 @@ def clean_corpus(data, cache_dir, seed=1):
                           f"({report['removed']}); see {report_path}.")
     cleaned = dataclasses.replace(data, path=os.path.join(folder, "data"),
                                   format="jsonl" if jsonl else "text")
+    if "balance" in report:
+        # Validation stays the same documents at the same share of places.
+        cleaned = dataclasses.replace(cleaned, val_fraction=report["balance"]["val_fraction"])
     return Cleaned(cleaned, report, folder)
 
 
@@ -155,9 +166,12 @@ def _replace(value, parts, key=None):
 
 
 def _clean_jsonl(path, out, hygiene, data):
-    kept = {data.label_field, *KEPT_KEYS}
+    kept = {data.label_field, data.balance_field, *KEPT_KEYS} - {""}
     with open(out, "w", encoding="utf-8") as f:
-        for _, record in read_json_lines(path, data.encoding_errors):
+        for number, record in read_json_lines(path, data.encoding_errors):
+            if data.balance_field and not (isinstance(record, dict) and data.balance_field in record):
+                raise TfchatError(f"{path} line {number}: no field {data.balance_field!r} "
+                                  "(data.balance_field) to balance on.")
             if isinstance(record, dict):
                 strings = [s for k, v in record.items() if k not in kept for s in _strings(v, k)]
             else:
@@ -196,3 +210,49 @@ def _clean_text(path, out, hygiene, data):
             first = False
         if not first:
             f.write("\n")
+
+
+def _balance(folder, data, seed):
+    """Resamples the training split of the cleaned files in `folder` (one
+    file results) so every group of `data.balance_field` has as many
+    documents as the smallest (`down`) or the largest (`up`); validation
+    keeps its documents. The training and validation documents are laid
+    out so that the corpus' own split rule (`is_val` at the returned
+    `val_fraction`) puts exactly the same ones on each side."""
+    files = sorted(os.path.join(folder, name) for name in os.listdir(folder))
+    records = [line for path in files for line in open(path, encoding="utf-8")]
+    train, val = [], []
+    for i, line in enumerate(records):
+        (val if is_val(i, data.val_fraction) else train).append(line)
+    groups = collections.defaultdict(list)
+    for line in train:
+        value = json.loads(line)[data.balance_field]
+        groups[value if isinstance(value, str) else json.dumps(value, sort_keys=True)].append(line)
+    if not val or len(groups) < 2:
+        raise TfchatError(f"data.balance_field {data.balance_field!r}: the training split has "
+                          f"{len(groups)} group(s) and validation {len(val)} document(s); balancing "
+                          "needs two groups and a validation split.")
+    rng = random.Random(seed)
+    target = (min if data.balance == "down" else max)(len(g) for g in groups.values())
+    balanced = []
+    for key in sorted(groups):
+        members = groups[key]
+        if target <= len(members):
+            picked = sorted(rng.sample(range(len(members)), target))
+            balanced += [members[i] for i in picked]
+        else:
+            extra = sorted(rng.sample(range(len(members)), target % len(members)))
+            balanced += members * (target // len(members)) + [members[i] for i in extra]
+    rng.shuffle(balanced)
+    total = len(balanced) + len(val)
+    # floor(total * fraction) places are validation ones: exactly len(val).
+    fraction = (len(val) + 0.5) / total
+    train_iter, val_iter = iter(balanced), iter(val)
+    for path in files:
+        os.remove(path)
+    with open(os.path.join(folder, "00000.jsonl"), "w", encoding="utf-8") as f:
+        for i in range(total):
+            f.write(next(val_iter) if is_val(i, fraction) else next(train_iter))
+    return {"field": data.balance_field, "mode": data.balance, "val_fraction": fraction,
+            "before": {k: len(g) for k, g in sorted(groups.items())},
+            "after": dict.fromkeys(sorted(groups), target)}
