@@ -111,6 +111,14 @@ def test_a_model_trained_on_scrubbed_conversations_cannot_say_the_addresses(tmp_
         replies = generator.chat([[Message("user", "how can i reach you?")]] * 200,
                                  max_new_tokens=60, temperature=1.0, seed=3)
         said[scrub] = sum(EMAIL in r or PHONE in r for r in replies)
+        if scrub:
+            # Evaluation reads the run's cleaned copy too: its references
+            # hold the placeholder, not the address.
+            from tfchat import objectives
+
+            results = objectives.get("chat").evaluate(run, examples=100, jit_compile=False)
+            references = json.dumps(results["examples"])
+            assert "<EMAIL>" in references and EMAIL not in references
     assert said[""] > 0  # it learnt them
     assert said["all"] == 0
 

@@ -9,7 +9,6 @@ passed every check, so a bad setting or bad input leaves no run folder
 behind. What differs between objectives comes from `tfchat.objectives`.
 """
 
-import dataclasses
 import os
 import shutil
 
@@ -18,8 +17,7 @@ import tensorflow as tf
 
 from tfchat import objectives
 from tfchat.data.chat_template import use_chat_template
-from tfchat.data.cleaned import REPORT, clean_corpus, hygiene_enabled, placeholders
-from tfchat.data.prepared import is_prepared
+from tfchat.data.cleaned import REPORT, placeholders, reading_config
 from tfchat.data.tokenizer import load_tokenizer, train_tokenizer
 from tfchat.errors import TfchatError
 from tfchat.objectives.base import restore_backbone
@@ -83,11 +81,7 @@ def train(config, resume=False, overwrite=False, verbose=1, strategy=None):
     # The data-hygiene stage cleans the corpus once into a copy beside the
     # runs, which the objective then reads (tfchat/data/cleaned.py); the
     # run's config keeps the user's own data settings.
-    cleaned = None
-    read_config = config
-    if hygiene_enabled(config.data) and not is_prepared(config.data.path):
-        cleaned = clean_corpus(config.data, os.path.join(config.runs_dir, ".cleaned"), t.seed)
-        read_config = dataclasses.replace(config, data=cleaned.data)
+    read_config, cleaned = reading_config(config)
     if objective.labelled:
         # A resumed run's label ids must stay those its checkpoint learnt.
         data = objective.read_data(read_config, labels=folder.read_labels() if resume else None)

@@ -18,6 +18,10 @@ What a document is:
     unchanged. A removed document's line is left out.
   * Text files: each paragraph (text between blank lines); the kept
     paragraphs are written back separated by blank lines.
+
+With `data.balance_field` the training split of the copy is then resampled
+(`_balance`); validation keeps its documents. `reading_config` is the one
+way training and evaluation get the config that reads the copy.
 """
 
 import collections
@@ -43,6 +47,22 @@ def hygiene_enabled(data):
     return bool(data.fix_unicode or data.dedup != "none" or data.min_chars or data.max_chars
                 or data.languages or data.max_repetition or data.scrub_pii or data.blocklist
                 or data.balance_field)
+
+
+def reading_config(config):
+    """(the config a run's data is read with, the `Cleaned` copy or None):
+    with hygiene settings on (and raw data, not a prepared folder), `config`
+    with its data section pointing at the cleaned copy, made once under
+    `<runs_dir>/.cleaned/`. Training and every later reading of the run's
+    data (evaluation) go through here, so both see the same documents and
+    the same split."""
+    from tfchat.data.prepared import is_prepared
+
+    if not hygiene_enabled(config.data) or is_prepared(config.data.path):
+        return config, None
+    cleaned = clean_corpus(config.data, os.path.join(config.runs_dir, ".cleaned"),
+                           config.train.seed)
+    return dataclasses.replace(config, data=cleaned.data), cleaned
 
 
 def placeholders(data):

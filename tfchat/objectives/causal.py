@@ -3,6 +3,7 @@ a folder, a glob, JSONL documents, chatterbot transcripts)."""
 
 import tensorflow as tf
 
+from tfchat.data.cleaned import reading_config
 from tfchat.data.sharding import WHOLE
 from tfchat.data.pipeline import causal_lm_dataset, pack_sequences, tokenize_texts
 from tfchat.errors import TfchatError
@@ -87,7 +88,7 @@ def sampler(model, tokenizer, config):
 def evaluate(run, batch_size=32, **unused):
     """Validation loss, perplexity and token accuracy over the run's
     validation split."""
-    corpus = read_corpus(run.config)
+    corpus = read_corpus(reading_config(run.config)[0])  # the run's cleaned copy, if any
     val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"])
     return evaluate_loss(run.model, val["val"])
 

@@ -1,6 +1,7 @@
 """`objective: chat`: fine-tuning on conversations, the loss on the
 assistant's tokens only (messages JSONL, chatterbot YAML)."""
 
+from tfchat.data.cleaned import reading_config
 from tfchat.data.chat_template import Message, encode_conversations
 from tfchat.data.dialogues import DialogueCorpus
 from tfchat.data.pipeline import chat_dataset
@@ -102,7 +103,7 @@ def evaluate(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, jit_co
     """Assistant-token loss, perplexity and accuracy, and BLEU, ROUGE-L and
     chrF of greedy replies, on the first `limit` (0 = all) validation
     conversations (`tfchat.evaluation.chat`)."""
-    corpus = read_data(run.config)
+    corpus = read_data(reading_config(run.config)[0])  # the run's cleaned copy, if any
     conversations = corpus.conversations("val")[: limit or None]
     val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"],
                    conversations={"val": conversations})["val"]

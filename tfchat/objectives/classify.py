@@ -4,6 +4,7 @@ chatterbot categories."""
 
 import tensorflow as tf
 
+from tfchat.data.cleaned import reading_config
 from tfchat.data.labelled import read_labelled
 from tfchat.data.pipeline import classification_dataset
 from tfchat.data.sharding import WHOLE
@@ -68,7 +69,7 @@ def evaluate(run, batch_size=None, data=None, split=None, **unused):
     in `run.config.data`) when given. Texts longer than the context are cut
     to fit, as in training."""
     split = split or ("all" if data else "val")
-    labelled = read_data(run.config, labels=run.labels)
+    labelled = read_data(reading_config(run.config)[0], labels=run.labels)
     if not labelled.examples(split):
         raise TfchatError(f"No {split} examples in {run.config.data.path}.")
     dataset = classification_dataset(

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfchat import config as config_lib
+from tfchat.data.cleaned import reading_config
 from tfchat.data.pipeline import preference_dataset
 from tfchat.data.preferences import PreferenceCorpus, encode_pairs
 from tfchat.data.sharding import WHOLE
@@ -176,7 +177,7 @@ def evaluate(run, batch_size=32, limit=0, max_new_tokens=128, jit_compile=True, 
     reply, `val_replies_exactly_chosen` the share that are it word for
     word: a model that ranks the pairs right but no longer writes (reward
     accuracy 1.0, replies gibberish) scores low on all three."""
-    corpus = read_data(run.config)
+    corpus = read_data(reading_config(run.config)[0])  # the run's cleaned copy, if any
     pairs = corpus.pairs("val")[: limit or None]
     val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"],
                    pairs={"val": pairs}, init_checkpoint=run.init_checkpoint())["val"]

@@ -3,6 +3,7 @@ cut into `[CLS] ... [SEP]` blocks; JSONL documents are one sequence each."""
 
 import tensorflow as tf
 
+from tfchat.data.cleaned import reading_config
 from tfchat.data.pipeline import (
     count_truncated, default_max_predictions, masked_lm_dataset, pack_sequences, tokenize_texts,
 )
@@ -99,7 +100,7 @@ def build_model(config, vocabulary_size, labels=None, forward_pass=True):
 def evaluate(run, batch_size=None, **unused):
     """Masked-token loss, perplexity and accuracy over the run's validation
     split, masked as in training's validation (the same seed)."""
-    corpus = read_corpus(run.config)
+    corpus = read_corpus(reading_config(run.config)[0])  # the run's cleaned copy, if any
     val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"])
     return evaluate_loss(run.model, val["val"])
 
