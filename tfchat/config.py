@@ -134,6 +134,22 @@ class DataConfig:
         "Data hygiene, with data.balance_field: down (sample every group down to the "
         "smallest) | up (repeat every group up to the largest).",
     )
+    # Augmentation (tfchat/data/augment.py): the training split only, drawn
+    # afresh each time the pipeline reads a sequence, seeded and resumable.
+    augment_mask: float = _field(
+        0.0,
+        "Augmentation (objectives causal, chat, distill): each token's chance to be "
+        "read as a stand-in (<unk>) while still predicted as itself; 0 = off.",
+    )
+    augment_delete: float = _field(
+        0.0, "Augmentation: each token's chance to be removed from the training text; 0 = off.")
+    augment_swap: float = _field(
+        0.0, "Augmentation: each token's chance to trade places with its neighbour; 0 = off.")
+    augment_roles: str = _field(
+        "user",
+        "Augmentation of conversations: whose turns may change (some of system, user, "
+        "assistant, comma-separated); the template's markers never do.",
+    )
 
 
 DEDUP_MODES = ("none", "exact", "near")  # tfchat.data.hygiene.DEDUP_MODES
@@ -693,6 +709,14 @@ def with_defaults(config, defaults):
     return result
 
 
+AUGMENT_ROLES = ("system", "user", "assistant")  # tfchat.data.augment.ROLE_CODES
+
+
+def _roles_valid(spec):
+    roles = [r.strip() for r in spec.split(",") if r.strip()]
+    return bool(roles) and all(r in AUGMENT_ROLES for r in roles)
+
+
 def validate(config):
     """Checks values that a type alone cannot, before any work starts. The
     objective sections (mlm, dpo, distill) are checked by their objectives,
@@ -717,6 +741,11 @@ def validate(config):
          f"data.blocklist_action must be one of {', '.join(BLOCKLIST_ACTIONS)}"),
         (config.data.balance in BALANCE_MODES,
          f"data.balance must be one of {', '.join(BALANCE_MODES)}"),
+        (all(0 <= p < 1 for p in (config.data.augment_mask, config.data.augment_delete,
+                                  config.data.augment_swap)),
+         "data.augment_mask, data.augment_delete and data.augment_swap must be in [0, 1)"),
+        (_roles_valid(config.data.augment_roles),
+         f"data.augment_roles must name some of {', '.join(AUGMENT_ROLES)} (comma-separated)"),
         (m.num_layers > 0 and m.num_heads > 0, "model.num_layers and model.num_heads must be positive"),
         (m.head_dim > 0 or m.hidden_dim % m.num_heads == 0,
          "model.hidden_dim must be divisible by model.num_heads (or set model.head_dim)"),

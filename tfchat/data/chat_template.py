@@ -55,6 +55,7 @@ import re
 
 import tensorflow as tf
 
+from tfchat.data.augment import ROLE_CODES, TEMPLATE
 from tfchat.data.chat_format import ROLES, ChatTemplate  # noqa: F401  (re-exported)
 from tfchat.errors import TfchatError
 from tfchat.families import chat_templates
@@ -125,12 +126,15 @@ class Message:
 @dataclasses.dataclass
 class Encoded:
     """A rendered conversation: `ids` and per-token `weights` (1 = a token
-    the assistant writes), and what truncation left out."""
+    the assistant writes), and what truncation left out. `roles`: whose
+    content each token is (`tfchat.data.augment`'s SYSTEM, USER, ASSISTANT;
+    TEMPLATE for the template's own markers), which augmentation reads."""
 
     ids: list
     weights: list
     dropped_messages: int = 0
     cut_tokens: int = 0
+    roles: list = dataclasses.field(default_factory=list)
 
     @property
     def truncated(self):
@@ -295,10 +299,13 @@ def encode_conversations(tokenizer, conversations, max_tokens=None, add_generati
             # The reply and its end-of-turn marker; not what follows it.
             learnt = len(body) + (len(end_ids) if role == "assistant" else 0)
             weights = [0] * len(prefix) + [learn] * learnt
-            turns[index] = (ids, weights + [0] * (len(ids) - len(weights)))
+            whose = [TEMPLATE] * len(prefix) + [ROLE_CODES[role]] * len(body)
+            turns[index] = (ids, weights + [0] * (len(ids) - len(weights)),
+                            whose + [TEMPLATE] * len(suffix))
         suffix = piece_ids[template.prefixes["assistant"]] if add_generation_prompt else []
         fitted = _fit(turns, roles, suffix, budget, add_generation_prompt)
         fitted.ids, fitted.weights = start + fitted.ids, [0] * len(start) + fitted.weights
+        fitted.roles = [TEMPLATE] * len(start) + fitted.roles
         encoded.append(fitted)
     return encoded
 
@@ -327,7 +334,7 @@ def _fit(turns, roles, suffix, max_tokens, keep_end):
     exchanges = [body[a:b] for a, b in zip([0] + starts, starts + [len(body)])]
 
     def size(group):
-        return sum(len(ids) for ids, _ in group)
+        return sum(len(turn[0]) for turn in group)
 
     total = size(head) + sum(size(e) for e in exchanges) + len(suffix)
     dropped = 0
@@ -335,19 +342,19 @@ def _fit(turns, roles, suffix, max_tokens, keep_end):
         oldest = exchanges.pop(0)
         total -= size(oldest)
         dropped += len(oldest)
-    ids, weights = [], []
-    for turn_ids, turn_weights in head + [t for e in exchanges for t in e]:
+    ids, weights, whose = [], [], []
+    for turn_ids, turn_weights, turn_roles in head + [t for e in exchanges for t in e]:
         ids += turn_ids
         weights += turn_weights
+        whose += turn_roles
     ids += suffix
     weights += [0] * len(suffix)
+    whose += [TEMPLATE] * len(suffix)
     cut = 0
     if max_tokens is not None and len(ids) > max_tokens:
         cut = len(ids) - max_tokens
         # A prompt must end with the assistant marker; a training example
         # keeps the start of the reply it teaches.
-        if keep_end:
-            ids, weights = ids[cut:], weights[cut:]
-        else:
-            ids, weights = ids[:max_tokens], weights[:max_tokens]
-    return Encoded(ids, weights, dropped, cut)
+        kept = slice(cut, None) if keep_end else slice(None, max_tokens)
+        ids, weights, whose = ids[kept], weights[kept], whose[kept]
+    return Encoded(ids, weights, dropped, cut, whose)

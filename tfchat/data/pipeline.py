@@ -30,6 +30,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from tfchat.data import augment as augmentation
+
 AUTOTUNE = tf.data.AUTOTUNE
 # Strings tokenized per call: big enough to amortise op overhead, small
 # enough that a huge corpus never sits in memory.
@@ -99,12 +101,15 @@ def shift_for_causal_lm(block):
     return block[..., :-1], block[..., 1:]
 
 
-def _epoch_blocks(chunks, block_size, seed, epoch):
+def _epoch_blocks(chunks, block_size, seed, epoch, perturb=None):
     """One epoch of blocks whose boundaries start at a random offset in
     [0, block_size]: later epochs then see new contexts, not copies of the
     first epoch's blocks (nanoGPT samples random windows for the same
     reason). The offset is a function of (seed, epoch): deterministic, and
-    the stream's position stays checkpointable."""
+    the stream's position stays checkpointable. `perturb(chunks, epoch)`
+    (augmentation) changes the chunks first, anew each epoch."""
+    if perturb is not None:
+        chunks = perturb(chunks, epoch)
     offset = tf.random.stateless_uniform(
         [], seed=tf.stack([tf.cast(seed, tf.int64), epoch]), maxval=block_size + 1,
         dtype=tf.int64,
@@ -248,8 +253,10 @@ def shift_packed(ids, segment_ids, weights):
 
 
 def _packed_batches(pieces, capacity, batch_size, packing, shuffle_buffer, seed,
-                    drop_remainder):
-    """Dataset of (ids, weights) 1-D sequences -> shifted packed batches."""
+                    drop_remainder, stand_in=None):
+    """Dataset of (ids, weights) 1-D sequences -> shifted packed batches;
+    with `stand_in`, masked ids (`-1 - id`, `tfchat.data.augment`) read as
+    `stand_in` and are predicted as themselves."""
     blocks = pieces.ragged_batch(_PACK_WINDOW).map(
         lambda ids, weights: pack_segments(ids, weights, capacity, packing),
         num_parallel_calls=AUTOTUNE,
@@ -257,17 +264,27 @@ def _packed_batches(pieces, capacity, batch_size, packing, shuffle_buffer, seed,
     if shuffle_buffer:
         blocks = blocks.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = blocks.batch(batch_size, drop_remainder=drop_remainder)
-    return ds.map(shift_packed, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(shift_packed, num_parallel_calls=AUTOTUNE)
+    if stand_in is None:
+        return ds
+
+    def unmask(x, targets, weights):
+        token_ids, targets = augmentation.split_masked(x["token_ids"], targets, stand_in)
+        return {**x, "token_ids": token_ids}, targets, weights
+
+    return ds.map(unmask, num_parallel_calls=AUTOTUNE)
 
 
 def packed_documents_dataset(texts, tokenizer, block_size, batch_size, shuffle_buffer=0,
-                             seed=None, repeat=False, drop_remainder=True, ids=None):
+                             seed=None, repeat=False, drop_remainder=True, ids=None,
+                             augment=None):
     """Documents (each string one, with its start and end tokens) -> packed
     causal-LM batches, as `chat_dataset`'s, every target weighted 1. A
     document longer than a block is cut into pieces of `block_size + 1`
     ids, each a segment of its own; documents are shuffled before packing,
     so each epoch packs them differently. `ids` (1-D id sequences, one per
-    document, already tokenized) replaces `texts`."""
+    document, already tokenized) replaces `texts`. `augment`
+    (`tfchat.data.augment.Augment`) perturbs each piece."""
     capacity = block_size + 1
     documents = texts if ids is None else ids
     if shuffle_buffer:
@@ -276,12 +293,17 @@ def packed_documents_dataset(texts, tokenizer, block_size, batch_size, shuffle_b
         documents = documents.repeat()
     batches = (tokenize_batches(documents, tokenizer, add_eos=True) if ids is None
                else documents.ragged_batch(_TOKENIZE_BATCH))
-    pieces = batches.map(
-        lambda ids: split_long(ids, capacity)
-    ).unbatch().map(lambda ids: (ids, tf.ones_like(ids, tf.float32)))
+    pieces = batches.map(lambda ids: split_long(ids, capacity)).unbatch()
+    stand_in = None
+    if augment is not None and augment.on:
+        pieces = augmentation.augment_id_sequences(
+            pieces, augment, augmentation.special_ids(tokenizer), seed,
+        ).filter(lambda ids: tf.size(ids) > 1)  # a piece deleted down to no target
+        stand_in = augmentation.mask_id(tokenizer) if augment.mask else None
+    pieces = pieces.map(lambda ids: (ids, tf.ones_like(ids, tf.float32)))
     pieces = _ignore_tokenizer_cache(pieces, tokenizer)
     ds = _packed_batches(pieces, capacity, batch_size, True, shuffle_buffer, seed,
-                         drop_remainder)
+                         drop_remainder, stand_in)
     return _deterministic_prefetch(ds)
 
 
@@ -297,6 +319,7 @@ def causal_lm_dataset(
     drop_remainder=True,
     packing=False,
     ids=None,
+    augment=None,
 ):
     """The full causal-LM input pipeline; see module docs.
 
@@ -310,14 +333,25 @@ def causal_lm_dataset(
     the stream at a new random offset and reshuffles its blocks,
     deterministically for a fixed `seed`. Evaluation uses neither and keeps
     a final partial batch with `drop_remainder=False`.
+
+    `augment` (`tfchat.data.augment.Augment`, training only) perturbs the
+    text's tokens before they are cut into blocks, anew each epoch.
     """
     if add_eos and packing:
         return packed_documents_dataset(texts, tokenizer, block_size, batch_size,
-                                        shuffle_buffer, seed, repeat, drop_remainder, ids)
+                                        shuffle_buffer, seed, repeat, drop_remainder, ids,
+                                        augment)
     chunks = tokenize_texts(texts, tokenizer, add_eos) if ids is None else ids
+    perturb = None
+    if augment is not None and augment.on:
+        specials = augmentation.special_ids(tokenizer)
+
+        def perturb(chunks, epoch):
+            return augmentation.augment_id_sequences(chunks, augment, specials, seed, epoch)
+
     if repeat and shuffle_buffer:
         blocks = tf.data.Dataset.counter().flat_map(
-            lambda epoch: _epoch_blocks(chunks, block_size, seed or 0, epoch)
+            lambda epoch: _epoch_blocks(chunks, block_size, seed or 0, epoch, perturb)
         )
         # Options of a dataset made inside flat_map are dropped; keep the
         # source's (a JSONL corpus lets checkpoints save an iterator over its
@@ -327,6 +361,12 @@ def causal_lm_dataset(
         # (A shuffle inside flat_map, seeded per epoch, would be a stateful
         # seed generator that iterator checkpoints cannot save.)
         blocks = blocks.shuffle(shuffle_buffer, seed=seed)
+    elif perturb is not None:
+        # One endless stream, perturbed as it goes, so no two passes repeat.
+        blocks = pack_sequences(perturb(chunks.repeat() if repeat else chunks, 0),
+                                block_size + 1)
+        if shuffle_buffer:
+            blocks = blocks.shuffle(shuffle_buffer, seed=seed)
     else:
         blocks = pack_sequences(chunks, block_size + 1)
         if shuffle_buffer:
@@ -335,6 +375,10 @@ def causal_lm_dataset(
             blocks = blocks.repeat()
     ds = blocks.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(shift_for_causal_lm, num_parallel_calls=AUTOTUNE)
+    if perturb is not None and augment.mask:
+        stand_in = augmentation.mask_id(tokenizer)
+        ds = ds.map(lambda x, y: augmentation.split_masked(x, y, stand_in),
+                    num_parallel_calls=AUTOTUNE)
     return _deterministic_prefetch(ds)
 
 
@@ -347,6 +391,8 @@ def chat_dataset(
     repeat=False,
     drop_remainder=True,
     packing=True,
+    augment=None,
+    mask_id=None,
 ):
     """Rendered conversations -> batches of ({"token_ids", "segment_ids"},
     targets, weights).
@@ -357,6 +403,9 @@ def chat_dataset(
             max_tokens=block_size + 1)`).
         packing: bool. Several conversations per block, best-fit decreasing
             (see the module docs); False: one per row.
+        augment: a `tfchat.data.augment.Augment` perturbing the content of
+            its roles' turns (training only), `mask_id` the id a masked
+            token reads as (`tfchat.data.augment.mask_id`).
 
     Yields:
         token_ids and segment_ids int32 [B, block_size], targets int32 [B,
@@ -378,16 +427,23 @@ def chat_dataset(
     weights = tf.RaggedTensor.from_row_lengths(
         np.array([w for e in encoded for w in e.weights], np.float32), lengths
     )
+    columns = (ids, weights)
+    perturbing = augment is not None and augment.on
+    if perturbing:
+        columns += (tf.RaggedTensor.from_row_lengths(
+            np.array([r for e in encoded for r in e.roles], np.int32), lengths),)
     # Rows of a ragged tensor slice into dense 1-D tensors.
-    rows = tf.data.Dataset.from_tensor_slices((ids, weights)).map(
-        lambda i, w: (tf.ensure_shape(i, [None]), tf.ensure_shape(w, [None]))
+    rows = tf.data.Dataset.from_tensor_slices(columns).map(
+        lambda *row: tuple(tf.ensure_shape(column, [None]) for column in row)
     )
     if shuffle_buffer:
         rows = rows.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         rows = rows.repeat()
+    if perturbing:
+        rows = augmentation.augment_conversations(rows, augment, seed)
     ds = _packed_batches(rows, block_size + 1, batch_size, packing, shuffle_buffer, seed,
-                         drop_remainder)
+                         drop_remainder, mask_id if perturbing and augment.mask else None)
     return _deterministic_prefetch(ds)
 
 

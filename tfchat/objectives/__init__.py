@@ -6,6 +6,7 @@ Adding an objective: a new module under `tfchat/objectives/` that defines its
 """
 
 from tfchat import config as config_lib
+from tfchat.data import augment
 from tfchat.data.dialogues import is_dialogue_data
 from tfchat.errors import TfchatError
 from tfchat.data.preferences import is_preference_data
@@ -93,6 +94,10 @@ def check(config):
         problems.append(f"data.path {config.data.path} holds prepared tokens (python -m "
                         f"tfchat.prepare), which objectives {readers} read, not "
                         f"{objective.name}")
+    if augment.from_config(config.data).on and not objective.augments:
+        users = ", ".join(name for name, o in REGISTRY.items() if o.augments)
+        problems.append(f"data.augment_mask, data.augment_delete and data.augment_swap "
+                        f"perturb the text of objectives {users}, not {objective.name}")
     if config.data.format == "csv" and not objective.labelled:
         problems.append(f"data.format csv is for labelled data (objective classify), "
                         f"not objective {objective.name}")

@@ -95,6 +95,9 @@ class Objective:
     default_checkpoint: str = "latest"
     # It trains on a folder of prepared tokens (`python -m tfchat.prepare`).
     reads_prepared: bool = False
+    # Its datasets apply data.augment_* to the training split
+    # (`tfchat.data.augment`).
+    augments: bool = False
     # What one row of a batch is, in the line training starts with (dpo:
     # "pairs", a chosen and a rejected sequence).
     batch_rows: str = "sequences"

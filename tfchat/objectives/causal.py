@@ -3,6 +3,7 @@ a folder, a glob, JSONL documents, chatterbot transcripts)."""
 
 import tensorflow as tf
 
+from tfchat.data import augment
 from tfchat.data.cleaned import reading_config
 from tfchat.data.sharding import WHOLE
 from tfchat.data.pipeline import causal_lm_dataset, pack_sequences, tokenize_texts
@@ -55,6 +56,7 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
             shuffle_buffer=t.shuffle_buffer if split == "train" else 0,
             seed=t.seed, repeat=split == "train", drop_remainder=split == "train",
             packing=config.data.packing, ids=ids,
+            augment=augment.from_config(config.data) if split == "train" else None,
         )
     return result
 
@@ -122,4 +124,5 @@ OBJECTIVE = Objective(
     signatures=(add_generate_signature, add_score_signature),
     next_steps=next_steps,
     reads_prepared=True,
+    augments=True,
 )

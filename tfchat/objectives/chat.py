@@ -1,6 +1,7 @@
 """`objective: chat`: fine-tuning on conversations, the loss on the
 assistant's tokens only (messages JSONL, chatterbot YAML)."""
 
+from tfchat.data import augment
 from tfchat.data.cleaned import reading_config
 from tfchat.data.chat_template import Message, encode_conversations
 from tfchat.data.dialogues import DialogueCorpus
@@ -77,6 +78,8 @@ def datasets(config, corpus, tokenizer, verbose=0, batch_size=None, splits=("tra
             usable, m.block_size, part.batch_size(batch_size or t.batch_size),
             shuffle_buffer=t.shuffle_buffer if train else 0, seed=t.seed,
             repeat=train, drop_remainder=train, packing=config.data.packing,
+            augment=augment.from_config(config.data) if train else None,
+            mask_id=augment.mask_id(tokenizer),
         )
     return result
 
@@ -130,6 +133,7 @@ def next_steps(config):
 
 OBJECTIVE = Objective(
     name="chat",
+    augments=True,
     init_from=("causal", "chat", "dpo"),
     generates=True,
     chats=True,

@@ -135,6 +135,7 @@ def next_steps(config):
 
 OBJECTIVE = Objective(
     name="distill",
+    augments=True,
     init_from=(),
     generates=True,
     check_config=check_config,
