@@ -23,6 +23,8 @@ setup(
         "numpy>=1.26",
         "sacrebleu>=2.4,<3",
         "rouge-score>=0.1.2,<0.2",
+        # METEOR (tfchat/evaluation/text_metrics.py); its WordNet data is never downloaded.
+        "nltk>=3.8,<4",
         # keras-hub reads and writes Hugging Face checkpoints with it (tfchat.convert).
         "safetensors>=0.4",
         # The data-hygiene stage (tfchat/data/hygiene.py, pii.py): Unicode
@@ -32,6 +34,8 @@ setup(
         "datasketch>=1.5,<3",
         "phonenumbers>=8.13,<10",
         "py3langid>=0.2.2,<1",
+        # Fairness across groups in evaluation (tfchat/evaluation/fairness.py).
+        "fairlearn>=0.10,<1",
     ],
     extras_require={
         # Only `python -m tfchat.serve_client --grpc` needs it (it pins
