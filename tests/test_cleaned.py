@@ -172,3 +172,29 @@ def test_balancing_gives_every_group_the_same_weight_and_keeps_validation(tmp_pa
     with pytest.raises(TfchatError, match=r"bad.jsonl line 2: no field 'source'"):
         clean_corpus(config_lib.DataConfig(path=str(tmp_path / "bad.jsonl"), balance_field="source"),
                      str(tmp_path / "cache"))
+
+
+def test_unicode_repair_is_on_by_default_and_runs_from_before_keep_it_off(tmp_path):
+    from tfchat.run_folder import load_config
+
+    data = write_text(tmp_path / "notes.txt", "the caf\u00c3\u00a9  opens at nine.\n" * 40)
+    settings = {**TINY, "objective": "causal", "name": "new", "runs_dir": str(tmp_path / "runs"),
+                "data.path": data, "train.max_steps": 4, "train.eval_interval": 4}
+    train(config_lib.build_config(overrides=nest(settings)), verbose=0)
+    run = tmp_path / "runs" / "new"
+    assert json.loads((run / "config.json").read_text())["data"]["fix_unicode"] is True
+    (copy,) = (tmp_path / "runs" / ".cleaned").iterdir()
+    assert (copy / "data" / "00000.txt").read_text().startswith("the café opens at nine.\n")
+    # A run whose config.json predates the setting read its data raw, and still does.
+    saved = json.loads((run / "config.json").read_text())
+    del saved["data"]["fix_unicode"]
+    (run / "config.json").write_text(json.dumps(saved))
+    assert load_config(str(run)).data.fix_unicode is False
+    assert json.loads((run / "config.json").read_text())["data"]["fix_unicode"] is False
+    # The chatterbot corpus and CSV files are not the stage's to read: off for them.
+    from tfchat.data.cleaned import hygiene_enabled
+
+    assert not hygiene_enabled(config_lib.DataConfig(path="chatterbot:english"))
+    csv = write_text(tmp_path / "labels.csv", "text,label\nhi,a\n")
+    assert not hygiene_enabled(config_lib.DataConfig(path=csv))
+    assert hygiene_enabled(config_lib.DataConfig(path=data))

@@ -85,9 +85,11 @@ class DataConfig:
     # The data-hygiene stage (tfchat/data/hygiene.py, tfchat/data/cleaned.py):
     # any of these on, the corpus is cleaned once into a copy the run reads.
     fix_unicode: bool = _field(
-        False,
+        True,
         "Data hygiene: repair mojibake and bad escapes (ftfy), NFC, and tidy "
-        "whitespace (inner runs of spaces, trailing spaces, blank lines).",
+        "whitespace (inner runs of spaces, trailing spaces, blank lines) of text "
+        "and JSONL corpora; on for new runs (a run from before it existed keeps "
+        "reading its data unchanged).",
     )
     dedup: str = _field(
         "none",

@@ -70,17 +70,27 @@ class RunFolder:
 
     def read_config(self):
         """The run's config. A run written before `model.family` existed
-        gets its family from its decoder options, recorded in its config.json
-        once (where the folder can be written)."""
+        gets its family from its decoder options, and one written before
+        `data.fix_unicode` existed gets it off, each recorded in its
+        config.json once (where the folder can be written)."""
         if not self.exists():
             raise TfchatError(f"No tfchat run at {self.path} (no {CONFIG_FILE}).")
         config = config_lib.load(self.config)
         with open(self.config, encoding="utf-8") as f:
-            recorded = "family" in (json.load(f).get("model") or {})
-        if not recorded:
+            saved = json.load(f)
+        older = False
+        if "family" not in (saved.get("model") or {}):
+            older = True
             family = family_of_old_run(config.model, config.tokenizer.kind)
             config = dataclasses.replace(
                 config, model=dataclasses.replace(config.model, family=family))
+        if "fix_unicode" not in (saved.get("data") or {}):
+            # Unicode repair became the default later; a run from before it
+            # resumes, and is evaluated, on the data it trained on.
+            older = True
+            config = dataclasses.replace(
+                config, data=dataclasses.replace(config.data, fix_unicode=False))
+        if older:
             try:
                 write_json_atomic(self.config, config.to_dict())
             except OSError:

@@ -43,10 +43,21 @@ REPORT = "data_report.json"
 
 
 def hygiene_enabled(data):
-    """Whether any hygiene setting of `data` (a `DataConfig`) is on."""
-    return bool(data.fix_unicode or data.dedup != "none" or data.min_chars or data.max_chars
-                or data.languages or data.max_repetition or data.scrub_pii or data.blocklist
-                or data.balance_field)
+    """Whether any hygiene setting of `data` (a `DataConfig`) is on.
+    `fix_unicode`, on by default, counts only for the corpora the stage
+    reads (text and JSONL): the chatterbot corpus is clean already, and a
+    CSV's cells are left to its reader, so they train as before."""
+    chosen = bool(data.dedup != "none" or data.min_chars or data.max_chars or data.languages
+                  or data.max_repetition or data.scrub_pii or data.blocklist
+                  or data.balance_field)
+    return chosen or (data.fix_unicode and not _unread_format(data))
+
+
+def _unread_format(data):
+    """Whether `data` is a corpus the stage does not read (chatterbot, CSV)."""
+    if data.path.startswith("chatterbot:") or data.format == "csv":
+        return True
+    return data.format == "auto" and any(f.endswith(".csv") for f in resolve_files(data.path))
 
 
 def reading_config(config):
