@@ -216,6 +216,24 @@ class GPT(keras.Model):
             x = block(x, segment_ids=segment_ids, training=training)
         return self._lm_head(self.final_norm(x))
 
+    def call_with_attention(self, token_ids, segment_ids=None):
+        """`call`'s logits [B, T, V] (inference: no dropout) and every
+        block's attention probabilities, a list of L [B, H, T, T] tensors
+        (query t's softmax over keys, masked as `call` masks them), for
+        pictures of what the model attends to (`tfchat.evaluation.plots`).
+        `call` itself computes none of them."""
+        x = self._embed(token_ids, 0, False, segment_ids)
+        maps = []
+        for block in self.blocks:
+            x, probs = block(x, segment_ids=segment_ids, return_attention=True)
+            maps.append(probs)
+        return self._lm_head(self.final_norm(x)), maps
+
+    def attention_maps(self, token_ids, segment_ids=None):
+        """Every block's attention probabilities for token_ids [B, T]: a list
+        of L [B, H, T, T] tensors (see `call_with_attention`)."""
+        return self.call_with_attention(token_ids, segment_ids)[1]
+
     def build_cache(self, batch_size, max_length):
         """Zeros for every layer's keys and values: [B, L, 2, S, K, D], K the
         key/value heads (num_kv_heads)."""

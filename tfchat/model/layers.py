@@ -258,8 +258,14 @@ class CausalSelfAttention(keras.layers.Layer):
             mask), and rotary positions restart at 0 in each segment, so
             every segment is computed as if it had the row to itself.
 
+        return_attention: bool. Also return the attention probabilities
+            [B, H, T, S] (float32 softmax in the compute dtype, before
+            dropout), as a last output. Off by default; the default call
+            computes nothing more.
+
     Returns:
-        [B, T, C], or ([B, T, C], updated cache) when `cache` is given.
+        [B, T, C], or ([B, T, C], updated cache) when `cache` is given;
+        with `return_attention`, the probabilities follow as a last element.
 
     Example:
     ```python
@@ -362,6 +368,7 @@ class CausalSelfAttention(keras.layers.Layer):
         padding_mask=None,
         segment_ids=None,
         training=None,
+        return_attention=False,
     ):
         if segment_ids is not None and cache is not None:
             raise ValueError("segment_ids are for packed training blocks; "
@@ -409,13 +416,17 @@ class CausalSelfAttention(keras.layers.Layer):
         if mask is not None:
             scores = ops.where(mask, scores, -1e9)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+        # What return_attention hands back: the probabilities as computed,
+        # before dropout (a Python flag; the default graph has no extra op).
+        attention = probs
         probs = self.attention_dropout(probs, training=training)
         y = ops.matmul(probs, v)  # [B, H, T, D]
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, length, self.query_width))
         y = self.output_dropout(self.proj(y), training=training)
-        if cache is not None:
-            return y, cache
-        return y
+        outputs = (y,) + ((cache,) if cache is not None else ())
+        if return_attention:
+            outputs += (attention,)
+        return outputs if len(outputs) > 1 else y
 
     def _attention_mask(self, length, key_length, start, padding_mask, segment_ids=None):
         """[T, S] or [B, 1, T, S] bool mask of the keys each query may see."""
@@ -489,7 +500,8 @@ class TransformerBlock(keras.layers.Layer):
         use_bias: bool. Bias on the attention output and the MLP's layers.
 
     Call arguments are those of `CausalSelfAttention`; returns [B, T, C], or
-    ([B, T, C], cache) when a cache is given.
+    ([B, T, C], cache) when a cache is given, and with `return_attention`
+    the attention probabilities [B, H, T, S] as a last element.
     """
 
     def __init__(
@@ -593,7 +605,7 @@ class TransformerBlock(keras.layers.Layer):
 
     def call(
         self, x, cache=None, cache_update_index=0, padding_mask=None, segment_ids=None,
-        training=None,
+        training=None, return_attention=False,
     ):
         attended = self.attention(
             self.attention_norm(x),
@@ -602,7 +614,12 @@ class TransformerBlock(keras.layers.Layer):
             padding_mask=padding_mask,
             segment_ids=segment_ids,
             training=training,
+            return_attention=return_attention,
         )
+        attention = None
+        if return_attention:
+            attended, attention = attended[:-1], attended[-1]
+            attended = attended if cache is not None else attended[0]
         if cache is not None:
             attended, cache = attended
         x = x + attended
@@ -618,9 +635,10 @@ class TransformerBlock(keras.layers.Layer):
             # GPT-2's tanh approximation of GELU: cheaper, and what GPT-2 trained with.
             hidden = keras.activations.gelu(self.mlp_in(normed), approximate=True)
         x = x + self.mlp_dropout(self.mlp_out(hidden), training=training)
-        if cache is not None:
-            return x, cache
-        return x
+        outputs = (x,) + ((cache,) if cache is not None else ())
+        if return_attention:
+            outputs += (attention,)
+        return outputs if len(outputs) > 1 else x
 
     def get_config(self):
         config = super().get_config()
