@@ -197,4 +197,8 @@ def test_unicode_repair_is_on_by_default_and_runs_from_before_keep_it_off(tmp_pa
     assert not hygiene_enabled(config_lib.DataConfig(path="chatterbot:english"))
     csv = write_text(tmp_path / "labels.csv", "text,label\nhi,a\n")
     assert not hygiene_enabled(config_lib.DataConfig(path=csv))
+    yml = write_text(tmp_path / "talk.yml", "conversations:\n- - hi\n  - hello\n")
+    assert not hygiene_enabled(config_lib.DataConfig(path=yml))
+    with pytest.raises(TfchatError, match="not chatterbot-corpus YAML files"):
+        clean_corpus(config_lib.DataConfig(path=yml, dedup="exact"), str(tmp_path / "c"))
     assert hygiene_enabled(config_lib.DataConfig(path=data))

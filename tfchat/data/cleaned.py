@@ -32,7 +32,9 @@ import os
 import random
 import tempfile
 
-from tfchat.data.files import JSONL_SUFFIXES, is_val, read_json_lines, read_lines, resolve_files
+from tfchat.data.files import (
+    JSONL_SUFFIXES, YAML_SUFFIXES, is_val, read_json_lines, read_lines, resolve_files,
+)
 from tfchat.data import pii
 from tfchat.data.hygiene import BLOCKED, Hygiene
 from tfchat.errors import TfchatError
@@ -54,10 +56,11 @@ def hygiene_enabled(data):
 
 
 def _unread_format(data):
-    """Whether `data` is a corpus the stage does not read (chatterbot, CSV)."""
+    """Whether `data` is a corpus the stage does not read (chatterbot, its
+    YAML files, CSV)."""
     if data.path.startswith("chatterbot:") or data.format == "csv":
         return True
-    return data.format == "auto" and any(f.endswith(".csv") for f in resolve_files(data.path))
+    return any(f.endswith((".csv",) + YAML_SUFFIXES) for f in resolve_files(data.path))
 
 
 def reading_config(config):
@@ -135,6 +138,10 @@ def clean_corpus(data, cache_dir, seed=1):
     if data.format == "csv" or (data.format == "auto" and any(f.endswith(".csv") for f in files)):
         raise TfchatError("The data-hygiene settings read text and JSONL corpora, not CSV; "
                           "convert the CSV to JSONL (one object a line) first.")
+    if any(f.endswith(YAML_SUFFIXES) for f in files):
+        raise TfchatError("The data-hygiene settings read text and JSONL corpora, not "
+                          "chatterbot-corpus YAML files; convert them to JSONL conversations "
+                          '({"messages": [...]} a line) first.')
     suffix = ".jsonl" if jsonl else ".txt"
     if data.balance_field and not jsonl:
         raise TfchatError("data.balance_field names a JSONL field; the corpus at "
