@@ -82,6 +82,14 @@ class DataConfig:
         "a JSONL or dialogue corpus, documents spread evenly through it "
         "(one in ten at 0.1).",
     )
+    # Fairness (tfchat/evaluation/fairness.py): evaluation per group.
+    group_field: str = _field(
+        "",
+        "Fairness: a field naming each example's group (a JSONL field or CSV column of "
+        "classification data; a top-level or metadata field of a conversation's JSONL "
+        "record); evaluate then reports every metric per group and the largest gap "
+        "and ratio between groups; empty = off.",
+    )
     # The data-hygiene stage (tfchat/data/hygiene.py, tfchat/data/cleaned.py):
     # any of these on, the corpus is cleaned once into a copy the run reads.
     fix_unicode: bool = _field(

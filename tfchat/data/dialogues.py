@@ -17,6 +17,12 @@ i is held out when the running count floor(i * val_fraction) steps up, an
 even, deterministic spread. Unlike plain-text corpora, dialogue corpora are
 held in memory: each conversation is rendered whole (to truncate it from the
 oldest turns), and a conversation is small.
+
+With `data.group_field` every conversation has a group, which evaluation
+reports reply scores per (`tfchat.evaluation.fairness`): in JSONL, a
+top-level field of the record (or a field of its "metadata" object); in
+chatterbot YAML and `chatterbot:<language>`, only `category` (the file's).
+`groups(split)` lists them in `conversations(split)`'s order.
 """
 
 from tfchat.data.chat_template import ROLES, Message
@@ -24,21 +30,24 @@ from tfchat.data.files import (
     YAML_SUFFIXES, check_split, first_jsonl_record, read_chatterbot_file,
     read_chatterbot_package, read_json_lines, resolve_files, split_records,
 )
+from tfchat.data.tasks import is_task_data
 from tfchat.errors import TfchatError
 
 
 
 def is_dialogue_data(data_config):
     """Whether `data.path` holds conversations rather than plain text: the
-    chatterbot package, YAML files, or JSONL whose first record has
-    "messages". Decides `objective: auto`."""
+    chatterbot package, YAML files, JSONL whose first record has
+    "messages", or task records (`tfchat.data.tasks`). Decides
+    `objective: auto`."""
     path = data_config.path
     if path.startswith("chatterbot:"):
         return True
     if all(f.endswith(YAML_SUFFIXES) for f in resolve_files(path)):
         return True
     record = first_jsonl_record(data_config)
-    return record is not None and "messages" in record
+    # Task records (translation, summarisation, qa) are read as conversations.
+    return (record is not None and "messages" in record) or is_task_data(data_config)
 
 
 def check_conversation(messages, where):
@@ -58,8 +67,27 @@ def check_conversation(messages, where):
         raise TfchatError(f"{where}: the conversation has no assistant turn.")
 
 
-def read_messages_jsonl(path):
-    """Conversations of a messages-form JSONL file; blank lines are skipped."""
+def conversation_group(record, field, where):
+    """The group of a conversation record (`data.group_field`): its
+    top-level `field`, else that field of its "metadata" object; missing or
+    not a string or number is an error prefixed by `where` (file and line)."""
+    metadata = record.get("metadata")
+    if field in record:
+        value = record[field]
+    elif isinstance(metadata, dict) and field in metadata:
+        value = metadata[field]
+    else:
+        raise TfchatError(f"{where}: no field {field!r} (data.group_field), at the top "
+                          "level or in \"metadata\".")
+    if value is None or isinstance(value, (bool, dict, list)) or not str(value).strip():
+        raise TfchatError(f"{where}: group field {field!r} (data.group_field) must be a "
+                          f"non-empty string or a number. Received: {value!r}")
+    return str(value).strip()
+
+
+def read_messages_jsonl(path, group_field="", groups=None):
+    """Conversations of a messages-form JSONL file; blank lines are skipped.
+    With `group_field`, each conversation's group is appended to `groups`."""
     conversations = []
     for number, record in read_json_lines(path):
         where = f"{path} line {number}"
@@ -78,6 +106,8 @@ def read_messages_jsonl(path):
                 )
             messages.append(Message(turn["role"], turn["content"]))
         check_conversation(messages, where)
+        if group_field:
+            groups.append(conversation_group(record, group_field, where))
         conversations.append(messages)
     return conversations
 
@@ -87,6 +117,13 @@ def read_chatterbot_yaml(path):
     and assistant. Read by `tfchat.data.files.read_chatterbot_file`: turns
     are the text as written, and errors give the file and line."""
     return [_chatterbot_messages(c) for c in read_chatterbot_file(path)]
+
+
+def _chatterbot_group(conversation, field):
+    if field != "category":
+        raise TfchatError(f"data.group_field {field!r}: {conversation.where} is chatterbot "
+                          "YAML, whose only group is its file's category (group_field category).")
+    return conversation.category
 
 
 def _chatterbot_messages(conversation):
@@ -108,20 +145,26 @@ class DialogueCorpus:
     def __init__(self, data_config):
         self.config = data_config
         self.path = data_config.path
+        field = getattr(data_config, "group_field", "")
+        groups = []
         if self.path.startswith("chatterbot:"):
             language = self.path.split(":", 1)[1]
-            self._all = [
-                _chatterbot_messages(c) for c in read_chatterbot_package(language)
-            ]
+            package = read_chatterbot_package(language)
+            self._all = [_chatterbot_messages(c) for c in package]
+            groups += [_chatterbot_group(c, field) for c in package if field]
         else:
             self._all = []
             for path in resolve_files(self.path):
                 if path.endswith(YAML_SUFFIXES):
-                    self._all += read_chatterbot_yaml(path)
+                    read = read_chatterbot_file(path)
+                    self._all += [_chatterbot_messages(c) for c in read]
+                    groups += [_chatterbot_group(c, field) for c in read if field]
                 else:
-                    self._all += read_messages_jsonl(path)
+                    self._all += read_messages_jsonl(path, field, groups)
         self._splits = split_records(self._all, data_config.val_fraction, self.path,
                                      "conversations")
+        self._groups = (split_records(groups, data_config.val_fraction, self.path,
+                                      "conversations") if field else None)
 
     @property
     def num_conversations(self):
@@ -129,6 +172,11 @@ class DialogueCorpus:
 
     def conversations(self, split):
         return self._splits[check_split(split)]
+
+    def groups(self, split):
+        """Each conversation's group (`data.group_field`), in
+        `conversations(split)`'s order; None without a group field."""
+        return None if self._groups is None else self._groups[check_split(split)]
 
     def iter_texts(self, split):
         for messages in self.conversations(split):

@@ -55,8 +55,9 @@ def classification_report(true, predicted, labels):
 
 
 def format_report(report):
-    """The report as text: the headline metrics, a per-class table and the
-    confusion matrix (rows true, columns predicted, numbered as the table)."""
+    """The report as text: the headline metrics, a per-class table, the
+    confusion matrix (rows true, columns predicted, numbered as the table)
+    and, with groups (`tfchat.evaluation.fairness`), a per-group table."""
     labels = report["labels"]
     width = max(len(label) for label in labels)
     lines = [
@@ -76,6 +77,10 @@ def format_report(report):
               " " * 4 + "".join(f"{j:>{cell}}" for j in range(len(labels)))]
     for i, row in enumerate(matrix):
         lines.append(f"{i:>3} " + "".join(f"{v:>{cell}}" for v in row))
+    if report.get("groups"):
+        from tfchat.evaluation.fairness import format_groups
+
+        lines += ["", format_groups(report["groups"])]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from tfchat.data.pipeline import chat_dataset
 from tfchat.data.sharding import WHOLE
 from tfchat.errors import TfchatError
 from tfchat.evaluation.chat import evaluate_replies
+from tfchat.evaluation import fairness
 from tfchat.evaluation.language_model import evaluate_loss
 from tfchat.inference.generator import Generator
 from tfchat.objectives.base import Objective, build_causal_lm, share, training_texts
@@ -112,10 +113,17 @@ def evaluate(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, jit_co
                    conversations={"val": conversations})["val"]
     results = evaluate_loss(run.model, val)
     generator = Generator(run.backbone, run.tokenizer, jit_compile=jit_compile)
+    groups = corpus.groups("val")  # data.group_field: the same replies scored per group
+    if groups is not None:
+        generator = fairness.RecordingGenerator(generator)
     results.update(evaluate_replies(
         generator, conversations, corpus.conversations("train"), run.config.data.path,
         batch_size=batch_size, max_new_tokens=max_new_tokens, examples=examples,
     ))
+    if groups is not None:
+        results["groups"] = fairness.chat_groups(
+            generator, conversations, groups[:len(conversations)], results.get("bleu_tokenize"),
+            run.config.data.group_field, max_new_tokens, batch_size)
     return results
 
 

@@ -12,6 +12,7 @@ from tfchat.errors import TfchatError
 from tfchat.evaluation.classification import (
     classification_report, format_report, predict_classes,
 )
+from tfchat.evaluation.fairness import classification_groups
 from tfchat.model.tasks import TextClassifier
 from tfchat.objectives.base import (
     Objective, build_encoder, encoder_inputs, encoder_only, share,
@@ -67,7 +68,8 @@ def evaluate(run, batch_size=None, data=None, split=None, **unused):
     """Accuracy, macro-F1, per-class scores and the confusion matrix on the
     validation split of the run's data, or on all of `data` (a path, already
     in `run.config.data`) when given. Texts longer than the context are cut
-    to fit, as in training."""
+    to fit, as in training. With `data.group_field`, the same per group and
+    the gaps between groups under "groups" (`tfchat.evaluation.fairness`)."""
     split = split or ("all" if data else "val")
     labelled = read_data(reading_config(run.config)[0], labels=run.labels)
     if not labelled.examples(split):
@@ -77,7 +79,11 @@ def evaluate(run, batch_size=None, data=None, split=None, **unused):
         run.config.model.block_size, batch_size or run.config.train.batch_size,
     )
     true, predicted = predict_classes(run.model, dataset)
-    return classification_report(true, predicted, run.labels)
+    report = classification_report(true, predicted, run.labels)
+    if labelled.groups(split) is not None:  # data.group_field: fairness across groups
+        report["groups"] = classification_groups(true, predicted, labelled.groups(split),
+                                                 run.labels, run.config.data.group_field)
+    return report
 
 
 def report_best(run):
