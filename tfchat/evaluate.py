@@ -53,12 +53,17 @@ def build_parser():
                         help="Default: 32 (causal, chat) or the run's train.batch_size "
                              "(mlm, classify).")
     parser.add_argument("--max-new-tokens", type=int, default=128,
-                        help="Longest generated reply (chat).")
+                        help="Longest generated reply (chat; causal: continuation, at most "
+                             "half a block).")
     parser.add_argument("--limit", type=int, default=0,
-                        help="Evaluate only the first N validation conversations (chat; 0 = all).")
+                        help="Evaluate only the first N validation conversations (chat; 0 = all; "
+                             "causal: N held-out continuations, 0 = 32).")
     parser.add_argument("--no-xla", dest="jit_compile", action="store_false",
                         help="Generate without XLA (chat; XLA compiles each new batch shape "
                              "once, then decodes much faster).")
+    parser.add_argument("--wordnet", default=None, metavar="DIR",
+                        help="WordNet for METEOR's synonyms: a WordNet folder or an nltk data "
+                             "folder (default: nltk's data, if on this machine; never downloaded).")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="Also write the results to this JSON file.")
     cli.add_quantize_flag(parser)
@@ -69,6 +74,10 @@ def build_parser():
 @cli.command
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.wordnet:
+        from tfchat.evaluation import text_metrics
+
+        text_metrics.use_wordnet(args.wordnet)  # a folder without one fails now
     run = cli.load_run_to_evaluate(args.run, args.checkpoint, args.quantize)
     checkpoint = run.checkpoint
     if args.data:
@@ -80,6 +89,7 @@ def main(argv=None):
         options["batch_size"] = args.batch_size
     start = time.perf_counter()
     results = run.objective.evaluate(run, **options)
+    rows = results.pop("metrics", [])  # the table's rows, written, not printed
     objective = run.config.objective
     results = {"objective": objective, "step": run.step, "checkpoint": checkpoint,
                **({"quantized": args.quantize} if args.quantize else {}), **results,
@@ -99,6 +109,9 @@ def main(argv=None):
     if warning:
         print(f"\nWarning: {warning}")
     from tfchat.data.files import write_json_atomic
+    from tfchat.evaluation.table import evaluation_table
+
+    results = evaluation_table({**results, "metrics": rows})
 
     paths = [run.folder.evaluation] + ([args.json] if args.json else [])
     for path in paths:

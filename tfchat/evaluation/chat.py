@@ -3,7 +3,10 @@ with it, beside the assistant-token loss):
   * BLEU (sacrebleu's corpus BLEU, 0-100), ROUGE-L (rouge-score's
     F-measure, averaged, x100) and chrF (sacrebleu's corpus chrF, 0-100) of
     greedy replies against the reference replies: every assistant turn is
-    answered once, given the conversation before it;
+    answered once, given the conversation before it; beside them METEOR
+    (nltk's) and ROUGE-1, ROUGE-2 and ROUGE-Lsum (`tfchat.evaluation.
+    text_metrics`), and a `"metrics"` row of each with its bootstrap
+    confidence interval (`tfchat.evaluation.table`);
   * the same scores on the `unseen` replies only: those whose prompt
     (the conversation before the reply) never occurs in the training split.
     Corpora like chatterbot repeat conversations, so the scores on all
@@ -24,15 +27,14 @@ script, and `bleu_tokenize` in the results names it:
   * Chinese: `zh`, one token a Han character;
   * Japanese, Korean, Thai: `char`, one token a character (see
     `bleu_tokenization` for why).
-ROUGE-L uses `ReplyTokenizer` whatever the language: lowercased words of
+ROUGE and METEOR use `ReplyTokenizer` whatever the language: lowercased words of
 Unicode letters, combining marks and digits, and one token a character of
 the scripts written without spaces (Han, kana, Hangul, Thai...). chrF needs
-no word segmentation. All three compare NFC-normalized text.
+no word segmentation. All of them compare NFC-normalized text.
 
 """
 
 import functools
-import statistics
 import unicodedata
 
 
@@ -156,25 +158,27 @@ def bleu_tokenization(references, language=None):
 
 
 def score_replies(replies, references, language=None, tokenize=None):
-    """Corpus BLEU, mean ROUGE-L F1 and corpus chrF, all 0-100, on
-    NFC-normalized text. BLEU is tokenized by `tokenize` (a sacrebleu
-    tokenizer name), by default `bleu_tokenization(references, language)`;
-    ROUGE-L by ReplyTokenizer."""
+    """Corpus BLEU, mean ROUGE-L F1 and corpus chrF, and mean METEOR and
+    ROUGE-1, ROUGE-2 and ROUGE-Lsum F1 (`tfchat.evaluation.text_metrics`),
+    all 0-100, on NFC-normalized text. BLEU is tokenized by `tokenize` (a
+    sacrebleu tokenizer name), by default `bleu_tokenization(references,
+    language)`; ROUGE and METEOR by ReplyTokenizer."""
+    return _scores(replies, references, language, tokenize, intervals=False)[0]
+
+
+def _scores(replies, references, language=None, tokenize=None, suffix="", intervals=True):
+    """(flat scores without `meteor_matching`, `"metrics"` table rows)."""
     # Imported here: they take about a second, which every command that
     # loads a run (a one-shot chat reply) would otherwise pay.
-    import sacrebleu
-    from rouge_score import rouge_scorer
+    from tfchat.evaluation.table import generation_metrics
 
     replies = [unicodedata.normalize("NFC", text) for text in replies]
     references = [unicodedata.normalize("NFC", text) for text in references]
     tokenize = tokenize or bleu_tokenization(references, language)
-    bleu = sacrebleu.corpus_bleu(replies, [references], tokenize=tokenize).score
-    chrf = sacrebleu.corpus_chrf(replies, [references]).score
-    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=ReplyTokenizer())
-    rouge = statistics.fmean(
-        scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(references, replies)
-    )
-    return {"bleu": bleu, "rouge_l": 100 * rouge, "chrf": chrf}
+    flat, rows = generation_metrics(replies, references, tokenize, suffix=suffix,
+                                    intervals=intervals)
+    flat.pop(f"meteor_matching{suffix}")
+    return flat, rows
 
 
 def greedy_replies(generator, prompts, max_new_tokens, batch_size):
@@ -222,34 +226,45 @@ def training_prompt_recall(generator, train_conversations, batch_size=32, max_ne
 
 def evaluate_replies(generator, conversations, train_conversations, data_path, batch_size=32,
                      max_new_tokens=128, examples=3):
-    """BLEU, ROUGE-L and chrF of `generator`'s greedy reply to every
+    """BLEU, ROUGE-L, chrF, METEOR and ROUGE-1/2/Lsum of `generator`'s
+    greedy reply to every
     assistant turn of `conversations`, given the conversation before it; the
     same on the replies whose prompt never occurs in `train_conversations`
     (`_unseen`); the training-prompt recall on `train_conversations`
     (`training_prompt_recall`); and the first `examples` replies.
     `data_path` may name the
-    language (`chatterbot:<language>`)."""
+    language (`chatterbot:<language>`). `"metrics"` holds the table rows
+    of the scores, with bootstrap intervals (`tfchat.evaluation.table`)."""
     pairs = reply_prompts(conversations)
     prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
     replies = greedy_replies(generator, prompts, max_new_tokens, batch_size)
     # One tokenization for all and unseen replies, so that they compare.
     tokenize = bleu_tokenization(references, data_path)
-    results = score_replies(replies, references, tokenize=tokenize)
+    results, rows = _scores(replies, references, tokenize=tokenize)
     results["bleu_tokenize"] = tokenize
+    results["meteor_matching"] = rows[2]["matching"]
     results["conversations"] = len(conversations)
     results["replies"] = len(replies)
     seen = {tuple(p) for p, _ in reply_prompts(train_conversations)}
     unseen = [i for i, p in enumerate(prompts) if tuple(p) not in seen]
     results["replies_unseen"] = len(unseen)
     if unseen:
-        scores = score_replies([replies[i] for i in unseen], [references[i] for i in unseen],
-                               tokenize=tokenize)
-        results.update({f"{k}_unseen": v for k, v in scores.items()})
-    recall, recall_prompts, _ = training_prompt_recall(
+        scores, unseen_rows = _scores([replies[i] for i in unseen],
+                                      [references[i] for i in unseen], tokenize=tokenize,
+                                      suffix="_unseen")
+        results.update(scores)
+        rows += unseen_rows
+    recall, recall_prompts, outcomes = training_prompt_recall(
         generator, train_conversations, batch_size, max_new_tokens
     )
     results["training_prompt_recall"] = recall
     results["training_prompts"] = recall_prompts
+    if outcomes:
+        from tfchat.evaluation.table import mean_entry
+
+        rows.append(mean_entry("training_prompt_recall",
+                               [float(hit) for _, _, hit in outcomes]))
+    results["metrics"] = rows
     results["examples"] = [
         {"user": prompts[i][-1].content, "reference": references[i], "reply": replies[i]}
         for i in range(min(examples, len(replies)))

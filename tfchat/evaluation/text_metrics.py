@@ -99,10 +99,28 @@ def load_wordnet(folder=None):
     return _read_wordnet(root)
 
 
+# The folder `wordnet=None` reads (`python -m tfchat.evaluate --wordnet DIR`).
+_default_wordnet = None
+
+
+def use_wordnet(folder):
+    """Makes `folder` (see `load_wordnet`; None: nltk's data paths) the
+    WordNet every later `meteor(..., wordnet=None)` uses. Loads it now, so
+    a folder without one fails before any evaluation. Returns the matching
+    string it gives."""
+    global _default_wordnet
+    reader = load_wordnet(folder)
+    _default_wordnet = folder
+    return "exact+stem" if reader is None else "exact+stem+synonyms"
+
+
 def resolve_wordnet(wordnet=None):
     """(reader for nltk's METEOR, matching string): `wordnet` a reader
     (anything with nltk's `synsets(word)`), a folder for `load_wordnet`, or
-    None for nltk's data on this machine if any; False: no synonyms."""
+    None for the `use_wordnet` folder, else nltk's data on this machine if
+    any; False: no synonyms."""
+    if wordnet is None:
+        wordnet = _default_wordnet
     if wordnet is not False and (wordnet is None or isinstance(wordnet, (str, os.PathLike))):
         wordnet = load_wordnet(wordnet)
     if wordnet is None or wordnet is False or isinstance(wordnet, NoSynonyms):

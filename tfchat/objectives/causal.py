@@ -8,7 +8,9 @@ from tfchat.data.cleaned import reading_config
 from tfchat.data.sharding import WHOLE
 from tfchat.data.pipeline import causal_lm_dataset, pack_sequences, tokenize_texts
 from tfchat.errors import TfchatError
-from tfchat.evaluation.language_model import evaluate_loss
+from tfchat.evaluation.language_model import (
+    evaluate_continuations, evaluate_loss, held_out_continuations, pieces_as_numpy,
+)
 from tfchat.inference.generator import Generator
 from tfchat.objectives.base import (
     Objective, build_causal_lm, read_corpus, share, split_shares, training_texts,
@@ -87,12 +89,37 @@ def sampler(model, tokenizer, config):
     return sample
 
 
-def evaluate(run, batch_size=32, **unused):
+def evaluate(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, jit_compile=True,
+             **unused):
     """Validation loss, perplexity and token accuracy over the run's
-    validation split."""
+    validation split; and the greedy continuations of the first `limit`
+    (0: `DEFAULT_CONTINUATIONS`) held-out documents or passages, prompted
+    with their first part and scored against the rest (at most
+    `max_new_tokens` and half a block) by BLEU, chrF, METEOR and ROUGE
+    (`tfchat.evaluation.language_model.evaluate_continuations`)."""
     corpus = read_corpus(reading_config(run.config)[0])  # the run's cleaned copy, if any
     val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"])
-    return evaluate_loss(run.model, val["val"])
+    results = evaluate_loss(run.model, val["val"])
+    texts, ids = _inputs(corpus, "val", WHOLE)
+    if ids is None:
+        ids = tokenize_texts(texts, run.tokenizer, corpus.is_documents)
+    pairs = held_out_continuations(
+        pieces_as_numpy(ids), run.config.model.block_size, max_new_tokens, limit,
+        documents=corpus.is_documents, end_id=run.tokenizer.eos_id,
+    )
+    generator = Generator(run.backbone, run.tokenizer, jit_compile=jit_compile)
+    results.update(evaluate_continuations(generator, pairs, batch_size, examples))
+    return results
+
+
+def format_results(results):
+    """key: value lines, then the example continuations."""
+    lines = [f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}"
+             for key, value in results.items() if key not in ("examples", "metrics")]
+    for example in results.get("examples", []):
+        lines.append(f"\nprompt: {example['prompt']}\nreference: {example['reference']}\n"
+                     f"continuation: {example['continuation']}")
+    return "\n".join(lines)
 
 
 def describe(config, corpus, model):
@@ -121,6 +148,7 @@ OBJECTIVE = Objective(
     sampler=sampler,
     describe=describe,
     evaluate=evaluate,
+    format_results=format_results,
     signatures=(add_generate_signature, add_score_signature),
     next_steps=next_steps,
     reads_prepared=True,
