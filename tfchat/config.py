@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import string
 import typing
 from dataclasses import dataclass, field
 
@@ -160,11 +161,33 @@ class DataConfig:
         "Augmentation of conversations: whose turns may change (some of system, user, "
         "assistant, comma-separated); the template's markers never do.",
     )
+    # Task formats (tfchat/data/tasks.py, scored by tfchat/evaluation/tasks.py):
+    # JSONL records of a task, each read as a one-exchange conversation.
+    task: str = _field(
+        "auto",
+        "Task format of JSONL records for objective chat, each record one exchange (user: "
+        "data.prompt_template, assistant: the reply field) scored by the task's metrics: "
+        "translation {source, target, source_lang?, target_lang?} (BLEU, chrF, METEOR) | "
+        "summarisation {document, summary} (ROUGE-1/2/Lsum) | qa {question, answer, "
+        "context?} (SQuAD exact match and F1) | none (conversations) | auto (from the "
+        "first record's keys; messages = none).",
+    )
+    prompt_template: str = _field(
+        "",
+        "The user message of a task record: a format string over its fields ({source} "
+        "{source_lang} {target_lang}; {document}; {question} {context}), an optional field "
+        "a record lacks rendering empty. Empty = the task's default: 'Translate from "
+        "{source_lang} to {target_lang}: {source}', 'Summarise: {document}', 'Context: "
+        "{context} Question: {question}' (the parts about an absent optional field left "
+        "out).",
+    )
 
 
 DEDUP_MODES = ("none", "exact", "near")  # tfchat.data.hygiene.DEDUP_MODES
 BLOCKLIST_ACTIONS = ("drop", "mask")
 BALANCE_MODES = ("down", "up")
+TASKS = ("auto", "none", "translation", "summarisation", "qa")  # tfchat.data.tasks.TASKS
+TASK_FIELDS = ("source", "source_lang", "target_lang", "document", "question", "context")
 
 
 @dataclass
@@ -727,6 +750,14 @@ def _roles_valid(spec):
     return bool(roles) and all(r in AUGMENT_ROLES for r in roles)
 
 
+def _template_valid(template):
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError:
+        return False
+    return all(name in TASK_FIELDS for name in names)
+
+
 def validate(config):
     """Checks values that a type alone cannot, before any work starts. The
     objective sections (mlm, dpo, distill) are checked by their objectives,
@@ -756,6 +787,10 @@ def validate(config):
          "data.augment_mask, data.augment_delete and data.augment_swap must be in [0, 1)"),
         (_roles_valid(config.data.augment_roles),
          f"data.augment_roles must name some of {', '.join(AUGMENT_ROLES)} (comma-separated)"),
+        (config.data.task in TASKS, f"data.task must be one of {', '.join(TASKS)}"),
+        (_template_valid(config.data.prompt_template),
+         "data.prompt_template must be a format string over "
+         f"{', '.join('{' + f + '}' for f in TASK_FIELDS)} ({{{{ and }}}} for braces)"),
         (m.num_layers > 0 and m.num_heads > 0, "model.num_layers and model.num_heads must be positive"),
         (m.head_dim > 0 or m.hidden_dim % m.num_heads == 0,
          "model.hidden_dim must be divisible by model.num_heads (or set model.head_dim)"),

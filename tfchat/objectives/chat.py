@@ -6,11 +6,13 @@ from tfchat.data.cleaned import reading_config
 from tfchat.data.chat_template import Message, encode_conversations
 from tfchat.data.dialogues import DialogueCorpus
 from tfchat.data.pipeline import chat_dataset
+from tfchat.data.tasks import TaskCorpus
 from tfchat.data.sharding import WHOLE
 from tfchat.errors import TfchatError
 from tfchat.evaluation.chat import evaluate_replies
 from tfchat.evaluation import fairness
 from tfchat.evaluation.language_model import evaluate_loss
+from tfchat.evaluation.tasks import ReplyCache, evaluate_task
 from tfchat.inference.generator import Generator
 from tfchat.objectives.base import Objective, build_causal_lm, share, training_texts
 from tfchat.serving.export import (
@@ -26,7 +28,9 @@ def check_config(config):
 
 
 def read_data(config):
-    return DialogueCorpus(config.data)
+    """A `DialogueCorpus`, or for task records (translation, summarisation,
+    qa: `data.task`) a `TaskCorpus` of one-exchange conversations."""
+    return TaskCorpus.for_data(config.data) or DialogueCorpus(config.data)
 
 
 def encode(config, conversations, tokenizer):
@@ -106,13 +110,18 @@ def evaluate(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, jit_co
              **unused):
     """Assistant-token loss, perplexity and accuracy, and BLEU, ROUGE-L and
     chrF of greedy replies, on the first `limit` (0 = all) validation
-    conversations (`tfchat.evaluation.chat`)."""
+    conversations (`tfchat.evaluation.chat`); for task records, under
+    "task", the task's own metrics of the same replies
+    (`tfchat.evaluation.tasks`)."""
     corpus = read_data(reading_config(run.config)[0])  # the run's cleaned copy, if any
     conversations = corpus.conversations("val")[: limit or None]
     val = datasets(run.config, corpus, run.tokenizer, batch_size=batch_size, splits=["val"],
                    conversations={"val": conversations})["val"]
     results = evaluate_loss(run.model, val)
     generator = Generator(run.backbone, run.tokenizer, jit_compile=jit_compile)
+    task = corpus.task if isinstance(corpus, TaskCorpus) else None
+    if task:  # the task's metrics (tfchat.evaluation.tasks) score the same greedy replies
+        generator = cache = ReplyCache(generator)
     groups = corpus.groups("val")  # data.group_field: the same replies scored per group
     if groups is not None:
         generator = fairness.RecordingGenerator(generator)
@@ -120,6 +129,8 @@ def evaluate(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, jit_co
         generator, conversations, corpus.conversations("train"), run.config.data.path,
         batch_size=batch_size, max_new_tokens=max_new_tokens, examples=examples,
     ))
+    if task:
+        results["task"] = evaluate_task(cache, task, conversations, batch_size, max_new_tokens)
     if groups is not None:
         results["groups"] = fairness.chat_groups(
             generator, conversations, groups[:len(conversations)], results.get("bleu_tokenize"),
