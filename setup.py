@@ -36,6 +36,8 @@ setup(
         "py3langid>=0.2.2,<1",
         # Fairness across groups in evaluation (tfchat/evaluation/fairness.py).
         "fairlearn>=0.10,<1",
+        # The pictures of `evaluate --plots/--report` (tfchat/evaluation/plots.py).
+        "matplotlib>=3.7",
     ],
     extras_require={
         # Only `python -m tfchat.serve_client --grpc` needs it (it pins
