@@ -21,6 +21,7 @@ on the validation split of the run's data, or of `--data` (classify: all of
 
     python -m tfchat.evaluate --run runs/clf
     python -m tfchat.evaluate --run runs/clf --data test.csv --json report.json
+    python -m tfchat.evaluate --run runs/chat --plots plots/ --report report.html
 """
 
 import argparse
@@ -66,6 +67,11 @@ def build_parser():
                              "folder (default: nltk's data, if on this machine; never downloaded).")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="Also write the results to this JSON file.")
+    parser.add_argument("--plots", metavar="DIR", help="Write the pictures (PNG) into DIR.")
+    parser.add_argument("--report", metavar="FILE", help="Write one self-contained HTML report.")
+    parser.add_argument("--attention-prompt", metavar="TEXT",
+                        help="Prompt of the attention and log-probability pictures (runs that "
+                             "generate; default: train.sample_prompt, chat runs 'Hello').")
     cli.add_quantize_flag(parser)
     quiet.add_verbose_flag(parser)
     return parser
@@ -117,6 +123,10 @@ def main(argv=None):
     for path in paths:
         write_json_atomic(path, results)
     print(f"\nWrote {', '.join(paths)}")
+    if args.plots or args.report:
+        from tfchat.evaluation import report
+
+        print(report.pictures(run, results, args.plots, args.report, args.attention_prompt))
     return 0
 
 
