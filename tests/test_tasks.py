@@ -233,6 +233,23 @@ def test_summaries_score_rouge_1_2_lsum():
     assert set(scores) == set(task_scores.METRICS["summarisation"])
 
 
+def test_task_rows_of_the_evaluation_table():
+    records = [tasks.TaskRecord("qa", ("cat",)), tasks.TaskRecord("qa", ("a dog", "dog")),
+               tasks.TaskRecord("qa", ("four",))]
+    replies = ["the cat", "dog", "five"]
+    scores = task_scores.score_task("qa", replies, records)
+    rows = {r["name"]: r for r in task_scores.table_rows("qa", replies, records, scores)}
+    assert rows["task_exact_match"]["value"] == pytest.approx(scores["exact_match"])
+    assert rows["task_f1"]["count"] == 3
+    low, high = rows["task_f1"]["ci"]
+    assert 0 <= low <= scores["f1"] <= high <= 100
+    records = [tasks.TaskRecord("translation", (t,), "xx") for t in ["ka mek vat lo", "lo rup"]]
+    scores = task_scores.score_task("translation", ["ka mek vat lo", "lo"], records)
+    rows = task_scores.table_rows("translation", ["ka mek vat lo", "lo"], records, scores)
+    assert [r["name"] for r in rows] == ["task_bleu", "task_chrf", "task_meteor"]
+    assert rows[0]["value"] == scores["bleu"] and rows[0]["tokenize"] == "13a"
+
+
 class CountingGenerator:
     def __init__(self):
         self.calls = []
@@ -298,5 +315,8 @@ def test_summarisation_and_qa_train_and_evaluate_reports_their_metrics(tmp_path,
         results = json.load(f)
     assert results["objective"] == "chat" and results["task"]["task"] == task
     assert results["task"]["replies"] == 6
+    rows = {row["name"]: row for row in results["metrics"]}
     for metric in task_scores.METRICS[task]:
         assert results["task"][metric] == pytest.approx(100), results["task"]
+        assert rows[f"task_{metric}"]["value"] == pytest.approx(100)
+        assert rows[f"task_{metric}"]["count"] == 6 and rows[f"task_{metric}"]["ci"]

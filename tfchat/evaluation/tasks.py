@@ -15,7 +15,9 @@ one-exchange conversation), the task's own metrics:
                     0-100 (`squad_exact_match`, `squad_f1`).
 
 `ReplyCache` lets the chat evaluation and these scores share one greedy
-generation of the validation replies.
+generation of the validation replies. `evaluate_task` also gives the
+evaluation table's rows of these metrics (`task_bleu`, `task_f1`, ...:
+`tfchat.evaluation.table`), with bootstrap intervals.
 """
 
 import collections
@@ -23,7 +25,7 @@ import re
 import statistics
 import string
 
-from tfchat.evaluation import text_metrics
+from tfchat.evaluation import table, text_metrics
 from tfchat.evaluation.chat import bleu_tokenization, greedy_replies
 
 METRICS = {
@@ -153,6 +155,41 @@ def score_task(task, replies, records, wordnet=None):
     return score_summaries(replies, references)
 
 
+def table_rows(task, replies, records, scores, wordnet=None):
+    """The evaluation table's rows (`tfchat.evaluation.table`) of the task's
+    metrics, named task_<metric>, with bootstrap intervals: sentences
+    resampled for BLEU and chrF, per-example values for the means."""
+    n = len(replies)
+    if task == "qa":
+        truths = [r.references for r in records]
+        return [
+            table.mean_entry("task_exact_match", [100 * squad_exact_match(p, t)
+                                                  for p, t in zip(replies, truths)],
+                             implementation="SQuAD v1.1 exact match"),
+            table.mean_entry("task_f1", [100 * squad_f1(p, t) for p, t in zip(replies, truths)],
+                             implementation="SQuAD v1.1 token F1"),
+        ]
+    references = [r.references[0] for r in records]
+    if task == "translation":
+        tokenize = scores["bleu_tokenize"]
+        _, meteor_each, matching = text_metrics.meteor(replies, references, wordnet=wordnet)
+        return [
+            table.entry("task_bleu", scores["bleu"], n,
+                        table.bootstrap_corpus("bleu", replies, references, tokenize),
+                        implementation="sacrebleu corpus_bleu", tokenize=tokenize),
+            table.entry("task_chrf", scores["chrf"], n,
+                        table.bootstrap_corpus("chrf", replies, references),
+                        implementation="sacrebleu corpus_chrf"),
+            table.mean_entry("task_meteor", meteor_each, implementation="nltk meteor_score",
+                             matching=matching),
+        ]
+    rouge = text_metrics.rouge(replies, references, types=("rouge1", "rouge2", "rougeLsum"))
+    return [table.mean_entry(f"task_{key}", rouge[kind][1],
+                             implementation=f"rouge-score {kind} F-measure")
+            for kind, key in (("rouge1", "rouge_1"), ("rouge2", "rouge_2"),
+                              ("rougeLsum", "rouge_lsum"))]
+
+
 class ReplyCache:
     """A `Generator` that remembers its greedy chat replies by prompt, so
     that scoring the same validation prompts twice generates them once.
@@ -180,10 +217,13 @@ class ReplyCache:
 
 def evaluate_task(generator, task, conversations, batch_size=32, max_new_tokens=128,
                   wordnet=None):
-    """{"task", the task's metrics, "replies"}: greedy replies to the user
-    message of each of `conversations` (`TaskConversation`s, one exchange
-    each) scored against its record's references."""
+    """({"task", the task's metrics, "replies"}, their evaluation-table rows
+    `table_rows`): greedy replies to the user message of each of
+    `conversations` (`TaskConversation`s, one exchange each) scored against
+    its record's references."""
     prompts = [list(c[:-1]) for c in conversations]
     replies = greedy_replies(generator, prompts, max_new_tokens, batch_size)
-    return {"task": task, **score_task(task, replies, [c.record for c in conversations], wordnet),
-            "replies": len(replies)}
+    records = [c.record for c in conversations]
+    scores = score_task(task, replies, records, wordnet)
+    rows = table_rows(task, replies, records, scores, wordnet)
+    return {"task": task, **scores, "replies": len(replies)}, rows

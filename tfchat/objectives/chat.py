@@ -130,7 +130,9 @@ def evaluate(run, batch_size=32, max_new_tokens=128, limit=0, examples=3, jit_co
         batch_size=batch_size, max_new_tokens=max_new_tokens, examples=examples,
     ))
     if task:
-        results["task"] = evaluate_task(cache, task, conversations, batch_size, max_new_tokens)
+        results["task"], rows = evaluate_task(cache, task, conversations, batch_size,
+                                              max_new_tokens)
+        results["metrics"] = results.get("metrics", []) + rows
     if groups is not None:
         results["groups"] = fairness.chat_groups(
             generator, conversations, groups[:len(conversations)], results.get("bleu_tokenize"),
