@@ -21,6 +21,7 @@ on the validation split of the run's data, or of `--data` (classify: all of
 
     python -m tfchat.evaluate --run runs/clf
     python -m tfchat.evaluate --run runs/clf --data test.csv --json report.json
+    python -m tfchat.evaluate --feedback prefs.jsonl judge2.jsonl   # human judgements
     python -m tfchat.evaluate --run runs/chat --plots plots/ --report report.html
 """
 
@@ -42,7 +43,9 @@ def build_parser():
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--run", required=True, help="Run folder, e.g. runs/default.")
+    parser.add_argument("--run", help="Run folder, e.g. runs/default (required but with --feedback).")
+    parser.add_argument("--feedback", nargs="+", metavar="FILE", help="Summarise these feedback "
+                        "files (chat --feedback, the chat page's) instead: no --run needed.")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
                         help="Which checkpoint to evaluate (default: the one chat, generate "
                              "and export use: latest for causal and chat runs, best for dpo "
@@ -79,7 +82,14 @@ def build_parser():
 
 @cli.command
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.feedback:  # human judgements (tfchat/evaluation/feedback.py): no run
+        from tfchat.evaluation import feedback
+
+        return feedback.command(args.feedback, args.json)
+    if not args.run:
+        parser.error("the following arguments are required: --run (or --feedback FILE ...)")
     if args.wordnet:
         from tfchat.evaluation import text_metrics
 
