@@ -202,3 +202,23 @@ def test_unicode_repair_is_on_by_default_and_runs_from_before_keep_it_off(tmp_pa
     with pytest.raises(TfchatError, match="not chatterbot-corpus YAML files"):
         clean_corpus(config_lib.DataConfig(path=yml, dedup="exact"), str(tmp_path / "c"))
     assert hygiene_enabled(config_lib.DataConfig(path=data))
+
+
+def test_errors_in_the_cleaned_copy_name_the_users_file_and_line(tmp_path, capsys):
+    from tfchat import fit
+
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    bad = {"messages": [{"role": "user", "content": "and then?"}]}
+    path = write_jsonl(tmp_path / "chats.jsonl", [good, good, good, bad])
+    with open(path, "a", encoding="utf-8") as f:  # a blank line, skipped, then another bad one
+        f.write("\n" + json.dumps({"messages": [{"role": "user", "content": "why?"}]}) + "\n")
+    code = fit.main(["--data.path", path, "--data.dedup", "exact",
+                     "--runs_dir", str(tmp_path / "runs")])
+    # Duplicates left lines 2 and 3 out of the copy, where this is line 2.
+    assert code == 1
+    assert capsys.readouterr().err == \
+        f"error: {path} line 4: the conversation has no assistant turn.\n"
+    from tfchat.data.cleaned import name_sources
+
+    (copy,) = (tmp_path / "runs" / ".cleaned").iterdir()
+    assert name_sources(f"{copy}/data/00000.jsonl line 3: x") == f"{path} line 6: x"

@@ -27,7 +27,9 @@ def command(main):
         try:
             return main(argv)
         except TfchatError as e:
-            print(f"error: {e}", file=sys.stderr)
+            from tfchat.data.cleaned import name_sources
+
+            print(f"error: {name_sources(str(e))}", file=sys.stderr)
             return 1
 
     return run

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 
 from tfchat.data.files import (
@@ -42,6 +43,7 @@ from tfchat.errors import TfchatError
 # Values that are not text to clean: who speaks, labels, identifiers.
 KEPT_KEYS = ("role", "from", "name", "type", "id", "label", "tool_call_id")
 REPORT = "data_report.json"
+SOURCES = "sources.json"  # which file, and line, of the corpus each copy's line is
 
 
 def hygiene_enabled(data):
@@ -150,15 +152,23 @@ def clean_corpus(data, cache_dir, seed=1):
         os.makedirs(cache_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".cleaning-", dir=cache_dir)
         os.makedirs(os.path.join(staging, "data"))
+        sources = {}
         for index, path in enumerate(files):
-            out = os.path.join(staging, "data", f"{index:05d}{suffix}")
+            name = f"{index:05d}{suffix}"
+            out = os.path.join(staging, "data", name)
             if jsonl:
-                _clean_jsonl(path, out, hygiene, data)
+                anchors = _clean_jsonl(path, out, hygiene, data)
             else:
                 _clean_text(path, out, hygiene, data)
+                anchors = None
+            sources[name] = {"source": os.path.abspath(path), "anchors": anchors}
         report = {"source": data.path, **hygiene.report.to_dict()}
         if data.balance_field:
             report["balance"] = _balance(os.path.join(staging, "data"), data, seed)
+            # One file of resampled records: no line has one source line.
+            sources = {f"00000{suffix}": {"source": data.path, "anchors": None}}
+        with open(os.path.join(staging, SOURCES), "w", encoding="utf-8") as f:
+            json.dump(sources, f, ensure_ascii=False)
         with open(os.path.join(staging, REPORT), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, ensure_ascii=False)
         try:
@@ -204,7 +214,11 @@ def _replace(value, parts, key=None):
 
 
 def _clean_jsonl(path, out, hygiene, data):
+    """Cleans the JSONL file `path` into `out`; returns the anchors that
+    map the copy's line numbers to the source's (`name_sources`): [copy
+    line, source line] wherever the offset between them changes."""
     kept = {data.label_field, data.balance_field, *KEPT_KEYS} - {""}
+    anchors, written = [], 0
     with open(out, "w", encoding="utf-8") as f:
         for number, record in read_json_lines(path, data.encoding_errors):
             if data.balance_field and not (isinstance(record, dict) and data.balance_field in record):
@@ -223,6 +237,36 @@ def _clean_jsonl(path, out, hygiene, data):
             else:
                 record = _replace(record, parts)
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            written += 1
+            if not anchors or number - written != anchors[-1][1] - anchors[-1][0]:
+                anchors.append([written, number])
+    return anchors
+
+
+_COPY_PATH = re.compile(r"(\S*?[/\\]\.cleaned[/\\][0-9a-f]{16})[/\\]data[/\\](\d{5}\.(?:jsonl|txt))"
+                        r"(?: line (\d+))?")
+
+
+def name_sources(message):
+    """`message` (an error) with each place in a cleaned copy ("<copy>/data/
+    00000.jsonl line 7") named as the user's own file and line, which is
+    what they can open and fix."""
+
+    def source(match):
+        folder, name, line = match.groups()
+        try:
+            with open(os.path.join(folder, SOURCES), encoding="utf-8") as f:
+                where = json.load(f)[name]
+        except (OSError, ValueError, KeyError):
+            return match.group(0)
+        anchors = where["anchors"]
+        if line is None or not anchors:
+            return f"{match.group(0)} (the cleaned copy of {where['source']})"
+        line = int(line)
+        copy_line, source_line = max((a for a in anchors if a[0] <= line), default=anchors[0])
+        return f"{where['source']} line {source_line + line - copy_line}"
+
+    return _COPY_PATH.sub(source, message)
 
 
 def _paragraphs(path, errors):
