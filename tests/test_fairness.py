@@ -263,3 +263,27 @@ def test_classify_run_evaluated_per_group(tmp_path):
         assert 0 <= groups[key] <= 1
     text = format_report(results)
     assert "per group of site" in text and "demographic parity difference" in text
+
+
+@pytest.mark.slow
+def test_chat_run_evaluated_per_group(chat_run, tmp_path):
+    """The chat objective's evaluation with data.group_field: the greedy
+    replies it scores, scored again per group of the conversations."""
+    import dataclasses
+
+    from conftest import CHAT_PAIRS
+    from tfchat.run import load_run
+
+    records = [{"messages": [{"role": "user", "content": user},
+                             {"role": "assistant", "content": bot}], "lang": "xy"[i // 10 % 2]}
+               for i, (user, bot) in enumerate(CHAT_PAIRS * 10)]
+    path = write_jsonl(tmp_path / "chats.jsonl", records)
+    run = load_run(chat_run)
+    data = dataclasses.replace(run.config.data, path=path, group_field="lang", fix_unicode=False)
+    run.config = dataclasses.replace(run.config, data=data)
+    results = run.objective.evaluate(run, max_new_tokens=8, jit_compile=False)
+    groups = results["groups"]
+    assert groups["field"] == "lang" and set(groups["per_group"]) == {"x", "y"}
+    assert sum(row["replies"] for row in groups["per_group"].values()) == results["replies"]
+    assert groups["small_groups"] == ["x", "y"]  # 3 validation conversations in all
+    assert {"bleu", "chrf", "rouge_l"} <= set(groups["gaps"])
