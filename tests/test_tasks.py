@@ -148,6 +148,18 @@ def test_objective_auto_trains_task_records_as_chat(tmp_path):
     assert tasks.TaskCorpus.for_data(data(chats)) is None
 
 
+def test_group_field_of_task_records(tmp_path):
+    records = [{**r, "lang_pair": f"en-{i % 2}"} for i, r in enumerate(translation_records(2))]
+    path = write_jsonl(tmp_path / "tr.jsonl", records)
+    corpus = tasks.TaskCorpus.for_data(data(path, group_field="lang_pair"))
+    assert corpus.groups("train")[:3] == ["en-0", "en-1", "en-0"]
+    assert len(corpus.groups("val")) == len(corpus.conversations("val"))
+    assert tasks.TaskCorpus.for_data(data(path)).groups("val") is None
+    path = write_jsonl(tmp_path / "bad.jsonl", records[:1] + translation_records(1))
+    with pytest.raises(TfchatError, match=r"bad.jsonl line 2: no field 'lang_pair' \(data.group_field\)\.$"):
+        tasks.TaskCorpus.for_data(data(path, group_field="lang_pair"))
+
+
 BAD_RECORDS = [
     ("translation", {"source": "a"}, "line 2: a translation record needs 'source' and 'target'; "
                                      "this one lacks 'target' (it has 'source')."),

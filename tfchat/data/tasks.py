@@ -217,7 +217,9 @@ def task_conversation(task, record, where, template=""):
 
 
 def _group(record, field, where):
-    value = record.get(field)
+    if field not in record:
+        raise TfchatError(f"{where}: no field {field!r} (data.group_field).")
+    value = record[field]
     if value is None or isinstance(value, (bool, dict, list)) or not str(value).strip():
         raise TfchatError(f"{where}: group field {field!r} (data.group_field) must be a "
                           f"non-empty string or a number. Received: {value!r}")
