@@ -34,7 +34,8 @@ import re
 import tempfile
 
 from tfchat.data.files import (
-    JSONL_SUFFIXES, YAML_SUFFIXES, is_val, read_json_lines, read_lines, resolve_files,
+    JSONL_SUFFIXES, YAML_SUFFIXES, count_chars, is_val, read_json_lines, read_lines,
+    resolve_files,
 )
 from tfchat.data import pii
 from tfchat.data.hygiene import BLOCKED, Hygiene
@@ -178,6 +179,8 @@ def clean_corpus(data, cache_dir, seed=1):
                 raise
     with open(report_path, encoding="utf-8") as f:
         report = json.load(f)
+    if not report["documents_read"]:
+        raise TfchatError(f"The corpus at {data.path} is empty: no documents to read.")
     if not report["documents_kept"]:
         raise TfchatError(f"The data-hygiene stage removed every document of {data.path} "
                           f"({report['removed']}); see {report_path}.")
@@ -217,7 +220,7 @@ def _clean_jsonl(path, out, hygiene, data):
     """Cleans the JSONL file `path` into `out`; returns the anchors that
     map the copy's line numbers to the source's (`name_sources`): [copy
     line, source line] wherever the offset between them changes."""
-    kept = {data.label_field, data.balance_field, *KEPT_KEYS} - {""}
+    kept = {data.label_field, data.balance_field, data.group_field, *KEPT_KEYS} - {""}
     anchors, written = [], 0
     with open(out, "w", encoding="utf-8") as f:
         for number, record in read_json_lines(path, data.encoding_errors):
@@ -270,6 +273,7 @@ def name_sources(message):
 
 
 def _paragraphs(path, errors):
+    count_chars(path, errors)  # fails with the byte offset if not UTF-8
     lines = []
     for line in read_lines(path, errors):
         if line.strip():
