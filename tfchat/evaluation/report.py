@@ -55,8 +55,10 @@ def _png(image):
 
 
 def _cell(value):
-    if isinstance(value, bool) or value is None:
-        return f"<td>{html.escape(str(value))}</td>"
+    if value is None:
+        return "<td>&ndash;</td>"
+    if isinstance(value, bool):
+        return f"<td>{value}</td>"
     if isinstance(value, int):
         return f'<td class="number">{value}</td>'
     if isinstance(value, float):
@@ -98,7 +100,7 @@ def scores_html(results):
             [(g + (" *" if g in small else ""), *(row.get(n) for n in names))
              for g, row in groups.items()], "groups"))
     plain = [(k, v) for k, v in results.items()
-             if isinstance(v, (str, bool)) or v is None]
+             if isinstance(v, (str, bool)) or v is None or k in ("step", "seconds")]
     if plain:
         parts.append("<h3>Run</h3>" + _table(("key", "value"), plain, "run"))
     examples = results.get("examples") or []
