@@ -158,3 +158,10 @@ def test_a_file_that_is_not_feedback_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate_cli.main([])
     assert e.value.code == 2 and "--run" in capsys.readouterr().err
+
+
+def test_a_missing_feedback_file_is_a_one_line_error(tmp_path, capsys):
+    from tfchat import evaluate
+
+    assert evaluate.main(["--feedback", str(tmp_path / "none.jsonl")]) == 1
+    assert capsys.readouterr().err == f"error: No feedback file at {tmp_path / 'none.jsonl'}.\n"

@@ -32,6 +32,7 @@ The summary (`summarise(paths)`):
 
 import collections
 import math
+import os
 
 from tfchat.data.files import read_json_lines
 from tfchat.errors import TfchatError
@@ -103,6 +104,8 @@ def read_feedback(path):
     ("label" or "prefer"), "prompt" and "run", and "reply" and "good", or
     "chosen", "rejected", "chosen_run" and "rejected_run". A line that is
     not a feedback record is an error naming the file and line."""
+    if not os.path.isfile(path):
+        raise TfchatError(f"No feedback file at {path}.")
     judgements = []
     for number, record in read_json_lines(path):
         where = f"{path} line {number}"
