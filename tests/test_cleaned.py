@@ -134,7 +134,7 @@ def test_prepare_cleans_reports_and_gives_the_same_shards_for_a_seed(tmp_path, c
     assert prepare.main([*flags, "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["documents_kept"] < report["documents_read"] and report["pii_found"]["EMAIL"]
-    assert not (tmp_path / "dry").exists()
+    assert not (tmp_path / "dry").exists() and not (tmp_path / ".cleaned").exists()
     for out in ("one", "two"):
         assert prepare.main([*flags, "--out", str(tmp_path / "cache" / out)]) == 0
     one, two = tmp_path / "cache" / "one", tmp_path / "cache" / "two"
@@ -222,3 +222,28 @@ def test_errors_in_the_cleaned_copy_name_the_users_file_and_line(tmp_path, capsy
 
     (copy,) = (tmp_path / "runs" / ".cleaned").iterdir()
     assert name_sources(f"{copy}/data/00000.jsonl line 3: x") == f"{path} line 6: x"
+
+
+def test_metadata_fields_are_kept_as_written_and_do_not_make_documents_differ(tmp_path):
+    text = "the same words about the sea, the ships and the harbour at night."
+    records = [{"text": text, "source": "forum", "url": "https://a.example/1", "lang": "en"},
+               {"text": text + "  ", "source": "blog", "url": "https://b.example/2", "lang": "en"},
+               {"messages": [{"role": "user", "content": "hi  there"},
+                             {"role": "assistant", "content": "hello"}], "title": "caf\u00c3\u00a9  x"}]
+    path = write_jsonl(tmp_path / "docs.jsonl", records)
+    cleaned = clean_corpus(config_lib.DataConfig(path=path, dedup="exact"), str(tmp_path / "c"))
+    assert cleaned.report["removed"]["duplicate_exact"] == 1
+    lines = [json.loads(line) for line in open(os.path.join(cleaned.data.path, "00000.jsonl"))]
+    assert lines[0] == records[0]
+    # The conversation is cleaned; its title, metadata, is not.
+    assert lines[1] == {"messages": [{"role": "user", "content": "hi there"},
+                                     {"role": "assistant", "content": "hello"}],
+                        "title": records[2]["title"]}
+
+
+def test_a_bad_record_leaves_no_partial_copy(tmp_path):
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"text": "one", "source": "a"}, {"text": "two"}])
+    cache = tmp_path / "runs" / ".cleaned"
+    with pytest.raises(TfchatError, match=r"docs\.jsonl line 2: no field 'source'"):
+        clean_corpus(config_lib.DataConfig(path=path, balance_field="source"), str(cache))
+    assert not cache.exists()

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 from tfchat import quiet
 
@@ -82,16 +83,21 @@ def main(argv=None):
     if prepared.is_prepared(config.data.path):
         raise TfchatError(f"{config.data.path} is prepared already.")
     data, cleaned = config.data, None
+    if args.dry_run:
+        if not hygiene_enabled(config.data):
+            raise TfchatError("--dry-run shows the data-hygiene stage's report; no hygiene "
+                              "setting is on (data.fix_unicode, data.dedup, data.scrub_pii, ...).")
+        scratch = tempfile.mkdtemp(prefix="tfchat-dry-run-")
+        try:  # the report, without leaving a copy of the corpus on disk
+            report = clean_corpus(config.data, scratch, config.train.seed).report
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
     if hygiene_enabled(config.data):
         cache = os.path.join(os.path.dirname(os.path.abspath(args.out)), ".cleaned")
         cleaned = clean_corpus(config.data, cache, config.train.seed)
         data = cleaned.data
-    elif args.dry_run:
-        raise TfchatError("--dry-run shows the data-hygiene stage's report; no hygiene setting "
-                          "is on (data.fix_unicode, data.dedup, data.scrub_pii, ...).")
-    if args.dry_run:
-        print(json.dumps(cleaned.report, indent=2, ensure_ascii=False))
-        return 0
     corpus = Corpus(data)
     if args.tokenizer_from:
         tokenizer = load_tokenizer(source.tokenizer)

@@ -31,6 +31,7 @@ import json
 import os
 import random
 import re
+import shutil
 import tempfile
 
 from tfchat.data.files import (
@@ -38,11 +39,17 @@ from tfchat.data.files import (
     resolve_files,
 )
 from tfchat.data import pii
+from tfchat.data.tasks import FIELDS
 from tfchat.data.hygiene import BLOCKED, Hygiene
 from tfchat.errors import TfchatError
 
 # Values that are not text to clean: who speaks, labels, identifiers.
 KEPT_KEYS = ("role", "from", "name", "type", "id", "label", "tool_call_id")
+# A record's fields that hold its document (with data.text_field, and a task
+# record's text fields, `_document_keys`): what the readers train on. Other
+# fields (a source, a URL, a title) are metadata, copied as written: they
+# are neither cleaned nor part of what makes two documents duplicates.
+TEXT_KEYS = ("messages", "prompt", "chosen", "rejected", "completion")
 REPORT = "data_report.json"
 SOURCES = "sources.json"  # which file, and line, of the corpus each copy's line is
 
@@ -52,10 +59,15 @@ def hygiene_enabled(data):
     `fix_unicode`, on by default, counts only for the corpora the stage
     reads (text and JSONL): the chatterbot corpus is clean already, and a
     CSV's cells are left to its reader, so they train as before."""
-    chosen = bool(data.dedup != "none" or data.min_chars or data.max_chars or data.languages
-                  or data.max_repetition or data.scrub_pii or data.blocklist
-                  or data.balance_field)
-    return chosen or (data.fix_unicode and not _unread_format(data))
+    return bool(_chosen_settings(data)) or (data.fix_unicode and not _unread_format(data))
+
+
+def _chosen_settings(data):
+    """The hygiene settings `data` turns on, besides the default Unicode repair."""
+    defaults = type(data)()
+    names = ("dedup", "min_chars", "max_chars", "languages", "max_repetition", "scrub_pii",
+             "blocklist", "balance_field")
+    return [n for n in names if getattr(data, n) != getattr(defaults, n)]
 
 
 def _unread_format(data):
@@ -128,8 +140,10 @@ def clean_corpus(data, cache_dir, seed=1):
     """Cleans the corpus `data` names into `cache_dir/<digest>/` (once; see
     module docs) and returns a `Cleaned`."""
     if data.path.startswith("chatterbot:"):
-        raise TfchatError("The data-hygiene settings (data.fix_unicode, data.dedup, ...) read "
-                          "files; the chatterbot corpus is clean already: leave them off for it.")
+        chosen = ", ".join(f"data.{name}" for name in _chosen_settings(data))
+        raise TfchatError(f"The data-hygiene settings ({chosen}) read text and JSONL files; the "
+                          "chatterbot corpus is clean already: leave them off for it, or "
+                          "write its conversations to JSONL first.")
     files = resolve_files(data.path)
     if not files:
         raise TfchatError(f"No files at {data.path}.")
@@ -152,29 +166,19 @@ def clean_corpus(data, cache_dir, seed=1):
     if not os.path.isfile(report_path):
         os.makedirs(cache_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".cleaning-", dir=cache_dir)
-        os.makedirs(os.path.join(staging, "data"))
-        sources = {}
-        for index, path in enumerate(files):
-            name = f"{index:05d}{suffix}"
-            out = os.path.join(staging, "data", name)
-            if jsonl:
-                anchors = _clean_jsonl(path, out, hygiene, data)
-            else:
-                _clean_text(path, out, hygiene, data)
-                anchors = None
-            sources[name] = {"source": os.path.abspath(path), "anchors": anchors}
-        report = {"source": data.path, **hygiene.report.to_dict()}
-        if data.balance_field:
-            report["balance"] = _balance(os.path.join(staging, "data"), data, seed)
-            # One file of resampled records: no line has one source line.
-            sources = {f"00000{suffix}": {"source": data.path, "anchors": None}}
-        with open(os.path.join(staging, SOURCES), "w", encoding="utf-8") as f:
-            json.dump(sources, f, ensure_ascii=False)
-        with open(os.path.join(staging, REPORT), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2, ensure_ascii=False)
+        try:
+            _clean_into(staging, files, suffix, jsonl, hygiene, data, seed)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # a bad record leaves nothing behind
+            try:
+                os.rmdir(cache_dir)  # only if no other copy is in it
+            except OSError:
+                pass
+            raise
         try:
             os.replace(staging, folder)
         except OSError:  # another worker or run made the same copy first
+            shutil.rmtree(staging, ignore_errors=True)
             if not os.path.isfile(report_path):
                 raise
     with open(report_path, encoding="utf-8") as f:
@@ -190,6 +194,31 @@ def clean_corpus(data, cache_dir, seed=1):
         # Validation stays the same documents at the same share of places.
         cleaned = dataclasses.replace(cleaned, val_fraction=report["balance"]["val_fraction"])
     return Cleaned(cleaned, report, folder)
+
+
+def _clean_into(staging, files, suffix, jsonl, hygiene, data, seed):
+    """Writes the cleaned copy of `files` into the folder `staging`: data/,
+    the report and where each line came from."""
+    os.makedirs(os.path.join(staging, "data"))
+    sources = {}
+    for index, path in enumerate(files):
+        name = f"{index:05d}{suffix}"
+        out = os.path.join(staging, "data", name)
+        if jsonl:
+            anchors = _clean_jsonl(path, out, hygiene, data)
+        else:
+            _clean_text(path, out, hygiene, data)
+            anchors = None
+        sources[name] = {"source": os.path.abspath(path), "anchors": anchors}
+    report = {"source": data.path, **hygiene.report.to_dict()}
+    if data.balance_field:
+        report["balance"] = _balance(os.path.join(staging, "data"), data, seed)
+        # One file of resampled records: no line has one source line.
+        sources = {f"00000{suffix}": {"source": data.path, "anchors": None}}
+    with open(os.path.join(staging, SOURCES), "w", encoding="utf-8") as f:
+        json.dump(sources, f, ensure_ascii=False)
+    with open(os.path.join(staging, REPORT), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, ensure_ascii=False)
 
 
 def _strings(value, key=None):
@@ -220,7 +249,7 @@ def _clean_jsonl(path, out, hygiene, data):
     """Cleans the JSONL file `path` into `out`; returns the anchors that
     map the copy's line numbers to the source's (`name_sources`): [copy
     line, source line] wherever the offset between them changes."""
-    kept = {data.label_field, data.balance_field, data.group_field, *KEPT_KEYS} - {""}
+    metadata = {data.label_field, data.balance_field, data.group_field, ""}
     anchors, written = [], 0
     with open(out, "w", encoding="utf-8") as f:
         for number, record in read_json_lines(path, data.encoding_errors):
@@ -228,7 +257,8 @@ def _clean_jsonl(path, out, hygiene, data):
                 raise TfchatError(f"{path} line {number}: no field {data.balance_field!r} "
                                   "(data.balance_field) to balance on.")
             if isinstance(record, dict):
-                strings = [s for k, v in record.items() if k not in kept for s in _strings(v, k)]
+                text_keys = _document_keys(record, data.text_field) - metadata
+                strings = [s for k, v in record.items() if k in text_keys for s in _strings(v, k)]
             else:
                 strings = list(_strings(record))
             result = hygiene.process(strings)
@@ -236,7 +266,8 @@ def _clean_jsonl(path, out, hygiene, data):
                 continue
             parts = iter(result.texts)
             if isinstance(record, dict):
-                record = {k: (v if k in kept else _replace(v, parts, k)) for k, v in record.items()}
+                record = {k: (_replace(v, parts, k) if k in text_keys else v)
+                          for k, v in record.items()}
             else:
                 record = _replace(record, parts)
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -270,6 +301,15 @@ def name_sources(message):
         return f"{where['source']} line {source_line + line - copy_line}"
 
     return _COPY_PATH.sub(source, message)
+
+
+def _document_keys(record, text_field):
+    """The fields of the JSONL `record` that hold its document."""
+    keys = {text_field, *TEXT_KEYS}
+    for required, optional in FIELDS.values():  # a task record's, where it is one
+        if set(required) <= record.keys():
+            keys.update(name for name in required + optional if not name.endswith("_lang"))
+    return keys
 
 
 def _paragraphs(path, errors):

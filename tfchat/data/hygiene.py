@@ -278,7 +278,8 @@ class LanguageFilter:
 
     def __init__(self, languages, min_confidence=0.0, min_letters=20):
         if isinstance(languages, str):
-            languages = [part.strip() for part in languages.split(",") if part.strip()]
+            languages = languages.split(",")
+        languages = [part.strip().lower() for part in languages if part.strip()]
         known = known_languages()
         common = [c for c in ("en", "de", "fr", "es", "it", "pt", "nl", "ru", "uk", "pl", "tr", "ar", "hi",
                               "zh", "ja", "ko") if c in known]
@@ -395,8 +396,8 @@ class Blocklist:
             if line.startswith("re:"):
                 pattern = unicodedata.normalize("NFKC", line[3:].strip())
                 try:
+                    re.compile(pattern)  # first alone: the error's position is in the term
                     compiled = re.compile(f"{start}(?:{_fold_pattern(pattern)}){end}", re.IGNORECASE)
-                    re.compile(pattern)
                 except re.error as e:
                     raise TfchatError(f"{source}, line {number}: invalid regular expression {pattern!r}: {e}")
                 if compiled.fullmatch(""):

@@ -25,7 +25,9 @@ characters first, so `user:pass@host` is never read as an e-mail address):
                    international +CC numbers are found in any of them
 
 Realistic look-alikes are left alone: dates (2024-05-01, 01/05/2024), times,
-version numbers (1.2.3, v10.0.19041), order numbers (Order no. 123456789), ISBNs,
+version numbers (1.2.3, v10.0.19041), order and invoice numbers (Order no.
+2023-000123, INV-2023-000123: a number after a word that names an
+identifier, or glued to a code, is no phone), ISBNs (also hyphenated ISBN-10s),
 prices, years and long numbers that fail the Luhn check. A bare 10-digit
 number that is a valid mobile number of a listed region (9876543210 in
 India) is replaced: without formatting it cannot be told from one.
@@ -241,13 +243,45 @@ def _ip_spans(text):
 _MAYBE_PHONE = re.compile(r"\d(?:[\s().\-/]{0,3}\d){6}")
 
 
+# What names an identifier, not a phone, just before a number: "Order no.",
+# "invoice", "ISBN", "#"...
+_IDENTIFIER_CUE = re.compile(
+    r"(?:\b(?:no|nr|num|number|order|invoice|inv|ref|reference|id|isbn|issn|doi|ticket|case|"
+    r"account|acct|serial|sku|item|part|po)\b\.?|#)[\s:#.]*$", re.IGNORECASE)
+_ISBN10_SHAPE = re.compile(r"\d{1,5}-\d{1,7}-\d{1,7}-[\dX]")
+
+
+def _isbn10_valid(candidate):
+    chars = candidate.replace("-", "")
+    if len(chars) != 10 or not chars[:9].isdigit() or not (chars[9].isdigit() or chars[9] == "X"):
+        return False
+    values = [int(c) for c in chars[:9]] + [10 if chars[9] == "X" else int(chars[9])]
+    return sum((10 - i) * v for i, v in enumerate(values)) % 11 == 0
+
+
+def _identifier(text, start, end):
+    """Whether the phone-like `text[start:end]` is part of an identifier: glued
+    to a code before it (INV-2023-000123), after a word that names one
+    (Order no. 2023-000123, ISBN ...), or a hyphenated ISBN-10."""
+    before = text[max(0, start - 24):start]
+    if before[-1:] in ("-", "/", "_") and re.search(rf"{_W}[-/_]$", before):
+        return True
+    if before[-1:] and re.match(_W, before[-1]):
+        return True
+    if _IDENTIFIER_CUE.search(before):
+        return True
+    candidate = text[start:end]
+    return bool(_ISBN10_SHAPE.fullmatch(candidate)) and _isbn10_valid(candidate)
+
+
 def _phone_spans(text, regions):
     if not _MAYBE_PHONE.search(text):
         return []
     spans = set()
     for region in regions:
         for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-            spans.add((m.start, m.end))
+            if not _identifier(text, m.start, m.end):
+                spans.add((m.start, m.end))
     return spans
 
 
