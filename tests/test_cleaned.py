@@ -42,6 +42,7 @@ def test_a_dirty_corpus_is_cleaned_before_the_split_and_reported(tmp_path):
     report = json.loads((run / "data_report.json").read_text())
     assert report["documents_read"] == 33 and report["documents_kept"] == 31
     assert report["removed"]["duplicate_exact"] == 2
+    assert report["documents_repaired"] == 2  # the mojibake, the trailing spaces
     assert (report["pii_found"]["EMAIL"], report["pii_found"]["PHONE"]) == (1, 1)
     # The run's config keeps the user's data path; the copy it read is clean.
     assert json.loads((run / "config.json").read_text())["data"]["path"] == data

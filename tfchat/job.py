@@ -192,8 +192,14 @@ def precision_advice(train_config, gpus):
 def _hygiene_line(report, run_dir):
     removed = ", ".join(f"{n} {reason}" for reason, n in report["removed"].items() if n)
     found = ", ".join(f"{n} {kind}" for kind, n in report["pii_found"].items() if n)
+    extra = "".join(
+        f"; {n} {what}" for n, what in (
+            (report.get("documents_repaired", 0), "repaired"),
+            (report.get("blocked_terms_masked", 0), "blocked terms masked")) if n)
+    if "balance" in report:
+        extra += f"; balanced {report['balance']['mode']} on {report['balance']['field']}"
     return (f"Data hygiene: {report['documents_kept']} of {report['documents_read']} documents "
-            f"kept (removed: {removed or 'none'}; PII replaced: {found or 'none'}); "
+            f"kept (removed: {removed or 'none'}; PII replaced: {found or 'none'}{extra}); "
             f"{os.path.join(run_dir, REPORT)}.")
 
 

@@ -490,6 +490,7 @@ class Report:
         self.removed = dict.fromkeys(REASONS, 0)
         self.pii = {}
         self.masked_terms = 0
+        self.repaired = 0  # documents whose text Unicode repair or tidying changed
         self.examples = {}
 
     def add(self, result, original=None, blocklist=None):
@@ -510,6 +511,7 @@ class Report:
         self.read += other.read
         self.kept += other.kept
         self.masked_terms += other.masked_terms
+        self.repaired += other.repaired
         for reason, n in other.removed.items():
             self.removed[reason] = self.removed.get(reason, 0) + n
         for name, n in other.pii.items():
@@ -524,6 +526,7 @@ class Report:
             "documents_read": self.read,
             "documents_kept": self.kept,
             "documents_removed": sum(self.removed.values()),
+            "documents_repaired": self.repaired,
             "removed": dict(self.removed),
             "pii_found": dict(sorted(self.pii.items())),
             "blocked_terms_masked": self.masked_terms,
@@ -612,7 +615,9 @@ class Hygiene:
 
     def process(self, doc):
         parts = [doc] if isinstance(doc, str) else list(doc)
-        parts = [normalize_text(p, self.fix_unicode) for p in parts]
+        normalized = [normalize_text(p, self.fix_unicode) for p in parts]
+        self.report.repaired += normalized != parts
+        parts = normalized
         joined = "\n".join(parts)
         counts = dict.fromkeys(self.pii_types, 0)
         chars = sum(len(p) for p in parts)
