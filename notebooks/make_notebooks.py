@@ -647,12 +647,203 @@ assert difference < 1e-4'''),
     ]
 
 
+def evaluate_runs():
+    return [
+        new_markdown_cell(
+            "# 6. Evaluate: every metric, confidence intervals, fairness, pictures, a report\n\n"
+            "What `python -m tfchat.evaluate --run R --plots DIR --report report.html` does, in "
+            "cells: a tiny chat run's greedy replies scored by BLEU, chrF, METEOR and "
+            "ROUGE-1/2/L/Lsum, each with a seeded 95% bootstrap interval; a tiny classifier "
+            "scored per group of `data.group_field`; the training curves and an attention map "
+            "inline; and one self-contained HTML report."
+        ),
+        new_code_cell(SETUP),
+        new_markdown_cell(
+            "**A small conversation data set**, messages JSONL. Every tenth conversation is held "
+            "out for validation (`data.val_fraction` 0.1, the split `tfchat.data.files.is_val` "
+            "makes); some held-out ones ask in other words, so their replies are also scored on "
+            "their own, as `_unseen` (corpora that repeat their conversations, like this one and "
+            "chatterbot, otherwise measure recall of the training data)."
+        ),
+        new_code_cell('''import json
+from tfchat.data.files import is_val
+
+PAIRS = [("hello", "hi there!"), ("how are you?", "i am fine, thank you."),
+         ("what is your name?", "my name is tiny bot."), ("do you like tea?", "yes, with milk."),
+         ("where do you live?", "in a notebook."), ("goodbye", "bye, see you soon!")]
+REWORDED = [("hi", "hi there!"), ("how are you doing?", "i am fine, thank you."),
+            ("what are you called?", "my name is tiny bot."), ("bye", "bye, see you soon!")]
+os.makedirs(RUNS, exist_ok=True)
+chats = os.path.join(RUNS, "eval_chats.jsonl")
+held_out = [i for i in range(120) if is_val(i, 0.1)]  # the 12 validation conversations
+reworded = dict(zip(held_out[1::3], REWORDED))  # 4 of them ask in other words
+with open(chats, "w") as f:
+    for i in range(120):
+        question, answer = reworded.get(i, PAIRS[i % len(PAIRS)])
+        f.write(json.dumps({"messages": [{"role": "user", "content": question},
+                                         {"role": "assistant", "content": answer}]}) + "\\n")
+print(open(chats).readline())'''),
+        new_markdown_cell(
+            "**A tiny chat run** (`objective: chat`), trained with the same `train` the command "
+            "line runs; it logs loss, perplexity, learning rate and tokens/s to `metrics.jsonl`."
+        ),
+        new_code_cell('''from tfchat.config import Config
+from tfchat.job import train
+
+chat = Config(name="notebook_eval_chat", runs_dir=RUNS, objective="chat")
+chat.data.path, chat.data.val_fraction, chat.tokenizer.kind = chats, 0.1, "char"
+chat.model.num_layers, chat.model.num_heads, chat.model.hidden_dim = (2, 2, 64) if SMALL else (4, 4, 128)
+chat.model.block_size, chat.model.dropout = 48, 0.0
+chat.train.batch_size, chat.train.max_steps = 16, 100 if SMALL else 1000
+chat.train.learning_rate, chat.train.min_learning_rate, chat.train.warmup_steps = 1e-2, 1e-3, 10
+chat.train.log_interval, chat.train.eval_interval, chat.train.eval_batches = 10, 50, 2
+chat.train.sample_tokens, chat.train.jit_compile = 0, False  # XLA pays off for larger models
+history = train(chat, overwrite=True, verbose=0)
+print(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}")
+assert history[-1]["loss"] < history[0]["loss"]'''),
+        new_markdown_cell(
+            "**Evaluate** it: `evaluate.main` is `python -m tfchat.evaluate` itself, called with "
+            "its arguments. A chat run gets the assistant-token loss, then greedy replies to every "
+            "validation conversation scored by BLEU (sacrebleu, tokenised for the language), chrF, "
+            "METEOR (nltk; exact and stem matching, WordNet synonyms only where a WordNet is on "
+            "the machine) and ROUGE-1, -2, -L and -Lsum (rouge-score), overall and `_unseen`, and "
+            "training-prompt recall. It writes `evaluation.json` into the run."
+        ),
+        new_code_cell('''from tfchat import evaluate
+
+assert evaluate.main(["--run", chat.run_dir, "--max-new-tokens", "24"]) == 0
+with open(os.path.join(chat.run_dir, "evaluation.json")) as f:
+    results = json.load(f)
+print("schema", results["schema_version"], "| BLEU tokenised", results["bleu_tokenize"],
+      "| METEOR matching:", results["meteor_matching"])'''),
+        new_markdown_cell(
+            "**The metrics table**: `evaluation.json` keeps every score as a flat key and lists "
+            "each under `\"metrics\"` with its value, sample count and 95% bootstrap interval "
+            "(1,000 seeded resamples: for BLEU and chrF the sentences are resampled and the "
+            "corpus score recomputed, for the averaged scores the per-example values). Losses over "
+            "tokens have no interval."
+        ),
+        new_code_cell('''import pandas as pd
+
+table = pd.DataFrame([{"metric": r["name"], "value": r["value"], "count": r["count"],
+                       "95% low": (r["ci"] or [None, None])[0], "95% high": (r["ci"] or [None, None])[1]}
+                      for r in results["metrics"]]).set_index("metric")
+rows = {r["name"]: r for r in results["metrics"]}
+for name in ("bleu", "chrf", "meteor", "rouge_1", "rouge_2", "rouge_l", "rouge_lsum"):
+    low, high = rows[name]["ci"]
+    assert low <= rows[name]["value"] <= high and rows[name]["count"] == results["replies"], name
+print(f"{results['replies']} replies, {results['replies_unseen']} of them to unseen prompts")
+table.round(3)'''),
+        new_markdown_cell(
+            "**The scores as a picture** (`scores.png` of `--plots`): each metric's value with its "
+            "interval."
+        ),
+        new_code_cell('''from tfchat.evaluation import plots
+
+scores = plots.score_distributions(results)
+scores'''),
+        new_markdown_cell(
+            "**Training curves** from the run's `metrics.jsonl`: loss and perplexity (training at "
+            "every log, validation at each evaluation), learning rate, tokens/s."
+        ),
+        new_code_cell('''curves = plots.training_curves(chat.run_dir, title=chat.name)
+curves'''),
+        new_markdown_cell(
+            "**Attention**: `inspect_prompt` runs a user message and the greedy reply through the "
+            "model once, keeping every layer's attention probabilities (`GPT.attention_maps`); "
+            "the grid has a row per layer and a column per head, query tokens down, key tokens "
+            "across, the white line where the reply starts. Then each reply token's "
+            "log-probability."
+        ),
+        new_code_cell('''from tfchat.run import load_run
+
+run = load_run(chat.run_dir)
+looked = plots.inspect_prompt(run.backbone, run.tokenizer, "how are you?", chat=True)
+print("reply:", looked.reply, "|", len(looked.maps), "layers of", looked.maps[0].shape, "[heads, query, key]")
+attention = plots.attention_figure(looked)
+attention'''),
+        new_code_cell('''logprobs = plots.logprob_figure(looked)
+logprobs'''),
+        new_markdown_cell(
+            "**Fairness across groups.** A small labelled data set whose records name a group "
+            "(`data.group_field: source`), a tiny classifier (`objective: classify`, a BERT "
+            "encoder with its own WordPiece vocabulary), and the same `evaluate`: beside accuracy, "
+            "macro-F1 and the confusion matrix, every metric per group, the largest gap and ratio "
+            "between groups, demographic parity (the share of each group predicted as each class) "
+            "and equal opportunity (each class's true-positive rate per group), from fairlearn. "
+            "Groups under 30 examples are flagged `*`, not hidden. A third of the `chat` "
+            "group's labels are wrong here: a gap the table should find."
+        ),
+        new_code_cell('''import numpy as np
+
+ANIMALS = ["the cat sat on the mat", "a dog ran to the park", "the bird flew over the sea",
+           "a horse ate the hay", "the fish swam in the pond"]
+PEOPLE = ["my friend reads a good book", "her brother plays the piano", "our teacher writes on the board",
+          "the doctor walked to work", "his sister sang a song"]
+records = []
+for i in range(200):
+    label, texts = ("animal", ANIMALS) if i % 2 else ("person", PEOPLE)
+    source = ["news", "chat", "news", "chat", "forum"][i % 5]
+    text = texts[i // 2 % len(texts)]
+    if source == "chat" and i % 3 == 0:  # a third of the chat group was labelled wrongly
+        label = "person" if label == "animal" else "animal"
+    records.append({"text": f"{text} ({i})", "label": label, "source": source})
+labelled = os.path.join(RUNS, "eval_labelled.jsonl")
+with open(labelled, "w") as f:
+    for j in np.random.default_rng(0).permutation(len(records)):  # mixed in both splits
+        f.write(json.dumps(records[j]) + "\\n")
+
+classifier = Config(name="notebook_eval_classifier", runs_dir=RUNS, objective="classify")
+classifier.data.path, classifier.data.group_field, classifier.data.val_fraction = labelled, "source", 0.5
+classifier.tokenizer.kind, classifier.tokenizer.vocab_size = "wordpiece", 200
+classifier.model.num_layers, classifier.model.num_heads, classifier.model.hidden_dim = 2, 2, 32
+classifier.model.block_size, classifier.model.dropout = 16, 0.0
+classifier.train.batch_size, classifier.train.max_steps = 16, 40 if SMALL else 300
+classifier.train.learning_rate, classifier.train.min_learning_rate = 5e-3, 5e-4
+classifier.train.warmup_steps, classifier.train.log_interval, classifier.train.eval_interval = 5, 10, 40
+classifier.train.jit_compile = False
+train(classifier, overwrite=True, verbose=0)
+assert evaluate.main(["--run", classifier.run_dir]) == 0
+with open(os.path.join(classifier.run_dir, "evaluation.json")) as f:
+    fair = json.load(f)
+groups = fair["groups"]
+assert sum(row["examples"] for row in groups["per_group"].values()) == fair["examples"]
+print("\\nsmall groups:", groups["small_groups"])'''),
+        new_markdown_cell(
+            "**The fairness table** as a data frame, and the per-group bars (`groups.png`; small "
+            "groups hatched)."
+        ),
+        new_code_cell('''per_group = pd.DataFrame(groups["per_group"]).T[["examples", "small", "accuracy", "macro_f1"]]
+print(pd.DataFrame(groups["gaps"]).T[["difference", "ratio", "lowest", "highest", "small"]])
+bars = plots.group_bars(groups, metrics=["accuracy", "macro_f1"])
+per_group'''),
+        new_code_cell("bars"),
+        new_markdown_cell(
+            "**The HTML report**: one self-contained file, the scores as tables (the metrics "
+            "table with its intervals, the run, the example replies) and the pictures inlined as "
+            "PNG data, so it opens anywhere, offline. `python -m tfchat.evaluate --run R --plots "
+            "DIR --report report.html` writes it (`report.pictures`); `report.write_report` takes "
+            "any results and figures, here the ones above."
+        ),
+        new_code_cell('''from tfchat.evaluation import report
+
+html_path = report.write_report(
+    os.path.join(RUNS, "report.html"), results,
+    {"training_curves": curves, "scores": scores, "attention": attention, "logprobs": logprobs},
+    title=f"{chat.run_dir} (chat, step {run.step})")
+page = open(html_path, encoding="utf-8").read()
+print(f"{html_path}: {len(page) / 1e3:.0f} kB, {page.count('data:image/png;base64,')} pictures inlined")
+assert '<table id="scores">' in page and page.count("data:image/png;base64,") == 4'''),
+    ]
+
+
 NOTEBOOKS = {
     "01_pretrain_gpt.ipynb": pretrain_gpt,
     "02_masked_lm_bert.ipynb": masked_lm_bert,
     "03_chat_finetune.ipynb": chat_finetune,
     "04_export_and_serve.ipynb": export_and_serve,
     "05_finetune_pretrained.ipynb": finetune_pretrained,
+    "06_evaluate.ipynb": evaluate_runs,
 }
 
 

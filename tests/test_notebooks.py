@@ -63,6 +63,8 @@ def test_notebook_runs_with_small_settings(path, tmp_path, monkeypatch):
         assert _has_image(notebook), "the loss curve was not drawn inline"
     if "masked_lm_bert" in path:
         _check_masked_lm_bert(notebook, output, tmp_path / "runs")
+    if "evaluate" in path:
+        _check_evaluate(notebook, tmp_path / "runs")
 
 
 def _has_image(notebook):
@@ -118,3 +120,21 @@ def _check_masked_lm_bert(notebook, output, runs):
     trace = sum(matrix[i][i] for i in range(len(matrix)))
     assert float(accuracy) == pytest.approx(trace / len(data.val), abs=1e-4)
     assert _has_image(notebook), "the confusion-matrix plot was not drawn inline"
+
+
+def _check_evaluate(notebook, runs):
+    with open(runs / "notebook_eval_chat" / "evaluation.json") as f:
+        rows = {row["name"]: row for row in json.load(f)["metrics"]}
+    for name in ("bleu", "chrf", "meteor", "rouge_1", "rouge_2", "rouge_l", "rouge_lsum"):
+        low, high = rows[name]["ci"]  # every metric with its bootstrap interval
+        assert low <= rows[name]["value"] <= high and rows[name]["ci_level"] == 0.95
+        assert name + "_unseen" in rows
+    with open(runs / "notebook_eval_classifier" / "evaluation.json") as f:
+        groups = json.load(f)["groups"]
+    assert groups["field"] == "source" and set(groups["per_group"]) == {"chat", "forum", "news"}
+    assert groups["small_groups"] == ["forum"]  # 20 validation examples, under 30
+    assert groups["gaps"]["accuracy"]["lowest"] == "chat"  # its labels are a third wrong
+    page = (runs / "report.html").read_text(encoding="utf-8")
+    assert '<table id="scores">' in page and page.count("data:image/png;base64,") == 4
+    pictures = sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
+    assert pictures == 5  # scores, training curves, attention, log-probabilities, group bars
