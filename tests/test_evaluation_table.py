@@ -131,3 +131,12 @@ def test_a_causal_run_evaluation_reports_continuation_metrics(make_config, tmp_p
     assert names["val_perplexity"]["count"] == results["val_tokens"] > 0
     # The repetitive corpus is learnt: its continuations share characters.
     assert results["continuation_chrf"] > 0
+
+
+def test_nested_results_print_one_key_a_line():
+    from tfchat.evaluation.table import format_plain
+
+    text = format_plain({"val_loss": 1.23456, "task": {"task": "qa", "f1": 50.0},
+                         "groups": {"a": {"bleu": 1.0}}})
+    assert text.splitlines() == ["val_loss: 1.2346", "task:", "  task: qa", "  f1: 50.0000",
+                                 "groups:", "  a:", "    bleu: 1.0000"]

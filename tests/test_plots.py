@@ -292,3 +292,14 @@ def test_report_opens_in_a_browser(evaluated_report, tmp_path):
     finally:
         driver.quit()
     assert is_png(shot) and shot.stat().st_size > 10_000
+
+
+def test_a_classify_runs_results_have_no_examples_to_plot():
+    from tfchat.evaluation import plots
+
+    from tfchat.evaluation import report
+
+    # A classify run's "examples" is how many it scored, not records.
+    results = {"examples": 60, "accuracy": 0.9}
+    assert plots.per_example_scores(results) == {}
+    assert "accuracy" in report.report_html(results)

@@ -192,6 +192,10 @@ def test_fit_stops_on_a_bad_record_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"error: {path} line 2: a qa record needs 'question' and 'answer'; this one lacks "
         "'answer' (it has 'question').\n")
+    # The first record short of its reply: still read as the task it is.
+    first = write_jsonl(tmp_path / "first.jsonl", [{"question": "who?"}, qa_records(1)[0]])
+    assert fit.main(["--data.path", first, "--runs_dir", str(tmp_path / "runs")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {first} line 1: a qa record needs")
 
 
 @pytest.mark.parametrize("task,template,message", [

@@ -88,6 +88,13 @@ def test_wordnet_folder_that_has_none_is_an_error(tmp_path):
         text_metrics.load_wordnet(str(tmp_path))
     with pytest.raises(TfchatError, match="no such folder"):
         text_metrics.load_wordnet(str(tmp_path / "missing"))
+    # A database without the files synonym lookups read fails now, by name,
+    # not in the middle of an evaluation.
+    (tmp_path / "wn").mkdir()
+    for name in ("lexnames", "index.noun", "data.noun"):
+        (tmp_path / "wn" / name).write_text("")
+    with pytest.raises(TfchatError, match=r"lacks index\.sense, index\.verb"):
+        text_metrics.load_wordnet(str(tmp_path / "wn"))
     # The machine's own nltk data, if any, decides the default; never a download.
     _, matching = text_metrics.resolve_wordnet(None)
     assert matching in ("exact+stem", "exact+stem+synonyms")

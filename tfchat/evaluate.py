@@ -2,9 +2,13 @@
 
 What is measured depends on the run's objective (its saved config):
 
-    causal    validation loss, perplexity and token accuracy
-    chat      the same on the assistant's tokens only, plus BLEU, ROUGE-L
-              and chrF of greedy replies to the validation conversations
+    causal    validation loss, perplexity and token accuracy; greedy
+              continuations of held-out text by BLEU, chrF, METEOR and
+              ROUGE-1/2/L/Lsum
+    chat      the same losses on the assistant's tokens only, plus those
+              scores of greedy replies to the validation conversations;
+              task records (translation, summarisation, qa) add their
+              task's metrics, data.group_field every metric per group
     dpo       on the validation preference pairs: the DPO loss, rewards,
               reward accuracy, the chosen reply's log-probability change
               against the reference and how often it is likelier; and
@@ -17,7 +21,8 @@ What is measured depends on the run's objective (its saved config):
 
 on the validation split of the run's data, or of `--data` (classify: all of
 `--data`). The results are printed and written to runs/<name>/evaluation.json
-(and to `--json FILE` if given):
+(and to `--json FILE` if given), each metric with its sample count and a
+bootstrap confidence interval; --plots and --report draw them:
 
     python -m tfchat.evaluate --run runs/clf
     python -m tfchat.evaluate --run runs/clf --data test.csv --json report.json
@@ -116,9 +121,9 @@ def main(argv=None):
     if run.objective.format_results:
         print(run.objective.format_results(results))
     else:
-        for key, value in results.items():
-            if key != "examples":
-                print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+        from tfchat.evaluation.table import format_plain
+
+        print(format_plain({k: v for k, v in results.items() if k != "examples"}))
         for example in results.get("examples", []):
             print(f"\nuser: {example['user']}\nreference: {example['reference']}\nreply: {example['reply']}")
     warning = run.objective.warning(run.config, results)

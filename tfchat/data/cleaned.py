@@ -261,15 +261,18 @@ def _clean_jsonl(path, out, hygiene, data):
                 strings = [s for k, v in record.items() if k in text_keys for s in _strings(v, k)]
             else:
                 strings = list(_strings(record))
-            result = hygiene.process(strings)
-            if result.texts is None:
-                continue
-            parts = iter(result.texts)
-            if isinstance(record, dict):
-                record = {k: (_replace(v, parts, k) if k in text_keys else v)
-                          for k, v in record.items()}
-            else:
-                record = _replace(record, parts)
+            if not isinstance(record, dict) or text_keys & record.keys():
+                result = hygiene.process(strings)
+                if result.texts is None:
+                    continue
+                parts = iter(result.texts)
+                if isinstance(record, dict):
+                    record = {k: (_replace(v, parts, k) if k in text_keys else v)
+                              for k, v in record.items()}
+                else:
+                    record = _replace(record, parts)
+            # else nothing of a document: copied as it is, for the reader to say
+            # what is wrong with it, naming this line.
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             written += 1
             if not anchors or number - written != anchors[-1][1] - anchors[-1][0]:
@@ -277,8 +280,8 @@ def _clean_jsonl(path, out, hygiene, data):
     return anchors
 
 
-_COPY_PATH = re.compile(r"(\S*?[/\\]\.cleaned[/\\][0-9a-f]{16})[/\\]data[/\\](\d{5}\.(?:jsonl|txt))"
-                        r"(?: line (\d+))?")
+_COPY_PATH = re.compile(r"(\S*?[/\\]\.cleaned[/\\][0-9a-f]{16})[/\\]data"
+                        r"(?:[/\\](\d{5}\.(?:jsonl|txt)))?(?: line (\d+))?")
 
 
 def name_sources(message):
@@ -288,6 +291,12 @@ def name_sources(message):
 
     def source(match):
         folder, name, line = match.groups()
+        if name is None:  # the copy's folder: the corpus it copies
+            try:
+                with open(os.path.join(folder, REPORT), encoding="utf-8") as f:
+                    return json.load(f)["source"]
+            except (OSError, ValueError, KeyError):
+                return match.group(0)
         try:
             with open(os.path.join(folder, SOURCES), encoding="utf-8") as f:
                 where = json.load(f)[name]

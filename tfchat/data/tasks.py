@@ -91,6 +91,13 @@ def detect_task(record):
     for task in TASKS:
         if all(key in record for key in FIELDS[task][0]):
             return task
+    # A record with some of a task's own fields (not "source", which many
+    # documents carry as metadata), and no text: that task, short of a
+    # field, which reading it then names with its file and line.
+    if "text" not in record:
+        for task in ("summarisation", "qa"):
+            if any(key in record for key in FIELDS[task][0]):
+                return task
     return "none"
 
 

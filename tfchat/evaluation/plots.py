@@ -140,7 +140,8 @@ def per_example_scores(results):
     for row in results.get("metrics") or []:
         if isinstance(row, dict) and isinstance(row.get("values"), list):
             found.setdefault(row["name"], list(row["values"]))
-    examples = [e for e in results.get("examples") or [] if isinstance(e, dict)]
+    examples = results.get("examples")  # classify: a count, not records
+    examples = [e for e in examples if isinstance(e, dict)] if isinstance(examples, list) else []
     for key in sorted({k for e in examples for k, v in e.items() if _is_number(v)}):
         found.setdefault(key, [e[key] for e in examples if _is_number(e.get(key))])
     return {k: [float(v) for v in values if _is_number(v)] for k, values in found.items()

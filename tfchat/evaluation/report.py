@@ -103,8 +103,8 @@ def scores_html(results):
              if isinstance(v, (str, bool)) or v is None or k in ("step", "seconds")]
     if plain:
         parts.append("<h3>Run</h3>" + _table(("key", "value"), plain, "run"))
-    examples = results.get("examples") or []
-    if examples and all(isinstance(e, dict) for e in examples):
+    examples = results.get("examples") or []  # classify: a count, not records
+    if isinstance(examples, list) and examples and all(isinstance(e, dict) for e in examples):
         parts.append("<h3>Examples</h3>" + "".join(
             f"<pre>{html.escape(json.dumps(e, ensure_ascii=False, indent=1))}</pre>"
             for e in examples))

@@ -172,3 +172,17 @@ def _suffix_count(key, results):
     if key.startswith("val_"):
         return "val_pairs" if "val_pairs" in results else "val_tokens"
     return "replies" if "replies" in results else "examples"
+
+
+def format_plain(results, indent=""):
+    """`results` as "key: value" lines, floats to 4 places, a nested
+    mapping (a task's metrics, the groups) indented under its key."""
+    lines = []
+    for key, value in results.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            lines.append(format_plain(value, indent + "  "))
+        else:
+            shown = f"{value:.4f}" if isinstance(value, float) else value
+            lines.append(f"{indent}{key}: {shown}")
+    return "\n".join(line for line in lines if line)

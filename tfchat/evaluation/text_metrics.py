@@ -57,10 +57,25 @@ def _is_wordnet_folder(path):
     return os.path.isfile(os.path.join(path, "lexnames"))
 
 
+# The files nltk's reader opens, at load or at a synonym lookup.
+_WORDNET_FILES = ("lexnames", "index.sense") + tuple(
+    f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv"))
+
+
 @functools.lru_cache(maxsize=None)
 def _read_wordnet(root):
+    import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
+    if os.path.isdir(root):
+        missing = [f for f in _WORDNET_FILES if not os.path.isfile(os.path.join(root, f))]
+        if missing:
+            raise TfchatError(f"WordNet at {root} lacks {', '.join(missing)}: METEOR's synonym "
+                              "lookups read them.")
+    # nltk reads corpora only under its data paths (nltk.pathsec): a folder
+    # the user names becomes one.
+    if root not in nltk.data.path:
+        nltk.data.path.insert(0, root)
     return WordNetCorpusReader(root, None)
 
 

@@ -148,7 +148,7 @@ def describe(config, corpus, model):
 def next_steps(config):
     return ("Chat with it:\n"
             f"  python -m tfchat.chat --run {config.run_dir}\n"
-            "Score its replies (BLEU, ROUGE-L, chrF):\n"
+            "Score its replies (BLEU, chrF, METEOR, ROUGE):\n"
             f"  python -m tfchat.evaluate --run {config.run_dir}")
 
 

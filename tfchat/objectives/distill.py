@@ -118,7 +118,7 @@ def sampler(model, tokenizer, config):
 
 def evaluate(run, **options):
     """What the data's own objective reports (causal: loss, perplexity and
-    accuracy; chat: those on assistant tokens, and BLEU, ROUGE-L, chrF)."""
+    accuracy; chat: those on assistant tokens, and the reply scores)."""
     return _data_objective(run.config).evaluate(run, **options)
 
 
