@@ -165,3 +165,14 @@ def test_a_missing_feedback_file_is_a_one_line_error(tmp_path, capsys):
 
     assert evaluate.main(["--feedback", str(tmp_path / "none.jsonl")]) == 1
     assert capsys.readouterr().err == f"error: No feedback file at {tmp_path / 'none.jsonl'}.\n"
+
+
+def test_string_prompts_and_replies_read_as_one_message(tmp_path):
+    from tfchat.evaluation.feedback import read_feedback
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "Hi!", "chosen": "Hello.", "rejected": "Go."}) + "\n")
+    (judgement,) = read_feedback(str(path))
+    assert judgement["prompt"] == (("user", "Hi!"),)
+    assert (judgement["chosen"], judgement["rejected"]) == ((("assistant", "Hello."),),
+                                                            (("assistant", "Go."),))

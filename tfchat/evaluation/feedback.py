@@ -92,10 +92,15 @@ def fleiss_kappa(ratings):
 
 
 def _messages(value, where, name):
+    """A prompt or reply as (role, content) pairs; a string, as preference
+    data may write it (tfchat.data.preferences), is one message: the
+    prompt the user's, a reply the assistant's."""
+    if isinstance(value, str):
+        return (("user" if name in ("prompt", "messages") else "assistant", value),)
     if not (isinstance(value, list) and value and all(
             isinstance(m, dict) and isinstance(m.get("role"), str)
             and isinstance(m.get("content"), str) for m in value)):
-        raise TfchatError(f'{where}: "{name}" must be a list of {{"role", "content"}} messages.')
+        raise TfchatError(f'{where}: "{name}" must be a string or a list of {{"role", "content"}} messages.')
     return tuple((m["role"], m["content"]) for m in value)
 
 
