@@ -467,7 +467,10 @@ from tfchat.config import build_config
 # build_config, as the command line builds it: what is not set here takes
 # dpo's own defaults (learning rate, steps, schedule), printed below.
 settings = {"name": "notebook_chat_dpo", "runs_dir": RUNS, "objective": "dpo",
-            "init_from": config.run_dir, "data": {"path": prefs},
+            # The pairs quote the SFT run's replies as chatterbot writes them (two
+            # spaces after a full stop, say): kept as written, not tidied, so the
+            # reference scores the very texts the SFT run learnt.
+            "init_from": config.run_dir, "data": {"path": prefs, "fix_unicode": False},
             # The chat run's shape and tokenizer, as `fit --init_from` takes them.
             "model": {**config.to_dict()["model"], "lora_rank": 0},
             "tokenizer": config.to_dict()["tokenizer"],
