@@ -79,7 +79,12 @@ def test_classifier_fine_tuned_from_mlm_loads_and_predicts(clf_run, mlm_run, cap
     out = capsys.readouterr().out
     assert "accuracy 1.0000" in out and "macro-F1 1.0000" in out and "confusion matrix" in out
     with open(json_path, encoding="utf-8") as f:
-        assert json.load(f)["confusion_matrix"] == report["confusion_matrix"]
+        written = json.load(f)
+    assert written["confusion_matrix"] == report["confusion_matrix"]
+    # Accuracy and macro-F1 come with their bootstrap intervals (all 3 right: [1, 1]).
+    rows = {row["name"]: row for row in written["metrics"]}
+    assert rows["accuracy"]["ci"] == rows["macro_f1"]["ci"] == [1.0, 1.0]
+    assert rows["accuracy"]["count"] == 3
 
 
 def test_classify_log_reports_weights_truncation_and_metrics(clf_run, mlm_run, labelled):

@@ -140,3 +140,17 @@ def test_nested_results_print_one_key_a_line():
                          "groups": {"a": {"bleu": 1.0}}})
     assert text.splitlines() == ["val_loss: 1.2346", "task:", "  task: qa", "  f1: 50.0000",
                                  "groups:", "  a:", "    bleu: 1.0000"]
+
+
+def test_bootstrap_of_a_statistic_resamples_examples():
+    from tfchat.evaluation.table import bootstrap_statistic
+
+    true = np.array([0, 1, 1, 0, 1, 1, 0, 0, 1, 1])
+    predicted = np.array([0, 1, 0, 0, 1, 1, 1, 0, 1, 0])
+    accuracy = lambda i: float((true[i] == predicted[i]).mean())  # noqa: E731
+    low, high = bootstrap_statistic(accuracy, len(true), resamples=500, seed=3)
+    rng = np.random.default_rng(3)
+    direct = [accuracy(rng.integers(0, 10, 10)) for _ in range(500)]
+    assert [low, high] == pytest.approx(list(np.percentile(direct, [2.5, 97.5])))
+    assert low <= 0.7 <= high
+    assert bootstrap_statistic(accuracy, 1) is None

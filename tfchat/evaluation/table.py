@@ -84,6 +84,16 @@ def bootstrap_corpus(metric, hypotheses, references, tokenize="13a", resamples=R
     return _interval(scores, confidence)
 
 
+def bootstrap_statistic(statistic, n, resamples=RESAMPLES, confidence=CONFIDENCE, seed=SEED):
+    """Percentile bootstrap interval of `statistic(indices)`, a figure of
+    the examples at `indices` (a macro-F1), over `n` examples resampled
+    with replacement. None for fewer than 2."""
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    return _interval([statistic(rng.integers(0, n, n)) for _ in range(resamples)], confidence)
+
+
 def entry(name, value, count, ci=None, resamples=RESAMPLES, confidence=CONFIDENCE, seed=SEED,
           **extra):
     """One row of the table."""

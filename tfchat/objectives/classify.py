@@ -2,6 +2,7 @@
 fine-tuned from an mlm run (`init_from`), on labelled JSONL/CSV or the
 chatterbot categories."""
 
+import numpy as np
 import tensorflow as tf
 
 from tfchat.data.cleaned import reading_config
@@ -12,6 +13,7 @@ from tfchat.errors import TfchatError
 from tfchat.evaluation.classification import (
     classification_report, format_report, predict_classes,
 )
+from tfchat.evaluation import table
 from tfchat.evaluation.fairness import classification_groups
 from tfchat.model.tasks import TextClassifier
 from tfchat.objectives.base import (
@@ -80,6 +82,13 @@ def evaluate(run, batch_size=None, data=None, split=None, **unused):
     )
     true, predicted = predict_classes(run.model, dataset)
     report = classification_report(true, predicted, run.labels)
+    true, predicted = np.asarray(true), np.asarray(predicted)
+    report["metrics"] = [  # evaluation.json's rows, with bootstrap intervals
+        table.mean_entry("accuracy", (true == predicted).astype(float)),
+        table.entry("macro_f1", report["macro_f1"], len(true), table.bootstrap_statistic(
+            lambda i: classification_report(true[i], predicted[i], run.labels)["macro_f1"],
+            len(true))),
+    ]
     if labelled.groups(split) is not None:  # data.group_field: fairness across groups
         report["groups"] = classification_groups(true, predicted, labelled.groups(split),
                                                  run.labels, run.config.data.group_field)
